@@ -1,0 +1,63 @@
+"""The `memprof` command: a click group that wires subcommands and turns user errors into one line.
+
+Each subcommand lives in `memprof.commands.<name>` and only parses arguments and wires pieces;
+heavy imports (torch, pandas, matplotlib) happen inside the commands that need them, so that
+`memprof estimate` starts fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from memprof._version import __version__
+from memprof.estimators.errors import MemprofUserError
+
+# name -> module under memprof.commands exposing a click command of the same name
+COMMANDS: dict[str, str] = {
+    "estimate": "estimate",
+    "optimizers": "optimizers",
+    "presets": "presets",
+}
+
+
+class _LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (or help lists it)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"memprof.commands.{COMMANDS[name]}")
+        return getattr(module, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memprof")
+def cli() -> None:
+    """Estimate and measure the GPU memory of PyTorch training."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; a MemprofUserError becomes one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="memprof", standalone_mode=False)
+    except MemprofUserError as exc:
+        click.echo(f"memprof: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("memprof: aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
