@@ -1,0 +1,55 @@
+"""ZeRO partitioning and offload, anchored to the ZeRO paper's own example."""
+import pytest
+
+from memprof.estimators.errors import MemprofUserError
+from memprof.estimators.sharding import Sharding, place_model_states
+
+PSI = 7_500_000_000  # the ZeRO paper's Figure 1: 7.5B parameters, N_d = 64, K = 12
+
+
+@pytest.mark.parametrize("stage, published_gb", [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)])
+def test_zero_paper_figure_1(stage, published_gb):
+    # GIVEN fp16 parameters and gradients (2Ψ each) and 12Ψ of fp32 master weights + Adam states
+    # WHEN they are partitioned over 64 devices at each stage
+    placed = place_model_states(2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI, Sharding(gpus=64, zero=stage))
+    per_device = placed.parameters + placed.gradients + placed.optimizer_states
+    # THEN each device holds what the paper prints, to its one decimal (GB = 1e9 bytes)
+    assert round(per_device / 1e9, 1) == published_gb
+    assert placed.cpu == 0
+
+
+def test_partitions_are_exact_ceilings():
+    placed = place_model_states(10, 10, 10, 20, Sharding(gpus=3, zero=3))
+    assert (placed.parameters, placed.gradients, placed.optimizer_states) == (4, 4, 4)
+
+
+def test_stage_1_keeps_full_gradients_and_parameters():
+    placed = place_model_states(200, 200, 1200, 400, Sharding(gpus=4, zero=1))
+    assert (placed.parameters, placed.gradients, placed.optimizer_states) == (200, 200, 300)
+
+
+def test_optimizer_offload_moves_states_and_an_fp32_gradient_copy_to_the_host():
+    placed = place_model_states(2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI, Sharding(gpus=1, zero=2, offload="optimizer"))
+    assert placed.optimizer_states == 0
+    assert placed.gradients == 0          # only reduction buckets remain on the device
+    assert placed.parameters == 2 * PSI
+    assert placed.cpu == 16 * PSI         # 12Ψ master + states, 4Ψ fp32 gradients
+
+
+def test_parameter_offload_with_stage_3():
+    placed = place_model_states(2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI,
+                                Sharding(gpus=8, zero=3, offload="optimizer+parameters"))
+    assert placed.parameters == 0 and placed.optimizer_states == 0
+    assert placed.cpu == (12 * PSI + 4 * PSI + 2 * PSI) // 8
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"zero": 4}, "invalid ZeRO stage 4; valid: 0, 1, 2, 3"),
+    ({"gpus": 0}, "--gpus must be a whole number from 1"),
+    ({"zero": 0, "offload": "optimizer"}, "CPU offload needs a ZeRO stage"),
+    ({"zero": 2, "offload": "optimizer+parameters"}, "parameter offload needs ZeRO stage 3"),
+    ({"zero": 1, "offload": "disk"}, "invalid offload 'disk'"),
+])
+def test_bad_sharding_is_a_user_error(kwargs, fragment):
+    with pytest.raises(MemprofUserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        Sharding(**kwargs)
