@@ -116,10 +116,21 @@ class Estimate:
         if self.gpu is None:
             return None
         if self.device_total is not None:
-            return self.device_total <= self.gpu.memory_bytes
-        if self.model_state_bytes > self.gpu.memory_bytes:
+            return self.device_total <= self.usable_gpu_memory
+        if self.model_state_bytes > self.usable_gpu_memory:
             return False
         return None
+
+    @property
+    def usable_gpu_memory(self) -> int | None:
+        """What CUDA lets a process use: the driver total less the driver's own reservation.
+
+        That is `torch.cuda.get_device_properties().total_memory` where the preset records it;
+        otherwise the driver total (an upper bound, stated in the preset's notes).
+        """
+        if self.gpu is None:
+            return None
+        return self.gpu.torch_total_memory or self.gpu.memory_bytes
 
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -138,7 +149,8 @@ class Estimate:
                      "reserved": self.peak_reserved, "device_total": self.device_total,
                      "by_category": {c: self.peak_by_category.get(c) for c in CATEGORIES}},
             "gpu": None if self.gpu is None else {
-                "name": self.gpu.name, "memory": self.gpu.memory_bytes, "fits": self.fits},
+                "name": self.gpu.name, "memory": self.gpu.memory_bytes,
+                "usable": self.usable_gpu_memory, "fits": self.fits},
         }
 
 
@@ -194,7 +206,16 @@ def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = 
 
 
 def _resolve_seq_len(spec: ModelSpec, seq_len: int | None) -> int:
-    context = spec.max_positions
+    """Tokens per sample: given, or the model's context capped at DEFAULT_MAX_SEQ_LEN.
+
+    A vision transformer's sequence is fixed by its image and patch sizes (patches + the class token).
+    """
+    if spec.model_type == "vit":
+        tokens = spec.num_patches + 1
+        if seq_len is not None and seq_len != tokens:
+            raise MemprofUserError(f"{spec.name} sees {tokens} tokens per image ({spec.num_patches} patches "
+                                   f"+ class token); drop --seq-len or pass {tokens}")
+        return tokens
     if seq_len is None:
-        return min(context, DEFAULT_MAX_SEQ_LEN) if context else DEFAULT_MAX_SEQ_LEN
+        return min(spec.max_positions, DEFAULT_MAX_SEQ_LEN)
     return seq_len

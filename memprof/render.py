@@ -80,18 +80,18 @@ def _verdict(record: dict[str, Any]) -> str:
     gpu = record["gpu"]
     if gpu is None:
         return ""
-    capacity = format_bytes(gpu["memory"])
+    capacity = f"{format_bytes(gpu['usable'])} usable"
     total = record["peak"]["device_total"]
     states = sum(record["model_states"].values())
     if gpu["fits"] is True:
-        return f"fits {gpu['name']} ({capacity}): peak {format_bytes(total)}, {total / gpu['memory']:.0%} of it"
+        return f"fits {gpu['name']} ({capacity}): peak {format_bytes(total)}, {total / gpu['usable']:.0%} of it"
     if gpu["fits"] is False:
         if total is None:
             return (f"does not fit {gpu['name']} ({capacity}): model states alone need "
                     f"{format_bytes(states)}")
         return f"does not fit {gpu['name']} ({capacity}): peak {format_bytes(total)}"
     return (f"{gpu['name']} ({capacity}): model states take {format_bytes(states)} "
-            f"({states / gpu['memory']:.0%}); whether the whole step fits is not known until the "
+            f"({states / gpu['usable']:.0%}); whether the whole step fits is not known until the "
             "remaining categories are modelled")
 
 

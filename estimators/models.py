@@ -1,0 +1,260 @@
+"""Models as plain data: presets and Hugging Face config.json files read into a `ModelSpec`.
+
+A `ModelSpec` knows the exact parameter tensors of the Hugging Face head class training uses
+(names, shapes and order of `model.named_parameters()`, tied weights listed once), derived without
+importing torch or transformers. `load_model` accepts a preset name or alias, a config.json path, or a
+folder holding one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..profiles import data_path
+from .architectures import FAMILIES, Dims
+from .errors import MemprofUserError, unknown_name
+from .tensors import ParamTensor
+
+__all__ = ["ModelSpec", "SUPPORTED_MODEL_TYPES", "TASKS", "load_model", "normalize_config", "preset_aliases",
+           "preset_info", "preset_names", "spec_from_config_file"]
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+TASKS = ("causal-lm", "masked-lm", "image-classification")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its normalized Hugging Face config and the parameters of its training head class."""
+
+    name: str                       # preset name ("gpt2-1.5b") or the config path given
+    model_type: str                 # HF model_type
+    config: Mapping[str, Any]       # config.json fields with transformers' defaults applied (read-only)
+    task: str                       # "causal-lm" | "masked-lm" | "image-classification"
+    hf_id: str | None = None
+    source: str = ""                # where the figures come from
+    _dims: Dims = field(init=False, repr=False, compare=False)
+    _params: tuple[ParamTensor, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in FAMILIES:
+            raise _unsupported(self.model_type, self.name)
+        family = FAMILIES[self.model_type]
+        if self.task != family.task:
+            raise MemprofUserError(
+                f"{self.name}: task {self.task!r} is not modelled for {self.model_type}; "
+                f"valid: {family.task!r} ({family.head_class})"
+            )
+        config = dict(self.config)
+        if config.setdefault("model_type", self.model_type) != self.model_type:
+            raise MemprofUserError(f"{self.name}: config model_type {config['model_type']!r} "
+                                   f"differs from {self.model_type!r}")
+        # idempotent: a raw config.json dict and an already normalized one give the same result
+        config = normalize_config(config, where=self.name)
+        object.__setattr__(self, "config", MappingProxyType(config))
+        object.__setattr__(self, "_dims", family.dims(self.config))
+        object.__setattr__(self, "_params", tuple(family.tensors(self.config)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.model_type, self.num_parameters))
+
+    @property
+    def head_class(self) -> str:
+        """The transformers class whose parameters `parameter_tensors` lists (e.g. "GPT2LMHeadModel")."""
+        return FAMILIES[self.model_type].head_class
+
+    def parameter_tensors(self) -> tuple[ParamTensor, ...]:
+        """Exactly `model.named_parameters()` of the head class: names, shapes and order."""
+        return self._params
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self._params)
+
+    # Derived sizes in one vocabulary across families (used by the activation estimator).
+    hidden_size = property(lambda self: self._dims.hidden_size)
+    num_layers = property(lambda self: self._dims.num_layers)
+    num_heads = property(lambda self: self._dims.num_heads)
+    num_kv_heads = property(lambda self: self._dims.num_kv_heads)
+    head_dim = property(lambda self: self._dims.head_dim)
+    intermediate_size = property(lambda self: self._dims.intermediate_size)
+    vocab_size = property(lambda self: self._dims.vocab_size, doc="None for ViT")
+    max_positions = property(lambda self: self._dims.max_positions, doc="None for ViT")
+    tie_word_embeddings = property(lambda self: self._dims.tie_word_embeddings)
+    activation = property(lambda self: self._dims.activation, doc="hidden_act / activation_function")
+    gated_mlp = property(lambda self: self._dims.gated_mlp, doc="SwiGLU gate_proj * up_proj MLP")
+    norm = property(lambda self: self._dims.norm, doc='"layernorm" or "rmsnorm"')
+    num_patches = property(lambda self: self._dims.num_patches, doc="ViT: patches per image; else None")
+    num_labels = property(lambda self: self._dims.num_labels, doc="ViT: classifier width; else None")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A preset name or alias (case-insensitive), a path to a config.json, or a folder holding one."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise MemprofUserError(f"model must be a preset name or a config.json path, got {ref!r}")
+    ref = ref.strip()
+    key = ref.lower()
+    aliases = preset_aliases()
+    path = Path(ref).expanduser()
+    # an existing config file or model folder wins over a preset of the same spelling
+    if path.is_file():
+        return spec_from_config_file(path, name=ref)
+    if path.is_dir() and (path / "config.json").is_file():
+        return spec_from_config_file(path / "config.json", name=ref)
+    if key in aliases:
+        return _load_preset(aliases[key])
+    if path.is_dir():
+        raise MemprofUserError(f"no config.json in folder {path}")
+    if key.endswith(".json") or (path.parent != Path(".") and path.parent.exists()):
+        raise MemprofUserError(f"config file not found: {path}")
+    # a bare name or a Hub id ("org/model") that is not a preset
+    raise unknown_name("model", ref, list(aliases))
+
+
+def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpec:
+    """Read a Hugging Face config.json into a ModelSpec (pure JSON: transformers is not imported)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MemprofUserError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MemprofUserError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MemprofUserError(
+            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise MemprofUserError(f"{path}: a config.json must hold a JSON object, found {type(raw).__name__}")
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise MemprofUserError(f"{path}: no 'model_type' field; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    config = normalize_config(raw, where=str(path))
+    family = FAMILIES[config["model_type"]]
+    return ModelSpec(name=name or str(path), model_type=family.model_type, config=config, task=family.task,
+                     hf_id=raw.get("_name_or_path") or None, source=f"config file {path}")
+
+
+def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """Validate a config.json dict and apply transformers' defaults for its model_type.
+
+    Required structural sizes must be present, integers and positive; optional integers and flags are
+    type-checked when present; missing fields take the config class's defaults; derived fields
+    (head_dim, num_key_value_heads, word_embed_proj_dim, num_labels) are filled in as the config
+    class's __post_init__ does. `where` names the source in error messages.
+    """
+    model_type = raw.get("model_type")
+    if model_type not in FAMILIES:
+        raise _unsupported(model_type, where)
+    family = FAMILIES[model_type]
+    config = dict(raw)
+    for alias, canonical in family.attribute_map.items():  # e.g. GPT-2's hidden_size -> n_embd
+        if alias in config:
+            value = config.pop(alias)
+            config.setdefault(canonical, value)
+    for key in family.required:
+        if key not in config or config[key] is None:
+            raise MemprofUserError(f"{where}: required field {key!r} is missing ({model_type} needs "
+                                   f"{', '.join(family.required)})")
+        _check_positive_int(config, key, where)
+    for key in family.optional_ints:
+        if config.get(key) is not None:
+            _check_positive_int(config, key, where)
+    for key, value in family.defaults.items():
+        config.setdefault(key, value)
+    for key in family.bools:
+        if not isinstance(config[key], bool):
+            raise MemprofUserError(f"{where}: field {key!r} must be true or false, got {config[key]!r}")
+    family.finalize(config, where)
+    return config
+
+
+def _check_positive_int(config: Mapping[str, Any], key: str, where: str) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MemprofUserError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    if value <= 0:
+        raise MemprofUserError(f"{where}: field {key!r} must be positive, got {value}")
+
+
+def _unsupported(model_type: Any, where: str) -> MemprofUserError:
+    return MemprofUserError(
+        f"{where}: unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presets (profiles/models/*.json)
+
+_PRESET_KEYS = {"name", "aliases", "hf_id", "task", "source", "notes", "config"}
+
+
+@lru_cache(maxsize=None)
+def _preset_files() -> dict[str, Path]:
+    folder = data_path("models")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.json")):
+        data = _read_preset_json(path)
+        files[data["name"]] = path
+    return files
+
+
+def _read_preset_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MemprofUserError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    missing = _PRESET_KEYS - set(data)
+    if missing:
+        raise MemprofUserError(f"{path}: preset is missing {', '.join(sorted(missing))}")
+    return data
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped model presets, sorted."""
+    return sorted(_preset_files())
+
+
+@lru_cache(maxsize=None)
+def _aliases() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for name, path in _preset_files().items():
+        data = _read_preset_json(path)
+        for alias in [name, *data["aliases"]]:
+            key = alias.lower()
+            if table.get(key, name) != name:
+                raise MemprofUserError(f"{path}: alias {alias!r} also names preset {table[key]!r}")
+            table[key] = name
+    return table
+
+
+def preset_aliases() -> dict[str, str]:
+    """Every accepted spelling (lower-cased; names included) -> preset name."""
+    return dict(_aliases())
+
+
+@lru_cache(maxsize=None)
+def _load_preset(name: str) -> ModelSpec:
+    path = _preset_files()[name]
+    data = _read_preset_json(path)
+    config = normalize_config(data["config"], where=str(path))
+    return ModelSpec(name=name, model_type=config["model_type"], config=config, task=data["task"],
+                     hf_id=data["hf_id"], source=data["source"])
+
+
+def preset_info(name: str) -> dict[str, Any]:
+    """The preset file's metadata (name, aliases, hf_id, task, source, notes) without the config."""
+    key = name.lower()
+    if key not in _aliases():
+        raise unknown_name("model", name, list(_aliases()))
+    data = _read_preset_json(_preset_files()[_aliases()[key]])
+    return {k: v for k, v in data.items() if k != "config"}
