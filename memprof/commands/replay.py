@@ -1,0 +1,88 @@
+"""`memprof replay SNAPSHOT.pickle`: replay a CUDA memory snapshot through the allocator simulator."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("snapshot", type=click.Path(dir_okay=True))
+@click.option("--capacity", default=None,
+              help="Memory the allocator may reserve (device memory minus the CUDA context and other "
+                   "processes), e.g. 78GiB, 80GB, 512MiB or bytes [default: unlimited].")
+@click.option("--alloc-conf", default=None,
+              help='PYTORCH_CUDA_ALLOC_CONF to simulate, e.g. "expandable_segments:True" '
+                   "[default: the settings recorded in the snapshot].")
+@click.option("--device", type=int, default=None,
+              help="Device trace to replay [default: the one with the most allocations].")
+@click.option("--what-if/--no-what-if", default=True, show_default=True,
+              help="Also replay under alternative allocator settings and recommend one.")
+@click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
+def replay(snapshot: str, capacity: str | None, alloc_conf: str | None, device: int | None,
+           what_if: bool, fmt: str) -> None:
+    """Replay SNAPSHOT (from torch.cuda.memory._dump_snapshot) and report peaks and fragmentation."""
+    from memprof.estimators.allocator import parse_alloc_conf, replay_snapshot
+    from memprof.estimators.allocator import what_if as run_what_if
+    from memprof.estimators.allocator.snapshot import load_snapshot
+    from memprof.estimators.units import parse_size
+
+    cap = parse_size(capacity) if capacity is not None else None
+    if alloc_conf is not None:
+        parse_alloc_conf(alloc_conf)
+    data = load_snapshot(snapshot)
+    report = replay_snapshot(data, alloc_conf, cap, device)
+    out = report.to_dict()
+    if what_if:
+        conf = report.result.config if alloc_conf is None else alloc_conf
+        out["what_if"] = run_what_if(report.trace.events, conf, cap).to_dict()
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(render_table(out))
+
+
+def render_table(out: dict) -> str:
+    """The replay report as aligned text lines (plain records in, lines out)."""
+    from memprof.estimators.units import format_bytes
+
+    def size(n: int | None) -> str:
+        return "-" if n is None else f"{format_bytes(n)} ({n:,} B)"
+
+    conf = out["config"] or "(defaults)"
+    lines = [
+        f"device {out['device']}   PYTORCH_CUDA_ALLOC_CONF {conf}   [{out['config_source']}]",
+        f"capacity               {size(out['capacity']) if out['capacity'] is not None else 'unlimited'}",
+        f"events replayed        {out['events']:,}",
+        f"peak allocated         {size(out['peak']['allocated'])}",
+        f"peak reserved          {size(out['peak']['reserved'])}",
+        f"reserved at the peak   {size(out['at_peak']['reserved'])}",
+        f"inactive split at peak {size(out['inactive_split'])}",
+        f"fragmentation at peak  {out['fragmentation']:.1%}   (1 - allocated/reserved)",
+        f"alloc retries          {out['num_alloc_retries']}",
+    ]
+    oom = out["oom"]
+    if oom:
+        lines.append(f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
+                     f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
+                     f"(the figures above stop there)")
+    trace = out["trace"]
+    if not trace["complete"]:
+        lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
+                     f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
+    agreement = out["segment_agreement"]
+    if agreement["trace_events"]:
+        lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
+                     f"trace reproduced ({agreement['simulated_events']} simulated)")
+    lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
+                 f"{size(out['snapshot']['reserved'])} reserved")
+    whatif = out.get("what_if")
+    if whatif:
+        lines.append("")
+        lines.append(f"{'what if':<52} {'peak reserved':>14} {'frag':>6} {'retries':>7} {'oom':>4}")
+        for row in [whatif["baseline"], *whatif["candidates"]]:
+            label = row["change"] or "current settings"
+            lines.append(f"{label:<52} {format_bytes(row['peak_reserved']):>14} {row['fragmentation']:>6.1%} "
+                         f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}")
+        lines.append(whatif["recommendation"])
+    return "\n".join(lines)
