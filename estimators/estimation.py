@@ -155,16 +155,19 @@ class Estimate:
 
 
 def model_state_bytes(model: ModelSpec, optimizer: OptimizerSpec, precision: Precision,
-                      **optimizer_options: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """Full-model (unsharded) bytes of parameters, gradients and optimizer states, exact.
+                      device: str = "cuda", **optimizer_options: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Full-model (unsharded) bytes of parameters, gradients and optimizer states on `device`, exact.
 
     Returns (by category, optimizer states by state key). The fp32 master copy of the master-weights
-    schemes is an optimizer state (key "master_weights"), as in the ZeRO paper's 12 bytes.
+    schemes is an optimizer state (key "master_weights"), as in the ZeRO paper's 12 bytes. On CUDA,
+    scalars torch keeps on the host (Adam's `step` unless capturable/fused) are left out.
     """
     tensors = model.parameter_tensors()
     numel = sum(t.numel for t in tensors)
     breakdown: dict[str, int] = {}
     for state in optimizer.state_tensors(tensors, precision.optimizer_dtype, **optimizer_options):
+        if device == "cuda" and getattr(state, "host", False):
+            continue
         breakdown[state.key] = breakdown.get(state.key, 0) + state.nbytes
     if precision.master_weights:
         breakdown["master_weights"] = numel * precision.master_bytes
@@ -194,7 +197,7 @@ def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = 
         gpu_spec = get_gpu(gpu)
     length = _resolve_seq_len(spec, seq_len)
 
-    full, breakdown = model_state_bytes(spec, opt, prec, **optimizer_options)
+    full, breakdown = model_state_bytes(spec, opt, prec, device, **optimizer_options)
     fp32_grads = spec.num_parameters * 4
     placement = place_model_states(full[Category.PARAMETERS.value], full[Category.GRADIENTS.value],
                                    full[Category.OPTIMIZER_STATES.value], fp32_grads, sharding)
