@@ -1,0 +1,403 @@
+"""One training step as a timeline of live bytes by category, and its peak.
+
+The forward replay of `activations.build_trace` is simulated tensor by tensor:
+- forward: each operation allocates its outputs; a tensor is freed after its last use unless autograd
+  saved it (or a checkpoint kept it as a region input, or the caller holds it: inputs, logits, loss);
+  autocast's weight copies stay cached until the forward ends;
+- backward: operations run in reverse; each allocates the gradients of its differentiable inputs
+  (parameter gradients stay, in the gradient dtype), then releases the gradients of its outputs and
+  its saved tensors. A checkpointed region is first recomputed (its saved tensors reappear) when the
+  backward reaches it;
+- optimizer step: parameters, full gradients, optimizer states and the optimizer's temporaries
+  (a foreach implementation allocates lists the size of the parameters; fused and single-tensor ones
+  only a few parameter-sized buffers: the caller passes the figure).
+The peak is the maximum over every simulated moment; the timeline keeps one point per segment
+(forward / backward of each layer, the head, the optimizer step) holding that segment's maximum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .activations import ActivationSettings, build_trace, region_inputs
+from .activations.ops import T
+from .dtypes import dtype_bytes
+from .errors import MemprofUserError
+from .vocabulary import CATEGORIES, Category, Phase
+
+__all__ = ["Timeline", "TimelinePoint", "Peak", "step_timeline"]
+
+_P, _G, _S = Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value
+_A, _TMP = Category.ACTIVATIONS.value, Category.TEMPORARY.value
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """The largest moment of one segment of the step."""
+
+    phase: str
+    label: str
+    by_category: dict[str, int]
+
+    @property
+    def allocated(self) -> int:
+        return sum(self.by_category.values())
+
+
+class Peak(NamedTuple):
+    phase: str
+    allocated: int
+    by_category: dict[str, int]
+
+
+@dataclass
+class Timeline:
+    points: list[TimelinePoint] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @property
+    def peak_point(self) -> TimelinePoint:
+        return max(self.points, key=lambda p: p.allocated)
+
+    @property
+    def peak(self) -> Peak:
+        p = self.peak_point
+        return Peak(p.phase, p.allocated, dict(p.by_category))
+
+
+class _Segment:
+    """Collects the maximum moment of a labelled stretch of the simulation."""
+
+    def __init__(self, timeline: Timeline):
+        self.timeline = timeline
+        self.phase = self.label = None
+        self.best: dict[str, int] | None = None
+        self.current = None          # the operation being simulated (for debugging a mismatch)
+
+    def start(self, phase: str, label: str) -> None:
+        self.flush()
+        self.phase, self.label, self.best = phase, label, None
+
+    def see(self, by_category: dict[str, int]) -> None:
+        if self.best is None or sum(by_category.values()) > sum(self.best.values()):
+            self.best = dict(by_category)
+
+    def flush(self) -> None:
+        if self.best is not None:
+            self.timeline.points.append(TimelinePoint(self.phase, self.label, self.best))
+        self.best = None
+
+
+def _check_nonneg(**kw) -> None:
+    for k, v in kw.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise MemprofUserError(f"{k} must be a non-negative integer number of bytes, got {v!r}")
+
+
+def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_bytes: int,
+                  grad_dtype: str, optimizer_state_bytes: int, optimizer_temporaries_bytes: int,
+                  grad_accumulation: int = 1, held_outputs: bool = True,
+                  states_exist: bool = True) -> Timeline:
+    """The live bytes of one optimizer step (all its micro-batches) by phase and category.
+
+    param_bytes, grad_bytes, optimizer_state_bytes: full steady-state sizes (what stays resident).
+    grad_dtype: the dtype gradients are produced in (each parameter's gradient appears when the
+    backward reaches its layer; their total is scaled to grad_bytes). optimizer_temporaries_bytes:
+    the optimizer's peak scratch memory during step(). held_outputs: the caller keeps the model
+    output (logits, loss) and the batch alive through backward and step, as a training loop that
+    writes `out = model(**batch)` does. states_exist: False for the very first step, when the
+    optimizer allocates its states inside step().
+    """
+    _check_nonneg(param_bytes=param_bytes, grad_bytes=grad_bytes,
+                  optimizer_state_bytes=optimizer_state_bytes,
+                  optimizer_temporaries_bytes=optimizer_temporaries_bytes)
+    if not isinstance(grad_accumulation, int) or grad_accumulation < 1:
+        raise MemprofUserError(f"grad_accumulation must be a positive integer, got {grad_accumulation!r}")
+    gbytes = dtype_bytes(grad_dtype)
+    tr = build_trace(spec, settings)
+    traced = sum(p.numel for p in tr.params.values()) * gbytes
+    grad_scale = grad_bytes / traced if traced else 0.0
+
+    def pgrad(p: T) -> int:
+        return round(p.numel * gbytes * grad_scale)
+
+    sim = _Sim(tr, pgrad, held_outputs)
+    timeline = Timeline()
+    seg = _Segment(timeline)
+    states = optimizer_state_bytes if states_exist else 0
+    for micro in range(grad_accumulation):
+        base = {_P: param_bytes, _S: states, _G: grad_bytes if micro else 0}
+        suffix = f" (micro-batch {micro + 1}/{grad_accumulation})" if grad_accumulation > 1 else ""
+        sim.forward(seg, base, suffix)
+        sim.backward(seg, base, suffix, accumulate=micro > 0, grad_bytes=grad_bytes)
+    seg.start(Phase.OPTIMIZER_STEP.value, "optimizer step")
+    inputs = sum(t.nbytes for t in tr.held if getattr(t, "is_input", False)) if held_outputs else 0
+    outputs = sim.held_bytes() - inputs
+    seg.see({_P: param_bytes, _G: grad_bytes, _S: optimizer_state_bytes, _A: outputs,
+             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes})
+    seg.flush()
+    for p in timeline.points:
+        for c in CATEGORIES:
+            p.by_category.setdefault(c, 0)
+    return timeline
+
+
+# operations whose backward hands the output's gradient to an input unchanged (same size and dtype)
+_PASS_THROUGH = frozenset({"add", "copy"})
+
+
+class _GradBuf:
+    """One gradient tensor; several activations can share it (add passes its gradient through)."""
+
+    __slots__ = ("nbytes", "refs")
+
+    def __init__(self, nbytes: int):
+        self.nbytes, self.refs = nbytes, 1
+
+
+class _Sim:
+    """Replays the trace tensor by tensor, keeping running byte totals by category."""
+
+    def __init__(self, tr, pgrad, held_outputs: bool):
+        self.tr, self.pgrad = tr, pgrad
+        self.ops = tr.ops
+        self.held = {id(t): t for t in tr.held} if held_outputs else {}
+        self.regions = region_inputs(tr)
+        self.region_ops: dict[object, list] = {}
+        for op in self.ops:
+            if op.region is not None:
+                self.region_ops.setdefault(op.region, []).append(op)
+        self.region_of_input: dict[int, list] = {}
+        for r, ts in self.regions.items():
+            for t in ts:
+                self.region_of_input.setdefault(id(t), []).append(r)
+        # autograd's references: one per (operation outside any checkpointed region, saved tensor)
+        self.saved_refs: dict[int, int] = {}
+        for op in self.ops:
+            if op.region is None:
+                for _, t in op.saved:
+                    if t.kind != "param":
+                        self.saved_refs[id(t)] = self.saved_refs.get(id(t), 0) + 1
+        self.last_use: dict[int, int] = {}
+        for i, op in enumerate(self.ops):
+            for t in op.inputs:
+                self.last_use[id(t)] = i
+        self.weight_casts = {id(t) for t in tr.weight_casts.values()}
+        self.buffer_bytes = sum(tr.buffers.values())
+        self.live: dict[int, tuple[T, str]] = {}
+        self.totals = {_A: 0, _TMP: 0}
+        self.recomputed: dict[int, int] = {}     # recomputed saved tensor -> saves still pending
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def kept(self, t: T) -> bool:
+        i = id(t)
+        return i in self.held or self.saved_refs.get(i, 0) > 0 or i in self.region_of_input
+
+    def held_bytes(self) -> int:
+        return sum(t.nbytes for t in self.held.values())
+
+    def add(self, t: T) -> None:
+        if id(t) in self.live:
+            return
+        if getattr(t, "is_input", False):
+            cat = _TMP       # the batch: the profiler files inputs under temporary
+        elif self.kept(t) or id(t) in self.recomputed:
+            cat = _A
+        else:
+            cat = _TMP
+        self.live[id(t)] = (t, cat)
+        self.totals[cat] += t.nbytes
+
+    def drop(self, t: T) -> None:
+        entry = self.live.pop(id(t), None)
+        if entry is not None:
+            self.totals[entry[1]] -= t.nbytes
+
+    def snapshot(self, base, extra_grads: int = 0, act_grads: int = 0) -> dict[str, int]:
+        out = dict(base)
+        out[_A] = self.totals[_A]
+        out[_TMP] = self.totals[_TMP] + self.buffer_bytes + act_grads
+        out[_G] = out.get(_G, 0) + extra_grads
+        return out
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, seg: _Segment, base, suffix: str) -> None:
+        layer = "start"
+        seg.start(Phase.FORWARD.value, "forward: embeddings" + suffix)
+        for i, op in enumerate(self.ops):
+            if op.layer != layer:
+                layer = op.layer
+                label = f"forward: layer {layer}" if layer is not None else "forward: head and loss"
+                if op.layer is not None or i > 0 and self.ops[i - 1].layer is not None:
+                    seg.start(Phase.FORWARD.value, label + suffix)
+            for t in op.outputs:
+                self.add(t)
+            seg.current = op
+            seg.see(self.snapshot(base))
+            for t in op.inputs + op.outputs:
+                if self.last_use.get(id(t), -1) <= i and not self.kept(t) and id(t) not in self.weight_casts:
+                    self.drop(t)
+        # leaving autocast drops its weight cache; only what autograd saved stays
+        for t in self.tr.weight_casts.values():
+            if not self.kept(t):
+                self.drop(t)
+        seg.start(Phase.FORWARD.value, "forward end" + suffix)
+        seg.see(self.snapshot(base))
+
+    # -- backward -------------------------------------------------------------------------------
+    def backward(self, seg: _Segment, base, suffix: str, *, accumulate: bool, grad_bytes: int) -> None:
+        refs = dict(self.saved_refs)
+        # a region's inputs are released once every operation of it that runs in backward has run
+        region_refs = {r: sum(1 for op in ops if any(t.kind == "act" for t in op.outputs))
+                       for r, ops in self.region_ops.items()}
+        grads: dict[int, _GradBuf] = {}     # activation gradients alive, by tensor (shared buffers)
+        grad_total = 0                      # bytes of distinct live gradient buffers
+        param_done: set[str] = set()
+        pgrads = 0                          # parameter gradients produced so far (this micro-batch)
+        pending: dict[str, int] = {}        # accumulation: parameter gradients awaiting other uses
+        uses: dict[str, int] = {}
+        for op in self.ops:
+            if any(t.kind == "act" for t in op.outputs):
+                for t in op.inputs:
+                    if t.kind == "param":
+                        uses[t.name] = uses.get(t.name, 0) + 1
+        recomputed_regions: set = set()
+        loss = self.tr.held[-1] if self.tr.held else None
+        if loss is not None:
+            grads[id(loss)] = _GradBuf(loss.nbytes)
+            grad_total += loss.nbytes
+        seg.start(Phase.BACKWARD.value, "backward: loss and head" + suffix)
+        layer = None
+
+        def free_if_unused(t: T) -> None:
+            if id(t) in self.held or refs.get(id(t), 0) > 0 or self.recomputed.get(id(t), 0) > 0:
+                return
+            if any(region_refs.get(r, 0) > 0 for r in self.region_of_input.get(id(t), ())):
+                return
+            self.drop(t)
+
+        def state() -> dict[str, int]:
+            b = dict(base)
+            b[_G] = 0
+            s = self.snapshot(b, extra_grads=grad_bytes if accumulate else pgrads, act_grads=grad_total)
+            s[_TMP] += sum(pending.values())
+            return s
+
+        for idx in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[idx]
+            if not any(id(t) in grads for t in op.outputs):
+                continue
+            if op.layer != layer:
+                layer = op.layer
+                label = f"backward: layer {layer}" if layer is not None else "backward: embeddings"
+                seg.start(Phase.BACKWARD.value, label + suffix)
+            if op.region is not None and op.region not in recomputed_regions:
+                recomputed_regions.add(op.region)
+                self._recompute(op.region, seg, state)
+            out = op.outputs[0] if op.outputs else None
+            out_buf = grads.get(id(out)) if out is not None else None
+            for t in op.inputs:
+                if not t.requires_grad:
+                    continue
+                if t.kind == "param":
+                    if accumulate:
+                        # computed, held by the engine until the parameter's last use has
+                        # contributed, then added into .grad in place
+                        pending.setdefault(t.name, self.pgrad(t))
+                    elif t.name not in param_done:
+                        param_done.add(t.name)
+                        pgrads += self.pgrad(t)
+                    continue
+                nbytes = t.numel * dtype_bytes(t.dtype)
+                old = grads.get(id(t))
+                if old is not None:
+                    # a second contribution: the engine adds in place unless the buffer is shared
+                    if old.refs > 1:
+                        old.refs -= 1
+                        grads[id(t)] = _GradBuf(nbytes)
+                        grad_total += nbytes
+                    continue
+                if (op.op in _PASS_THROUGH and out_buf is not None and t.numel == out.numel
+                        and t.dtype == out.dtype):
+                    out_buf.refs += 1                  # add / clone pass the same gradient on
+                    grads[id(t)] = out_buf
+                else:
+                    grads[id(t)] = _GradBuf(nbytes)
+                    grad_total += nbytes
+            seg.current = op
+            seg.see(state())
+            for t in op.outputs:
+                g = grads.pop(id(t), None)
+                if g is not None:
+                    g.refs -= 1
+                    if g.refs == 0:
+                        grad_total -= g.nbytes
+            for _, t in op.saved:
+                if t.kind == "param":
+                    continue
+                if op.region is None:
+                    refs[id(t)] = refs.get(id(t), 0) - 1
+                elif id(t) in self.recomputed:
+                    self.recomputed[id(t)] -= 1
+                    if self.recomputed[id(t)] <= 0:
+                        del self.recomputed[id(t)]
+                free_if_unused(t)
+            if accumulate:
+                for t in op.inputs:
+                    if t.kind == "param":
+                        uses[t.name] -= 1
+                        if uses[t.name] == 0:
+                            pending.pop(t.name, None)
+            if op.region is not None:
+                region_refs[op.region] -= 1
+                if region_refs[op.region] == 0:
+                    for t in self.regions[op.region]:
+                        free_if_unused(t)
+        for entry in list(self.live.values()):
+            if id(entry[0]) not in self.held:
+                self.drop(entry[0])
+        seg.start(Phase.BACKWARD.value, "backward end" + suffix)
+        seg.see(state())
+
+    def _recompute(self, region, seg, state) -> None:
+        """Re-run a checkpointed region's forward: its saved tensors come back for its backward.
+
+        Like torch.utils.checkpoint (non-reentrant, early stop), the recomputation stops as soon as
+        the last saved tensor is packed; intermediates nobody saved are freed after their last use.
+        """
+        ops = self.region_ops[region]
+        saving = [j for j, op in enumerate(ops) if any(t.kind != "param" for _, t in op.saved)]
+        if not saving:
+            return
+        ops = ops[:saving[-1] + 1]
+        produced = {id(t) for op in ops for t in op.outputs}
+        last: dict[int, int] = {}
+        for j, op in enumerate(ops):
+            for t in op.inputs:
+                last[id(t)] = j
+        saved_here: dict[int, int] = {}
+        for op in ops:
+            for _, t in op.saved:
+                if t.kind != "param":
+                    saved_here[id(t)] = saved_here.get(id(t), 0) + 1
+        for j, op in enumerate(ops):
+            if j == len(ops) - 1 and not any(t is o for _, t in op.saved for o in op.outputs):
+                # autograd packs an op's saved inputs before running it: the early stop is
+                # raised there, and this last op never runs
+                seg.see(state())
+                break
+            for t in op.outputs:
+                if id(t) not in self.live:
+                    if id(t) in saved_here:
+                        self.recomputed[id(t)] = saved_here[id(t)]
+                    self.add(t)
+            seg.current = op
+            seg.see(state())
+            for t in op.inputs + op.outputs:
+                if id(t) in produced and id(t) not in saved_here and last.get(id(t), -1) <= j:
+                    self.drop(t)
