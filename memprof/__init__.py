@@ -12,7 +12,11 @@ from memprof._version import __version__
 from memprof.estimators.errors import MemprofUserError
 
 # public name -> module that defines it (imported lazily)
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "track": "memprof.profiler",
+    "profile": "memprof.profiler",
+    "Profile": "memprof.profiler",
+}
 
 __all__ = ["__version__", "MemprofUserError", *_LAZY]
 

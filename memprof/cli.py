@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "estimate": "estimate",
     "optimizers": "optimizers",
     "presets": "presets",
+    "run": "run",
+    "replay": "replay",
 }
 
 

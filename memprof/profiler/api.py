@@ -1,0 +1,594 @@
+"""Two doors onto one object: `track()` (a context manager) and `profile()` (a decorator).
+
+    with memprof.track(model, optimizer) as run:
+        for batch in batches:
+            loss = model(batch).sum(); loss.backward(); optimizer.step(); optimizer.zero_grad()
+    run.to_dict()["peak"]            # bytes by category at the peak, per-phase peaks in "phases"
+
+    @memprof.profile(model=model, optimizer=optimizer)
+    def train_step(batch): ...
+    train_step(batch); train_step.profiles; train_step.worst
+
+Modes: "attribution" (default) runs a TorchDispatchMode over storages and attributes every live
+byte; "stats" installs only the phase hooks and reads the CUDA allocator counters (cheap; on a CPU
+run it measures phase times and model states but no peak). One session at a time per process:
+the hooks are process-wide, so nesting or a second thread fails with a MemprofUserError.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable
+
+import torch
+
+from memprof.estimators.errors import MemprofUserError, unknown_name
+from memprof.estimators.vocabulary import CATEGORIES, Category, Phase, PHASES
+from memprof.profiler import tracker as T
+from memprof.profiler.cuda_stats import CudaStats, cuda_device_of
+from memprof.profiler.nvml import Nvml
+from memprof.profiler.phases import PhaseHooks, flat_tensors
+from memprof.profiler.profile import Profile, empty_record
+
+MODES = ("attribution", "stats")
+_LOCK = threading.Lock()
+_active: "Session | None" = None
+
+
+def _as_list(obj: Any, kind: type, name: str) -> list[Any]:
+    if obj is None:
+        return []
+    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    for item in items:
+        if not isinstance(item, kind):
+            raise MemprofUserError(
+                f"{name} must be a {kind.__module__}.{kind.__qualname__} (or a list of them), "
+                f"got {type(item).__name__}")
+    return items
+
+
+def _jsonable(v: Any, depth: int = 0) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else f"tensor(shape={list(v.shape)})"
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, (list, tuple)) and depth < 3:
+        return [_jsonable(x, depth + 1) for x in v]
+    if isinstance(v, dict) and depth < 3:
+        return {str(k): _jsonable(x, depth + 1) for k, x in v.items()}
+    return repr(v)
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, torch.Tensor]]:
+    """(state key, tensor) for every tensor reachable from optimizer.state."""
+    for state in optimizer.state.values():
+        if not isinstance(state, dict):
+            continue
+        for key, val in state.items():
+            for t in flat_tensors(val):
+                yield str(key), t
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    msg = str(exc)
+    return "out of memory" in msg.lower() or "can't allocate memory" in msg
+
+
+class Session:
+    """One profiled region; `__enter__` returns its Profile, filled in when the region ends."""
+
+    def __init__(self, model: Any = None, optimizer: Any = None, *, mode: str = "attribution",
+                 device: str | torch.device | None = None, events: bool = True,
+                 memory_snapshot: bool = False) -> None:
+        if mode not in MODES:
+            raise unknown_name("profiler mode", str(mode), MODES)
+        self.models: list[torch.nn.Module] = _as_list(model, torch.nn.Module, "model")
+        self.optimizers: list[torch.optim.Optimizer] = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
+        try:
+            self.device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise MemprofUserError(f"device {device!r} is not a torch device ({exc}); e.g. 'cpu', 'cuda:0'") from None
+        self.mode = mode
+        self.record_events = events
+        self.memory_snapshot = memory_snapshot
+        self.profile = Profile()
+        self.started = False
+        self.roots: list[torch.nn.Module] = list(self.models)
+        self.tracker: T.StorageTracker | None = None
+        self.hooks: PhaseHooks | None = None
+        self.cuda: CudaStats | None = None
+        self.cuda_reason: str | None = None
+        self.nvml: Nvml | None = None
+        self.context_bytes: int | None = None
+        self.input_shapes: dict[int, list[list[int]]] = {}
+        self.autocast: str | None = None
+        self.steps = 0
+        self.model_state_max = {c: 0 for c in ("parameters", "gradients", "optimizer_states")}
+        self._mode_entered = False
+        self._params_cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
+        self._t0 = 0.0
+        self._nvml_last = float("-inf")
+
+    # -- enter / exit -------------------------------------------------------------------
+    def __enter__(self) -> Profile:
+        global _active
+        with _LOCK:
+            if _active is not None:
+                raise MemprofUserError(
+                    "memprof is already profiling a region (nested `track`/`profile`, or another "
+                    "thread); its hooks are process-wide, so profile one region at a time")
+            _active = self
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            raise
+        self.started = True
+        return self.profile
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        record = None
+        try:
+            try:
+                self._final_scan()
+            finally:
+                self._teardown()
+            record = self._build(exc, final=True)
+        except Exception:
+            if exc is None:
+                raise
+            # never hide the user's exception behind a profiler failure
+        finally:
+            if record is not None:
+                self.profile._data = record
+            self.profile._live = None
+        return False
+
+    def _start(self) -> None:
+        self._t0 = time.perf_counter()
+        self.device = self.device or self._infer_device()
+        index, self.cuda_reason = cuda_device_of(self.device)
+        if index is None and self.device.type == "cuda":
+            self.device = torch.device("cpu")   # no usable GPU: measure the CPU run, say why
+        if index is not None:
+            self.cuda = CudaStats(index, record_snapshot=self.memory_snapshot)
+            self.cuda.start()
+        self.nvml = Nvml(index) if index is not None else None
+        if self.mode == "attribution":
+            self.tracker = T.StorageTracker(record_events=self.record_events, on_backward=self._on_backward)
+            self.tracker.start()
+            self.profile.events = self.tracker.events
+            self.profile.event_phases = self.tracker.event_phases
+        self.hooks = PhaseHooks(self, track_modules=self.mode == "attribution", tracker=self.tracker)
+        for m in self.models:
+            self.hooks.watch_module(m)
+            self._register_module(m)
+        for opt in self.optimizers:
+            self._register_optimizer(opt)
+        self.hooks.install()
+        if self.tracker is not None:
+            self.tracker.__enter__()
+            self._mode_entered = True
+        self.profile._live = lambda: self._build(None, final=False)
+
+    def _teardown(self) -> None:
+        """Remove everything this session installed; each step runs even if another fails."""
+        global _active
+        try:
+            if self._mode_entered and self.tracker is not None:
+                self._mode_entered = False
+                self.tracker.__exit__(None, None, None)
+        finally:
+            try:
+                if self.hooks is not None:
+                    self.hooks.remove()
+            finally:
+                try:
+                    if self.cuda is not None:
+                        self.cuda.stop()
+                    if self.nvml is not None:
+                        self.nvml.close()
+                finally:
+                    if self.tracker is not None:
+                        self.tracker.stop()
+                    with _LOCK:
+                        if _active is self:
+                            _active = None
+
+    # -- discovery ----------------------------------------------------------------------
+    def _infer_device(self) -> torch.device:
+        for m in self.models:
+            for p in m.parameters():
+                return p.device
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    return p.device
+        return torch.device("cpu")
+
+    def _register_module(self, module: torch.nn.Module) -> None:
+        if self.tracker is None:
+            return
+        for p in module.parameters():
+            self.tracker.classify(p, T.PARAM)
+            if p.grad is not None:
+                self.tracker.classify(p.grad, T.GRAD)
+        for b in module.buffers():
+            self.tracker.classify(b, T.BUFFER)
+
+    def _register_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        if self.tracker is None:
+            return
+        for g in opt.param_groups:
+            for p in g["params"]:
+                self.tracker.classify(p, T.PARAM)
+                if p.grad is not None:
+                    self.tracker.classify(p.grad, T.GRAD)
+        for _, t in _state_tensors(opt):
+            self.tracker.classify(t, T.STATE)
+
+    # -- listener (called by PhaseHooks and the tracker) --------------------------------
+    def _on_backward(self) -> None:
+        if self.hooks is not None:
+            self.hooks.enter(Phase.BACKWARD.value)
+
+    def on_phase(self, old: str | None, new: str) -> None:
+        if self.tracker is not None:
+            self.tracker.set_phase(new, in_step=new == Phase.OPTIMIZER_STEP.value)
+        if self.cuda is not None:
+            self.cuda.mark(old)
+            self._sample_context()
+
+    def on_root_module(self, module: torch.nn.Module) -> None:
+        if module not in self.roots:
+            self.roots.append(module)
+            self._register_module(module)
+
+    def on_root_inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.tracker is not None:
+            for t in flat_tensors((args, kwargs), limit=1000):
+                self.tracker.classify(t, T.INPUT, only_new=True)
+
+    def on_root_output(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        shapes = self.input_shapes.setdefault(id(module), [])
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if first is None:
+            first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if first is not None and list(first.shape) not in shapes and len(shapes) < 32:
+            shapes.append(list(first.shape))
+        if self.autocast is None:
+            for dev in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(dev):
+                    self.autocast = str(torch.get_autocast_dtype(dev)).removeprefix("torch.")
+                    break
+
+    def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer not in self.optimizers:
+            self.optimizers.append(optimizer)
+            self._register_optimizer(optimizer)
+        if self.tracker is not None:
+            self.tracker.in_step = True
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        self.tracker.classify(p.grad, T.GRAD)
+
+    def on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
+        self.steps += 1
+        if self.tracker is not None:
+            for _, t in _state_tensors(optimizer):
+                self.tracker.classify(t, T.STATE)
+            self.tracker.in_step = False
+        # model states keep their sizes from step to step: sampling steps 1-4, then every power
+        # of two (and the end of the region) finds the maximum at a fraction of the cost
+        if self.steps <= 4 or self.steps & (self.steps - 1) == 0:
+            self._sample_model_states()
+
+    def on_grad(self, param: torch.Tensor) -> None:
+        if self.tracker is not None and param.grad is not None:
+            self.tracker.classify(param.grad, T.GRAD)
+
+    # -- measurements -------------------------------------------------------------------
+    def _all_params(self) -> list[torch.Tensor]:
+        key = (len(self.roots), len(self.optimizers))
+        if self._params_cache is not None and self._params_cache[0] == key:
+            return self._params_cache[1]
+        seen: dict[int, torch.Tensor] = {}
+        for m in self.roots:
+            for p in m.parameters():
+                seen.setdefault(id(p), p)
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    seen.setdefault(id(p), p)
+        params = list(seen.values())
+        self._params_cache = (key, params)
+        return params
+
+    def _model_state_bytes(self) -> dict[str, int]:
+        """Exact bytes of parameters, gradients and states, each storage counted once."""
+        counted: set[int] = set()
+        out = {"parameters": 0, "gradients": 0, "optimizer_states": 0}
+
+        def add(cat: str, t: torch.Tensor) -> None:
+            st = T._storage(t)
+            if st is not None and id(st) not in counted:
+                counted.add(id(st))
+                out[cat] += st.nbytes()
+
+        params = self._all_params()
+        for p in params:
+            add("parameters", p)
+        for p in params:
+            if p.grad is not None:
+                add("gradients", p.grad)
+        for opt in self.optimizers:
+            for _, t in _state_tensors(opt):
+                add("optimizer_states", t)
+        return out
+
+    def _sample_model_states(self) -> None:
+        for k, v in self._model_state_bytes().items():
+            self.model_state_max[k] = max(self.model_state_max[k], v)
+
+    def _sample_context(self, force: bool = False) -> None:
+        if self.nvml is None or not self.nvml.available or self.cuda is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self._nvml_last < 0.5:   # NVML queries cost far more than a counter read
+            return
+        self._nvml_last = now
+        used = self.nvml.sample()
+        if used is not None:
+            ctx = used - torch.cuda.memory_reserved(self.cuda.index)
+            self.context_bytes = ctx if self.context_bytes is None else max(self.context_bytes, ctx)
+
+    def _final_scan(self) -> None:
+        if self.tracker is not None:
+            for m in self.roots:
+                for p in m.parameters():
+                    if p.grad is not None:
+                        self.tracker.classify(p.grad, T.GRAD)
+            for opt in self.optimizers:
+                for _, t in _state_tensors(opt):
+                    self.tracker.classify(t, T.STATE)
+        self._sample_model_states()
+        if self.cuda is not None:
+            self.cuda.mark(self.hooks.phase if self.hooks else None)
+            self._sample_context(force=True)
+            self.profile.memory_snapshot = self.cuda.snapshot()
+
+    # -- the record ---------------------------------------------------------------------
+    def _main_model(self) -> torch.nn.Module | None:
+        if self.models:
+            return self.models[0]
+        if not self.roots:
+            return None
+        return max(self.roots, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+    def _settings(self) -> dict[str, Any]:
+        model = self._main_model()
+        s: dict[str, Any] = {"model": None, "model_class": None, "parameters": None, "param_dtypes": {},
+                             "input_shapes": [], "autocast_dtype": self.autocast}
+        if model is not None:
+            cls = type(model)
+            params = list(model.parameters())
+            s.update(model=cls.__name__, model_class=f"{cls.__module__}.{cls.__qualname__}",
+                     parameters=sum(p.numel() for p in params),
+                     trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+                     input_shapes=self.input_shapes.get(id(model), []))
+            dtypes: dict[str, int] = {}
+            for p in params:
+                key = str(p.dtype).removeprefix("torch.")
+                dtypes[key] = dtypes.get(key, 0) + p.numel()
+            s["param_dtypes"] = dtypes
+        opts = [{"optimizer": type(o).__name__,
+                 "optimizer_class": f"{type(o).__module__}.{type(o).__qualname__}",
+                 "optimizer_defaults": _jsonable(dict(o.defaults))} for o in self.optimizers]
+        s.update(opts[0] if opts else {"optimizer": None, "optimizer_class": None, "optimizer_defaults": None})
+        if len(opts) > 1:
+            s["optimizers"] = opts
+        counts = self.hooks.counts if self.hooks else {p: 0 for p in PHASES}
+        s.update(forward_calls=counts[Phase.FORWARD.value], backward_calls=counts[Phase.BACKWARD.value],
+                 optimizer_steps=self.steps)
+        return s
+
+    def _environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                               "platform": platform.platform(), "cuda_version": torch.version.cuda,
+                               "device_name": None, "driver": None, "pid": os.getpid()}
+        if self.cuda is not None:
+            env["device_name"] = torch.cuda.get_device_name(self.cuda.index)
+        else:
+            env["device_name"] = f"cpu ({platform.machine()})"
+        if self.nvml is not None:
+            env["driver"] = self.nvml.driver
+        return env
+
+    def _build(self, exc: BaseException | None, *, final: bool) -> dict[str, Any]:
+        rec = empty_record()
+        dev = str(self.device) if self.device is not None else None
+        if self.device is not None and self.device.type == "cuda" and self.device.index is None and self.cuda:
+            dev = f"cuda:{self.cuda.index}"
+        rec.update(mode=self.mode, device=dev, complete=final,
+                   settings=self._settings(), environment=self._environment(),
+                   duration_s=round(time.perf_counter() - self._t0, 6))
+        rec["model_states"] = dict(self.model_state_max)
+        breakdown: dict[str, int] = {}
+        counted: set[int] = set()
+        for opt in self.optimizers:
+            for key, t in _state_tensors(opt):
+                st = T._storage(t)
+                if st is not None and id(st) not in counted:
+                    counted.add(id(st))
+                    breakdown[key] = breakdown.get(key, 0) + st.nbytes()
+        rec["optimizer_state_breakdown"] = breakdown
+
+        book = self.tracker.books.get(dev) if self.tracker is not None and dev else None
+        cuda_summary = self.cuda.summary() if self.cuda is not None else None
+        peak = rec["peak"]
+        if book is not None:
+            peak["phase"] = book.peak.phase
+            peak["allocated"] = book.peak.total
+            peak["by_category"].update(T.StorageTracker.public(book.peak.cats))
+            peak["detail"] = T.StorageTracker.detail(book.peak.cats)
+        elif self.mode == "stats":
+            peak["note"] = ("stats mode attributes no tensors: on CUDA the peak comes from the allocator "
+                            "counters; on CPU there are none")
+        if cuda_summary is not None:
+            rows = {k: v for k, v in cuda_summary["phases"].items() if k in PHASES}
+            if rows:
+                phase = max(rows, key=lambda k: rows[k]["max_memory_allocated"])
+                peak["phase"] = phase
+            if book is not None:
+                peak["detail"]["tracked_tensor_bytes"] = book.peak.total
+            peak["allocated"] = cuda_summary["max_memory_allocated"]
+            peak["reserved"] = cuda_summary["max_memory_reserved"]
+            if peak["allocated"] is not None and peak["reserved"] is not None:
+                peak["by_category"][Category.FRAGMENTATION.value] = peak["reserved"] - peak["allocated"]
+            peak["by_category"][Category.CUDA_CONTEXT.value] = self.context_bytes
+            values = [peak["by_category"][c] for c in CATEGORIES]
+            if all(v is not None for v in values):
+                peak["device_total"] = sum(values)
+        if self.tracker is not None:
+            # every device tensors lived on (e.g. CPU batches in a CUDA run), each with its own peak
+            rec["devices"] = {name: {"peak_allocated": b.peak.total, "peak_phase": b.peak.phase,
+                                     "by_category": T.StorageTracker.public(b.peak.cats)}
+                              for name, b in self.tracker.books.items()}
+        rec["cuda"] = cuda_summary or {"available": False, "reason": self.cuda_reason}
+        if self.nvml is not None and self.nvml.available:
+            rec["nvml"] = {"available": True, "reason": None, "process_used": self.nvml.max_process_used,
+                           "cuda_context": self.context_bytes}
+        else:
+            rec["nvml"] = {"available": False,
+                           "reason": self.nvml.reason if self.nvml is not None else
+                           f"no CUDA device is profiled ({self.cuda_reason})"}
+
+        counts = self.hooks.counts if self.hooks else {p: 0 for p in PHASES}
+        times = self.hooks.times if self.hooks else {p: 0.0 for p in PHASES}
+        for phase in PHASES:
+            info: dict[str, Any] = {"calls": counts[phase], "time_s": round(times[phase], 6),
+                                    "peak": {"allocated": None, "by_category": None}}
+            snap = book.phase_peaks.get(phase) if book is not None else None
+            if snap is not None:
+                info["peak"] = {"allocated": snap.total, "by_category": T.StorageTracker.public(snap.cats),
+                                "detail": T.StorageTracker.detail(snap.cats)}
+            created = self.tracker.created.get(phase) if self.tracker is not None else None
+            if created is not None:
+                info["created_bytes"] = dict(zip(T.CODE_NAMES, created))
+            if cuda_summary is not None and phase in cuda_summary["phases"]:
+                info["cuda"] = cuda_summary["phases"][phase]
+                info["peak"]["allocated"] = info["cuda"]["max_memory_allocated"]
+            rec["phases"][phase] = info
+        if exc is not None:
+            rec["error"] = self._error(exc, dev)
+        return rec
+
+    def _error(self, exc: BaseException, dev: str | None) -> dict[str, Any]:
+        hooks = self.hooks
+        modules = (hooks.fault_modules or list(hooks.module_stack)) if hooks else []
+        err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:2000],
+                               "out_of_memory": _is_oom(exc), "phase": hooks.phase if hooks else None,
+                               "module": " > ".join(modules) or None, "live_by_category": None}
+        book = self.tracker.books.get(dev) if self.tracker is not None and dev else None
+        if book is not None:
+            err["live_by_category"] = T.StorageTracker.public(book.cats)
+            err["live_detail"] = T.StorageTracker.detail(book.cats)
+            err["live_allocated"] = book.total
+        if self.cuda is not None:
+            err["cuda_memory_allocated"] = torch.cuda.memory_allocated(self.cuda.index)
+            err["cuda_memory_reserved"] = torch.cuda.memory_reserved(self.cuda.index)
+        return err
+
+
+def track(model: Any = None, optimizer: Any = None, *, mode: str = "attribution",
+          device: str | torch.device | None = None, events: bool = True,
+          memory_snapshot: bool = False) -> Session:
+    """Profile the memory of the code inside `with memprof.track(model, optimizer) as run:`.
+
+    model / optimizer: the nn.Module(s) and torch.optim.Optimizer(s) being trained (recommended:
+    their existing parameters, gradients and states are counted from the start). Others are
+    discovered when they run. mode: "attribution" or "stats". device: which device's memory to
+    report (default: the model's). events: keep the allocation timeline (`run.events`).
+    memory_snapshot: on CUDA, record torch.cuda.memory history and save it beside the profile.
+    """
+    return Session(model, optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot)
+
+
+class ProfiledFunction:
+    """A training-step function that records one Profile per call (`profiles`) and the `worst`."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any], out: str | None) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self._options = options
+        self._out = out
+        self._found: dict[str, list[weakref.ref]] = {}
+        self.profiles: list[Profile] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        options = dict(self._options)
+        # what an earlier call discovered is known from the start of the next one, so its
+        # existing parameters, gradients and optimizer states count in every phase
+        for key, refs in self._found.items():
+            if options[key] is None:
+                found = [o for o in (r() for r in refs) if o is not None]
+                options[key] = found or None
+        session = Session(**options)
+        try:
+            with session:
+                return self._fn(*args, **kwargs)
+        finally:
+            if session.started:
+                self._found = {"model": [weakref.ref(m) for m in session.roots],
+                               "optimizer": [weakref.ref(o) for o in session.optimizers]}
+                self.profiles.append(session.profile)
+                if self._out:
+                    if "{call}" in self._out:
+                        session.profile.save(self._out.format(call=len(self.profiles) - 1))
+                    elif self.worst is session.profile:
+                        session.profile.save(self._out)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self.__call__, obj)
+
+    @property
+    def last(self) -> Profile | None:
+        return self.profiles[-1] if self.profiles else None
+
+    @property
+    def worst(self) -> Profile | None:
+        """The call with the highest peak (allocated bytes; the first such call on ties)."""
+        best, best_peak = None, None
+        for p in self.profiles:
+            peak = p.to_dict()["peak"]["allocated"]
+            if best is None or (peak is not None and (best_peak is None or peak > best_peak)):
+                best, best_peak = p, peak
+        return best
+
+
+def profile(fn: Callable[..., Any] | None = None, *, model: Any = None, optimizer: Any = None,
+            mode: str = "attribution", device: str | torch.device | None = None, events: bool = False,
+            memory_snapshot: bool = False, out: str | None = None) -> Any:
+    """Decorate a training-step function: each call is profiled (`fn.profiles`, `fn.worst`).
+
+    Usable bare (`@memprof.profile`) or with options (`@memprof.profile(model=m, optimizer=opt)`).
+    out: a path to save to; with "{call}" in it every call is saved, otherwise the worst call.
+    Events are off by default here (a long-running loop would keep every call's timeline).
+    """
+    options = dict(model=model, optimizer=optimizer, mode=mode, device=device, events=events,
+                   memory_snapshot=memory_snapshot)
+    Session(**options)   # validate the options now, not at the first call
+
+    def wrap(f: Callable[..., Any]) -> ProfiledFunction:
+        return ProfiledFunction(f, options, out)
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,331 @@
+"""Storage attribution: a TorchDispatchMode that sees every tensor storage created in a region.
+
+Every live storage is counted once (two tensors sharing one storage — views, tied weights — are one
+entry), with its exact `untyped_storage().nbytes()`, on its own device. Each storage carries one
+category, which can change while it lives:
+
+    parameters        storages of known parameters
+    gradients         storages that are some parameter's .grad (set by the post-accumulate hook)
+    optimizer_states  storages reachable from optimizer.state (set after each step)
+    activations       created in forward and still alive when forward ends (saved for backward),
+                      or recomputed in backward by gradient checkpointing
+    temporary         created in forward and freed before it ends; created in backward or in the
+                      optimizer step and not becoming a gradient or a state; created outside phases
+    inputs, buffers   (reported inside `temporary`, itemised in peak.detail) storages that existed
+                      before the region and are not model states: batches, module buffers
+
+A category is decided by the storage's fate, so peaks are corrected retroactively: when a storage
+changes category, every recorded peak snapshot taken while it held the old category moves its bytes
+to the new one. This keeps `peak.by_category` summing to the peak while naming each storage by role.
+
+Known limits: storages that never pass through dispatch (created by C++ extensions with their own
+allocators, `UntypedStorage.resize_` called directly) are not seen; a storage first seen as the
+input of an op is counted from that moment (as `inputs`).
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from memprof.estimators.vocabulary import Category, Phase
+
+PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER = range(7)
+CODE_NAMES = ("parameters", "gradients", "optimizer_states", "activations", "temporary", "inputs", "buffers")
+PUBLIC_OF_CODE = (Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
+                  Category.ACTIVATIONS.value, Category.TEMPORARY.value, Category.TEMPORARY.value,
+                  Category.TEMPORARY.value)
+TENSOR_CATEGORIES = (Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
+                     Category.ACTIVATIONS.value, Category.TEMPORARY.value)
+_FORWARD, _BACKWARD, _STEP = Phase.FORWARD.value, Phase.BACKWARD.value, Phase.OPTIMIZER_STEP.value
+# a storage that is a parameter stays one even if an optimizer also keeps it in its state
+_PRECEDENCE = {PARAM: 0, GRAD: 1, STATE: 2}
+_graph_task_id = torch._C._current_graph_task_id
+
+
+class _Rec:
+    """One live storage."""
+
+    __slots__ = ("sid", "nbytes", "book", "cat", "cat_seq", "epoch")
+
+    def __init__(self, sid: int, nbytes: int, book: "_Book", cat: int, seq: int, epoch: int) -> None:
+        self.sid, self.nbytes, self.book, self.cat, self.cat_seq, self.epoch = sid, nbytes, book, cat, seq, epoch
+
+
+class _Snap:
+    """Bytes per category at one moment (a peak); `seq` orders it among allocations."""
+
+    __slots__ = ("seq", "total", "cats", "phase")
+
+    def __init__(self, seq: int, total: int, cats: list[int], phase: str | None) -> None:
+        self.seq, self.total, self.cats, self.phase = seq, total, cats, phase
+
+
+class _Book:
+    """Running totals and peaks of one device."""
+
+    __slots__ = ("device", "cats", "total", "peak", "phase_peaks")
+
+    def __init__(self, device: str, seq: int) -> None:
+        self.device = device
+        self.cats = [0] * 7
+        self.total = 0
+        self.peak = _Snap(seq, 0, [0] * 7, None)
+        self.phase_peaks: dict[str, _Snap] = {}
+
+    def snaps(self) -> list[_Snap]:
+        return [self.peak, *self.phase_peaks.values()]
+
+
+def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):   # sparse tensors, subclasses without storage
+        return None
+
+
+class StorageTracker(TorchDispatchMode):
+    """Attributes every storage to a category and a phase; keeps per-device peaks and events.
+
+    The session drives it: `set_phase()` on phase changes, `classify()` for parameters, gradients
+    and states, `module_depth` while modules run. `on_backward` is called when an op runs inside
+    the autograd engine while the phase is not yet backward.
+    """
+
+    def __init__(self, *, record_events: bool = True, on_backward: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.record_events = record_events
+        self.events: list[tuple] = []
+        self.event_phases: list[str | None] = []
+        self.books: dict[str, _Book] = {}
+        self.phase: str | None = None
+        self.in_step = False
+        self.module_depth = 0
+        self.fwd_epoch = 0
+        self._on_backward = on_backward or (lambda: None)
+        self._reg: dict[int, tuple[_Rec, weakref.ref]] = {}
+        self._seq = 0
+        self._next_sid = 0
+        self._alias: dict[Any, bool] = {}
+        self._active = False
+        # bytes allocated per phase, by the category given at creation (recomputation shows here)
+        self.created: dict[str | None, list[int]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._active = True
+
+    def stop(self) -> None:
+        """Forget every storage (dropping the weak references also drops their callbacks)."""
+        self._active = False
+        self._reg.clear()
+
+    # -- registry -----------------------------------------------------------------------
+    def _book(self, device: torch.device) -> _Book:
+        key = str(device)
+        book = self.books.get(key)
+        if book is None:
+            book = self.books[key] = _Book(key, self._seq)
+        return book
+
+    def _add(self, st: torch.UntypedStorage, cat: int) -> _Rec:
+        book = self._book(st.device)
+        n = st.nbytes()
+        self._seq += 1
+        sid = self._next_sid
+        self._next_sid += 1
+        rec = _Rec(sid, n, book, cat, self._seq, self.fwd_epoch)
+        key = id(st)
+        self._reg[key] = (rec, weakref.ref(st, functools.partial(self._on_free, rec, key)))
+        book.cats[cat] += n
+        book.total += n
+        created = self.created.get(self.phase)
+        if created is None:
+            created = self.created[self.phase] = [0] * 7
+        created[cat] += n
+        if self.record_events:
+            self.events.append(("alloc", sid, n, book.device))
+            self.event_phases.append(self.phase)
+        self._bump_peaks(book)
+        return rec
+
+    def _bump_peaks(self, book: _Book) -> None:
+        if book.total > book.peak.total:
+            book.peak = _Snap(self._seq, book.total, list(book.cats), self.phase)
+        phase = self.phase
+        if phase is not None:
+            ps = book.phase_peaks.get(phase)
+            if ps is None or book.total > ps.total:
+                book.phase_peaks[phase] = _Snap(self._seq, book.total, list(book.cats), phase)
+
+    def _on_free(self, rec: _Rec, key: int, _ref: Any) -> None:
+        if not self._active:
+            return
+        self._reg.pop(key, None)
+        if rec.cat == ACT and self.phase == _FORWARD and rec.epoch == self.fwd_epoch:
+            self._reclass(rec, TEMP)   # created and freed within one forward: not saved for backward
+        book = rec.book
+        book.cats[rec.cat] -= rec.nbytes
+        book.total -= rec.nbytes
+        self._seq += 1
+        if self.record_events:
+            self.events.append(("free", rec.sid))
+            self.event_phases.append(self.phase)
+
+    def _reclass(self, rec: _Rec, cat: int) -> None:
+        old = rec.cat
+        if old == cat:
+            return
+        n = rec.nbytes
+        for snap in rec.book.snaps():
+            if snap.seq >= rec.cat_seq:
+                snap.cats[old] -= n
+                snap.cats[cat] += n
+        rec.book.cats[old] -= n
+        rec.book.cats[cat] += n
+        rec.cat = cat
+        self._seq += 1
+        rec.cat_seq = self._seq
+
+    def _resize(self, rec: _Rec, st: torch.UntypedStorage) -> None:
+        n = st.nbytes()
+        if n == rec.nbytes:
+            return
+        book = rec.book
+        book.cats[rec.cat] += n - rec.nbytes
+        book.total += n - rec.nbytes
+        # a resize is a free followed by an allocation, as an allocator sees it
+        if self.record_events:
+            self.events.append(("free", rec.sid))
+            self.event_phases.append(self.phase)
+        rec.nbytes = n
+        rec.sid = self._next_sid
+        self._next_sid += 1
+        self._seq += 1
+        if self.record_events:
+            self.events.append(("alloc", rec.sid, n, book.device))
+            self.event_phases.append(self.phase)
+        self._bump_peaks(book)
+
+    def classify(self, t: torch.Tensor, cat: int, *, only_new: bool = False) -> None:
+        """Mark a tensor's storage as `cat` (registering it as pre-existing if not yet seen).
+
+        only_new: leave a storage that is already tracked as it is.
+        """
+        st = _storage(t)
+        if st is None:
+            return
+        entry = self._reg.get(id(st))
+        if entry is None:
+            self._add(st, cat)
+            return
+        if only_new:
+            return
+        rec = entry[0]
+        if _PRECEDENCE.get(rec.cat, 9) < _PRECEDENCE.get(cat, 9):
+            return
+        self._reclass(rec, cat)
+
+    def category_of(self, t: torch.Tensor) -> str | None:
+        """The internal category name of a tensor's storage (None when not tracked)."""
+        st = _storage(t)
+        entry = None if st is None else self._reg.get(id(st))
+        return None if entry is None else CODE_NAMES[entry[0].cat]
+
+    # -- phases -------------------------------------------------------------------------
+    def set_phase(self, phase: str | None, *, in_step: bool = False) -> None:
+        if phase == _FORWARD and self.phase != _FORWARD:
+            self.fwd_epoch += 1
+        self.phase = phase
+        self.in_step = in_step
+        if phase is not None:
+            for book in self.books.values():
+                ps = book.phase_peaks.get(phase)
+                if ps is None or book.total > ps.total:
+                    self._seq += 1
+                    book.phase_peaks[phase] = _Snap(self._seq, book.total, list(book.cats), phase)
+
+    def live_by_category(self) -> dict[str, dict[str, int]]:
+        """Bytes alive now, per device and internal category."""
+        return {dev: dict(zip(CODE_NAMES, book.cats)) for dev, book in self.books.items()}
+
+    # -- dispatch -----------------------------------------------------------------------
+    def _aliases(self, func: Any) -> bool:
+        a = self._alias.get(func)
+        if a is None:
+            try:
+                a = any(r.alias_info is not None for r in func._schema.returns)
+            except AttributeError:
+                a = False
+            self._alias[func] = a
+        return a
+
+    def _see_output(self, t: torch.Tensor, aliases: bool) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        entry = self._reg.get(id(st))
+        if entry is not None:
+            if aliases:   # in-place, out= and resize_ ops may grow the storage they return
+                self._resize(entry[0], st)
+            return
+        if aliases:       # a view of a storage that existed before the region
+            cat = INPUT
+        elif self.in_step:
+            cat = TEMP
+        elif self.phase == _FORWARD:
+            cat = ACT
+        elif self.phase == _BACKWARD:
+            cat = ACT if self.module_depth > 0 else TEMP   # recomputation under checkpointing
+        else:
+            cat = TEMP
+        self._add(st, cat)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        # the hot path: kept flat, since it runs for every operator
+        Tensor = torch.Tensor
+        reg = self._reg
+        for a in args:
+            if isinstance(a, Tensor):
+                try:
+                    st = a.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                if id(st) not in reg:       # existed before the region and never seen
+                    self._add(st, INPUT)
+            elif isinstance(a, (list, tuple)):
+                for b in a:
+                    if isinstance(b, Tensor):
+                        st = _storage(b)
+                        if st is not None and id(st) not in reg:
+                            self._add(st, INPUT)
+        out = func(*args, **(kwargs or {}))
+        if self.phase != _BACKWARD and not self.in_step and _graph_task_id() != -1:
+            self._on_backward()
+        aliases = self._alias.get(func)
+        if aliases is None:
+            aliases = self._aliases(func)
+        if isinstance(out, Tensor):
+            self._see_output(out, aliases)
+        elif isinstance(out, (list, tuple)):
+            for o in out:
+                if isinstance(o, Tensor):
+                    self._see_output(o, aliases)
+        return out
+
+    # -- results ------------------------------------------------------------------------
+    @staticmethod
+    def public(cats: list[int]) -> dict[str, int]:
+        out = dict.fromkeys(TENSOR_CATEGORIES, 0)
+        for code, n in enumerate(cats):
+            out[PUBLIC_OF_CODE[code]] += n
+        return out
+
+    @staticmethod
+    def detail(cats: list[int]) -> dict[str, int]:
+        return {"inputs": cats[INPUT], "buffers": cats[BUFFER],
+                "created_temporary": cats[TEMP]}
