@@ -13,6 +13,14 @@ The forward replay of `activations.build_trace` is simulated tensor by tensor:
   only a few parameter-sized buffers: the caller passes the figure).
 The peak is the maximum over every simulated moment; the timeline keeps one point per segment
 (forward / backward of each layer, the head, the optimizer step) holding that segment's maximum.
+
+With `events`, the simulated tensors are also written out as allocator events, in order, for the
+allocator simulator (memprof.estimators.allocator.training): ("alloc", id, nbytes, 0) / ("free", id)
+for every tensor of the forward replay (int ids), activation gradients (negative int ids),
+parameter gradients (("grad", name), when the backward produces them) and, under accumulation,
+the engine's pending parameter gradients (("grad_acc", name)). Model states and buffers are not
+events (the caller owns them); parameter gradients and what the caller holds (batch, logits, loss)
+are still live when the stream ends, as when optimizer.step() starts.
 """
 from __future__ import annotations
 
@@ -102,7 +110,8 @@ def _check_nonneg(**kw) -> None:
 def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_bytes: int,
                   grad_dtype: str, optimizer_state_bytes: int, optimizer_temporaries_bytes: int,
                   grad_accumulation: int = 1, held_outputs: bool = True,
-                  states_exist: bool = True) -> Timeline:
+                  states_exist: bool = True, events: list | None = None,
+                  event_phases: list | None = None) -> Timeline:
     """The live bytes of one optimizer step (all its micro-batches) by phase and category.
 
     param_bytes, grad_bytes, optimizer_state_bytes: full steady-state sizes (what stays resident).
@@ -111,7 +120,8 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     the optimizer's peak scratch memory during step(). held_outputs: the caller keeps the model
     output (logits, loss) and the batch alive through backward and step, as a training loop that
     writes `out = model(**batch)` does. states_exist: False for the very first step, when the
-    optimizer allocates its states inside step().
+    optimizer allocates its states inside step(). events / event_phases: lists that receive the
+    allocation events of the simulated tensors and the phase of each (module docstring).
     """
     _check_nonneg(param_bytes=param_bytes, grad_bytes=grad_bytes,
                   optimizer_state_bytes=optimizer_state_bytes,
@@ -129,6 +139,8 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     sim = _Sim(tr, pgrad, held_outputs)
     timeline = Timeline()
     seg = _Segment(timeline)
+    if events is not None:
+        sim.events, sim.event_phases, sim.seg = events, event_phases, seg
     states = optimizer_state_bytes if states_exist else 0
     for micro in range(grad_accumulation):
         base = {_P: param_bytes, _S: states, _G: grad_bytes if micro else 0}
@@ -154,10 +166,10 @@ _PASS_THROUGH = frozenset({"add", "copy"})
 class _GradBuf:
     """One gradient tensor; several activations can share it (add passes its gradient through)."""
 
-    __slots__ = ("nbytes", "refs")
+    __slots__ = ("nbytes", "refs", "eid")
 
     def __init__(self, nbytes: int):
-        self.nbytes, self.refs = nbytes, 1
+        self.nbytes, self.refs, self.eid = nbytes, 1, 0
 
 
 class _Sim:
@@ -192,6 +204,27 @@ class _Sim:
         self.live: dict[int, tuple[T, str]] = {}
         self.totals = {_A: 0, _TMP: 0}
         self.recomputed: dict[int, int] = {}     # recomputed saved tensor -> saves still pending
+        self.events: list | None = None          # allocation-event sink (see the module docstring)
+        self.event_phases: list | None = None
+        self.seg: _Segment | None = None
+        self.grad_ids = 0
+
+    def emit(self, event: tuple) -> None:
+        self.events.append(event)
+        if self.event_phases is not None:
+            self.event_phases.append(self.seg.phase)
+
+    def new_grad(self, nbytes: int) -> "_GradBuf":
+        g = _GradBuf(nbytes)
+        if self.events is not None:
+            self.grad_ids -= 1
+            g.eid = self.grad_ids
+            self.emit(("alloc", g.eid, nbytes, 0))
+        return g
+
+    def release_grad(self, g: "_GradBuf") -> None:
+        if self.events is not None:
+            self.emit(("free", g.eid))
 
     # -- bookkeeping --------------------------------------------------------------------------
     def kept(self, t: T) -> bool:
@@ -212,11 +245,15 @@ class _Sim:
             cat = _TMP
         self.live[id(t)] = (t, cat)
         self.totals[cat] += t.nbytes
+        if self.events is not None:
+            self.emit(("alloc", id(t), t.nbytes, 0))
 
     def drop(self, t: T) -> None:
         entry = self.live.pop(id(t), None)
         if entry is not None:
             self.totals[entry[1]] -= t.nbytes
+            if self.events is not None:
+                self.emit(("free", id(t)))
 
     def snapshot(self, base, extra_grads: int = 0, act_grads: int = 0) -> dict[str, int]:
         out = dict(base)
@@ -268,10 +305,10 @@ class _Sim:
                         uses[t.name] = uses.get(t.name, 0) + 1
         recomputed_regions: set = set()
         loss = self.tr.held[-1] if self.tr.held else None
-        if loss is not None:
-            grads[id(loss)] = _GradBuf(loss.nbytes)
-            grad_total += loss.nbytes
         seg.start(Phase.BACKWARD.value, "backward: loss and head" + suffix)
+        if loss is not None:
+            grads[id(loss)] = self.new_grad(loss.nbytes)
+            grad_total += loss.nbytes
         layer = None
 
         def free_if_unused(t: T) -> None:
@@ -308,10 +345,15 @@ class _Sim:
                     if accumulate:
                         # computed, held by the engine until the parameter's last use has
                         # contributed, then added into .grad in place
-                        pending.setdefault(t.name, self.pgrad(t))
+                        if t.name not in pending:
+                            pending[t.name] = self.pgrad(t)
+                            if self.events is not None:
+                                self.emit(("alloc", ("grad_acc", t.name), pending[t.name], 0))
                     elif t.name not in param_done:
                         param_done.add(t.name)
                         pgrads += self.pgrad(t)
+                        if self.events is not None:
+                            self.emit(("alloc", ("grad", t.name), self.pgrad(t), 0))
                     continue
                 nbytes = t.numel * dtype_bytes(t.dtype)
                 old = grads.get(id(t))
@@ -319,7 +361,7 @@ class _Sim:
                     # a second contribution: the engine adds in place unless the buffer is shared
                     if old.refs > 1:
                         old.refs -= 1
-                        grads[id(t)] = _GradBuf(nbytes)
+                        grads[id(t)] = self.new_grad(nbytes)
                         grad_total += nbytes
                     continue
                 if (op.op in _PASS_THROUGH and out_buf is not None and t.numel == out.numel
@@ -327,7 +369,7 @@ class _Sim:
                     out_buf.refs += 1                  # add / clone pass the same gradient on
                     grads[id(t)] = out_buf
                 else:
-                    grads[id(t)] = _GradBuf(nbytes)
+                    grads[id(t)] = self.new_grad(nbytes)
                     grad_total += nbytes
             seg.current = op
             seg.see(state())
@@ -337,6 +379,7 @@ class _Sim:
                     g.refs -= 1
                     if g.refs == 0:
                         grad_total -= g.nbytes
+                        self.release_grad(g)
             for _, t in op.saved:
                 if t.kind == "param":
                     continue
@@ -351,8 +394,9 @@ class _Sim:
                 for t in op.inputs:
                     if t.kind == "param":
                         uses[t.name] -= 1
-                        if uses[t.name] == 0:
-                            pending.pop(t.name, None)
+                        if uses[t.name] == 0 and pending.pop(t.name, None) is not None \
+                                and self.events is not None:
+                            self.emit(("free", ("grad_acc", t.name)))
             if op.region is not None:
                 region_refs[op.region] -= 1
                 if region_refs[op.region] == 0:
@@ -363,6 +407,12 @@ class _Sim:
                 self.drop(entry[0])
         seg.start(Phase.BACKWARD.value, "backward end" + suffix)
         seg.see(state())
+        if self.events is not None:
+            # the engine releases what is left when backward returns
+            for g in {id(g): g for g in grads.values()}.values():
+                self.release_grad(g)
+            for name in pending:
+                self.emit(("free", ("grad_acc", name)))
 
     def _recompute(self, region, seg, state) -> None:
         """Re-run a checkpointed region's forward: its saved tensors come back for its backward.

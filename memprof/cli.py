@@ -17,6 +17,7 @@ from memprof.estimators.errors import MemprofUserError
 # name -> module under memprof.commands exposing a click command of the same name
 COMMANDS: dict[str, str] = {
     "estimate": "estimate",
+    "fit": "fit",
     "optimizers": "optimizers",
     "presets": "presets",
     "run": "run",

@@ -42,14 +42,22 @@ def estimate_table(record: dict[str, Any], result: Any = None) -> str:
     total = sum(states.values())
     rows.append(("model states", _per_param(total, n), _bytes(total), ""))
     peak = record["peak"]
-    for cat in ("activations", "temporary", "cuda_context", "fragmentation"):
+    rows.append(("", "", "", ""))
+    phase = f" ({peak['phase']})" if peak["phase"] else ""
+    rows.append((f"at the peak{phase}", "", "", ""))
+    for cat in CATEGORIES:
         value = peak["by_category"][cat]
-        rows.append((_LABELS[cat], _per_param(value, n) if value is not None else ABSENT, _bytes(value),
-                     "" if value is not None else "not modelled yet"))
-    phase = f"at {peak['phase']}" if peak["phase"] else ""
-    rows.append(("peak", "", _bytes(peak["device_total"]), phase))
+        rows.append(("  " + _LABELS[cat], _per_param(value, n), _bytes(value),
+                     notes.get("peak:" + cat, "") if value is not None else notes.get("absent:" + cat,
+                                                                                  "not modelled")))
+    rows.append(("peak allocated", "", _bytes(peak["allocated"]), "tensors (max_memory_allocated)"))
+    rows.append(("peak reserved", "", _bytes(peak["reserved"]), "+ fragmentation (max_memory_reserved)"))
+    rows.append(("device total", "", _bytes(peak["device_total"]), "+ CUDA context (nvidia-smi)"
+                 if record["settings"]["device"] == "cuda" else ""))
     lines.append("")
     lines.extend(_align(rows))
+    for warning in record.get("warnings") or ():
+        lines.append(f"warning: {warning}")
     if record.get("cpu_offload"):
         lines.append(f"CPU RAM for offloaded states: {format_bytes(record['cpu_offload'])}")
     verdict = _verdict(record)
@@ -62,10 +70,32 @@ def _notes(record: dict[str, Any], result: Any) -> dict[str, str]:
     if result is None:
         return {}
     prec = result.precision
+    s = record["settings"]
     breakdown = record["optimizer_state_breakdown"]
     parts = ", ".join(f"{key} {format_bytes(value)}" for key, value in breakdown.items())
-    return {"parameters": prec.param_dtype, "gradients": prec.grad_dtype,
-            "optimizer_states": parts or "none"}
+    notes = {"parameters": prec.param_dtype, "gradients": prec.grad_dtype,
+             "optimizer_states": parts or "none"}
+    ckpt = "" if s["checkpointing"] == "none" else f", {s['checkpointing']} checkpointing"
+    notes["peak:activations"] = (f"{s['attention']} attention ({s['attention_kernel']} kernel){ckpt}; "
+                                 f"{format_bytes(record['activations_saved'])} saved at forward end")
+    temps = dict(record["temporary_breakdown"])
+    step = temps.pop("optimizer_step", None)
+    parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in temps.items() if v]
+    if step is not None:
+        impl = (s["optimizer_impl"] or "").replace("_", "-")
+        where = "at the peak" if record["peak"]["phase"] == "optimizer_step" else "in step()"
+        parts.append(f"{impl} optimizer scratch {format_bytes(step)} {where}")
+    notes["peak:temporary"] = "; ".join(parts)
+    if record.get("cuda_context"):
+        notes["peak:cuda_context"] = record["cuda_context"]["basis"]
+    elif s["device"] == "cpu":
+        notes["peak:cuda_context"] = notes["peak:fragmentation"] = "none on the CPU"
+    if record.get("allocator"):
+        a = record["allocator"]
+        notes["peak:fragmentation"] = (f"caching-allocator replay of the step: "
+                                       f"{a['fragmentation']:.1%} of reserved")
+    notes["absent:fragmentation"] = "allocator replay not available"
+    return notes
 
 
 def _align(rows: list[tuple[str, str, str, str]]) -> list[str]:
@@ -90,9 +120,10 @@ def _verdict(record: dict[str, Any]) -> str:
             return (f"does not fit {gpu['name']} ({capacity}): model states alone need "
                     f"{format_bytes(states)}")
         return f"does not fit {gpu['name']} ({capacity}): peak {format_bytes(total)}"
+    missing = [c for c, v in record["peak"]["by_category"].items() if v is None]
     return (f"{gpu['name']} ({capacity}): model states take {format_bytes(states)} "
-            f"({states / gpu['usable']:.0%}); whether the whole step fits is not known until the "
-            "remaining categories are modelled")
+            f"({states / gpu['usable']:.0%}); whether the whole step fits is not known "
+            f"({', '.join(missing)} not estimated)")
 
 
 def estimate_csv(record: dict[str, Any]) -> str:
@@ -105,3 +136,36 @@ def estimate_csv(record: dict[str, Any]) -> str:
         peak = record["peak"]["by_category"].get(cat)
         writer.writerow([record["model"], cat, "" if state is None else state, "" if peak is None else peak])
     return buffer.getvalue()
+
+
+def fit_table(record: dict[str, Any]) -> str:
+    """The human table of `memprof fit`, from its JSON record."""
+    s = record["settings"]
+    budget = (f"{format_bytes(record['usable'])} usable, {format_bytes(record['headroom'])} headroom: "
+              f"budget {format_bytes(record['budget'])}")
+    lines = [f"{record['model']} on {record['gpu']} ({budget})",
+             f"{s.get('optimizer', 'adamw')} · {s.get('precision', 'bf16-mixed')} · checkpointing "
+             f"{s.get('checkpointing', 'none')} · attention {s.get('attention', 'auto')} · "
+             f"{s.get('gpus', 1)} GPU{'s' if s.get('gpus', 1) != 1 else ''} · ZeRO {s.get('zero', 0)}", ""]
+    best, nxt = record["best"], record["next_up"]
+    if record["searched"] == "seq_len":
+        lines.append(f"longest sequence that fits at batch {best['batch_size']}: {record['max_seq_len']:,} "
+                     f"(peak {format_bytes(best['device_total'])} at {best['phase']})")
+        if nxt:
+            lines.append(f"  sequence {nxt['seq_len']:,} would need {format_bytes(nxt['device_total'])}")
+    else:
+        lines.append(f"largest batch size that fits at sequence {best['seq_len']:,}: {record['max_batch_size']} "
+                     f"(peak {format_bytes(best['device_total'])} at {best['phase']})")
+        if nxt:
+            lines.append(f"  batch {nxt['batch_size']} would need {format_bytes(nxt['device_total'])}")
+    ref = record["reference"]
+    if record["knobs"]:
+        lines += ["", f"one knob at a time, at batch {ref['batch_size']} × sequence {ref['seq_len']:,} "
+                      f"(peak {format_bytes(ref['device_total'])}):"]
+        rows = [("knob", "peak", "saves", "fits")]
+        for k in record["knobs"]:
+            rows.append((k["knob"], format_bytes(k["peak"]), format_bytes(k["saves"]), "yes" if k["fits"] else "no"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+    return "\n".join(lines)

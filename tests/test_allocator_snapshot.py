@@ -218,6 +218,14 @@ def test_cli_bad_options_are_one_line(snapshot_file, capsys, args, fragment):
     assert fragment in err and err.count("\n") == 1
 
 
+def test_cli_device_of_a_snapshot_is_an_index(snapshot_file, capsys):
+    assert main(["replay", str(snapshot_file), "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err
+    assert "a snapshot's devices are numbered 0, 1" in err and err.count("\n") == 1
+    assert main(["replay", str(snapshot_file), "--device", "0", "--format", "json", "--no-what-if"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == 0
+
+
 def test_cli_foreign_file(tmp_path, capsys):
     path = write(tmp_path / "model.pt", b"PK\x03\x04junk")
     assert main(["replay", str(path)]) == 2

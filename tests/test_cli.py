@@ -58,10 +58,13 @@ def test_table_reports_bytes_per_parameter_and_the_gpu_verdict(capsys):
 
 
 def test_csv_has_a_row_per_category(capsys):
+    record = run_json(capsys, "gpt2-1.5b")
     assert main(["estimate", "gpt2-1.5b", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model,category,model_state_bytes,peak_bytes"
-    assert lines[1] == f"gpt2-1.5b,parameters,{4 * GPT2_XL},"
+    peak = record["peak"]["by_category"]
+    assert lines[1] == f"gpt2-1.5b,parameters,{4 * GPT2_XL},{peak['parameters']}"
+    assert lines[4] == f"gpt2-1.5b,activations,,{peak['activations']}"
     assert len(lines) == 1 + 7
 
 

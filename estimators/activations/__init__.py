@@ -17,6 +17,7 @@ CUDA; nothing here hard-codes it. What the replay also knows, because the real c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..dtypes import dtype_bytes
 from ..errors import MemprofUserError, unknown_name
@@ -25,6 +26,7 @@ from .ops import T, Trace
 
 __all__ = [
     "ActivationSettings", "SavedTensor", "saved_tensors", "activation_bytes", "resolve_attention",
+    "attention_kernel",
     "build_trace", "SUPPORTED_MODEL_TYPES", "ATTENTION", "CHECKPOINTING",
 ]
 
@@ -95,10 +97,6 @@ def _family(spec):
     return _FAMILIES[model_type]
 
 
-def _dropout_of(spec) -> float:
-    return _family(spec).attention_dropout(spec.config)
-
-
 def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 0.0, *,
                       head_dim: int | None = None, has_mask: bool = False) -> str:
     """The attention kernel PyTorch runs for a transformers `attn_implementation`.
@@ -130,13 +128,24 @@ def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 
     return "math"
 
 
-def build_trace(spec, settings: ActivationSettings) -> Trace:
-    """Replay the family's forward under `settings` and mark checkpoint regions."""
+def attention_kernel(spec, settings: ActivationSettings) -> str:
+    """The attention kernel PyTorch runs for this model under `settings` (see resolve_attention)."""
     fam = _family(spec)
     config = dict(spec.config)
     dropout = fam.attention_dropout(config) if settings.training else 0.0
-    kernel = resolve_attention(settings.attention, settings.device, settings.compute_dtype, dropout,
-                               head_dim=fam.head_dim(config))
+    return resolve_attention(settings.attention, settings.device, settings.compute_dtype, dropout,
+                             head_dim=fam.head_dim(config))
+
+
+@lru_cache(maxsize=16)
+def build_trace(spec, settings: ActivationSettings) -> Trace:
+    """Replay the family's forward under `settings` and mark checkpoint regions.
+
+    Cached: an estimate reads the same trace several times (saved tensors, the timeline, the
+    allocator replay). Callers only read it."""
+    fam = _family(spec)
+    config = dict(spec.config)
+    kernel = attention_kernel(spec, settings)
     tr = Trace(settings.batch_size, settings.seq_len, settings.param_dtype, settings.compute_dtype,
                settings.autocast, settings.device, settings.training,
                checkpointing=settings.checkpointing)

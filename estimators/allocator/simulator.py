@@ -154,6 +154,7 @@ class SimResult:
     unmatched_frees: int
     oom: OutOfMemory | None = None
     segment_events: list[tuple[str, int]] | None = field(default=None, repr=False)
+    retries_before_reset: int = 0     # num_alloc_retries when the peaks were last reset
 
     @property
     def fragmentation(self) -> float:
@@ -227,6 +228,7 @@ class CachingAllocatorSimulator:
         self.num_device_alloc = 0
         self.num_device_free = 0
         self.unmatched_frees = 0
+        self.retries_before_reset = 0
         self.last_oom: tuple[int, int, int] | None = None  # (requested, rounded, segment)
         self.segment_events: list[tuple[str, int]] | None = [] if record_segments else None
 
@@ -404,6 +406,20 @@ class CachingAllocatorSimulator:
     def empty_cache(self) -> None:
         """torch.cuda.empty_cache(): release_cached_blocks."""
         self._release_cached_blocks()
+
+    def reset_peak_stats(self) -> None:
+        """torch.cuda.reset_peak_memory_stats(): every peak becomes the current value.
+
+        Counters (num_alloc_retries, num_ooms, device allocs and frees) are cumulative, as in torch;
+        the retries so far are remembered in retries_before_reset.
+        """
+        self.retries_before_reset = self.num_alloc_retries
+        self.peak_allocated = self.allocated
+        self.peak_reserved = self.reserved
+        self.peak_requested = self.requested
+        self.peak_inactive_split = self.inactive_split
+        self.reserved_at_peak = self.reserved
+        self.inactive_split_at_peak = self.inactive_split
 
     def address_of(self, ident: Hashable) -> int:
         """Simulated address of a live allocation (segments get increasing addresses)."""
@@ -661,6 +677,7 @@ class CachingAllocatorSimulator:
             num_device_free=self.num_device_free, final_allocated=self.allocated,
             final_reserved=self.reserved, unmatched_frees=self.unmatched_frees, oom=oom,
             segment_events=list(self.segment_events) if self.segment_events is not None else None,
+            retries_before_reset=self.retries_before_reset,
         )
 
     def check(self) -> None:
@@ -714,12 +731,14 @@ def _ordered(keys) -> list:
 
 def simulate(events: Iterable[tuple], config: AllocatorConfig | str | None = None,
              capacity: int | None = None, record_segments: bool = False,
-             stop_at_oom: bool = True) -> SimResult:
+             stop_at_oom: bool = True, reset_peaks_at: int | None = None) -> SimResult:
     """Replay allocation events (see the module docstring) through a fresh simulator.
 
     With a capacity, the first allocation that cannot be satisfied even after releasing the cache
     is reported in `oom`; the replay stops there unless stop_at_oom is False (then the failed
-    allocation is skipped, and its later free is counted as unmatched).
+    allocation is skipped, and its later free is counted as unmatched). reset_peaks_at: the index
+    of the event before which peaks are reset (reset_peak_memory_stats), so that the peaks are
+    those of the events from there on, e.g. the steady-state step after warm-up steps.
     """
     sim = CachingAllocatorSimulator(config, capacity, record_segments)
     malloc = sim.malloc
@@ -727,6 +746,8 @@ def simulate(events: Iterable[tuple], config: AllocatorConfig | str | None = Non
     oom = None
     index = -1
     for index, event in enumerate(events):
+        if index == reset_peaks_at:
+            sim.reset_peak_stats()
         kind = event[0]
         if kind == "free":
             free(event[1])

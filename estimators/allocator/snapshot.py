@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MemprofUserError
+from ._files import read_bytes
 from .config import AllocatorConfig, parse_alloc_conf
 from .simulator import SimResult, simulate
 
@@ -53,16 +54,7 @@ class _ForeignObject(Exception):
 
 def load_snapshot(path: str | os.PathLike) -> dict:
     """The snapshot dict in `path`; MemprofUserError (one line) if it is missing, corrupt or foreign."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise MemprofUserError(f"snapshot file not found: {name}") from None
-    except IsADirectoryError:
-        raise MemprofUserError(f"{name} is a directory, not a snapshot pickle") from None
-    except OSError as exc:
-        raise MemprofUserError(f"cannot read snapshot {name}: {exc.strerror or exc}") from None
+    name, data = read_bytes(path, "snapshot", "a snapshot pickle")
     try:
         snapshot = _PlainUnpickler(io.BytesIO(data)).load()
     except _ForeignObject as exc:

@@ -84,18 +84,23 @@ def _helps(candidate: SimResult, base: SimResult) -> bool:
 
 
 def what_if(events: Iterable[tuple], conf: str | None = None, capacity: int | None = None,
-            candidates: Iterable[str] = DEFAULT_CANDIDATES) -> WhatIf:
-    """Replay `events` under `conf` and under `conf` changed by each candidate option."""
+            candidates: Iterable[str] = DEFAULT_CANDIDATES, reset_peaks_at: int | None = None) -> WhatIf:
+    """Replay `events` under `conf` and under `conf` changed by each candidate option.
+
+    reset_peaks_at: compare the peaks of the events from that index on (see `simulate`).
+    """
     events = events if isinstance(events, list) else list(events)
     parse_alloc_conf(conf)  # a bad base conf is reported before any replay
-    baseline = WhatIfRow("", parse_alloc_conf(conf).to_conf(), simulate(events, conf, capacity))
+    baseline = WhatIfRow("", parse_alloc_conf(conf).to_conf(),
+                         simulate(events, conf, capacity, reset_peaks_at=reset_peaks_at))
     rows = []
     for change in candidates:
         merged = merge_alloc_conf(conf, change)
         config = parse_alloc_conf(merged)
         if config.to_conf() == baseline.conf:
             continue  # already in effect
-        rows.append(WhatIfRow(change, config.to_conf(), simulate(events, config, capacity)))
+        rows.append(WhatIfRow(change, config.to_conf(),
+                              simulate(events, config, capacity, reset_peaks_at=reset_peaks_at)))
     helpful = [r for r in rows if _helps(r.result, baseline.result)]
     best = min(helpful, key=lambda r: _score(r.result)) if helpful else None
     return WhatIf(baseline, rows, best)

@@ -64,3 +64,5 @@ def optimizer_table(params: Sequence[ParamTensor], param_dtype: str = "float32")
 
 
 __all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "OPTIMIZERS", "get_optimizer", "optimizer_names", "optimizer_table"]
+
+from .temporaries import default_implementation, step_temporary_bytes  # noqa: E402  (needs get_optimizer)

@@ -1,4 +1,9 @@
-"""`memprof replay SNAPSHOT.pickle`: replay a CUDA memory snapshot through the allocator simulator."""
+"""`memprof replay FILE`: replay an allocation timeline through the caching-allocator simulator.
+
+FILE is either a CUDA memory snapshot pickle (torch.cuda.memory._dump_snapshot) or a memprof profile
+JSON saved with its events (Profile.save(path, events=True)); the content decides, not the name.
+A profile of a CPU run is replayed as if on CUDA: it predicts that run's reserved memory on a GPU.
+"""
 from __future__ import annotations
 
 import json
@@ -7,39 +12,76 @@ import click
 
 
 @click.command()
-@click.argument("snapshot", type=click.Path(dir_okay=True))
+@click.argument("snapshot", metavar="FILE", type=click.Path(dir_okay=True))
 @click.option("--capacity", default=None,
               help="Memory the allocator may reserve (device memory minus the CUDA context and other "
                    "processes), e.g. 78GiB, 80GB, 512MiB or bytes [default: unlimited].")
 @click.option("--alloc-conf", default=None,
               help='PYTORCH_CUDA_ALLOC_CONF to simulate, e.g. "expandable_segments:True" '
-                   "[default: the settings recorded in the snapshot].")
-@click.option("--device", type=int, default=None,
-              help="Device trace to replay [default: the one with the most allocations].")
+                   "[default: the settings recorded in the snapshot, else PyTorch's defaults].")
+@click.option("--device", default=None,
+              help="Snapshot: the device index to replay [default: the one with the most allocations]. "
+                   "Profile: the device, e.g. cpu or cuda:0 [default: the device the profile reports].")
 @click.option("--what-if/--no-what-if", default=True, show_default=True,
               help="Also replay under alternative allocator settings and recommend one.")
 @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
-def replay(snapshot: str, capacity: str | None, alloc_conf: str | None, device: int | None,
+def replay(snapshot: str, capacity: str | None, alloc_conf: str | None, device: str | None,
            what_if: bool, fmt: str) -> None:
-    """Replay SNAPSHOT (from torch.cuda.memory._dump_snapshot) and report peaks and fragmentation."""
-    from memprof.estimators.allocator import parse_alloc_conf, replay_snapshot
+    """Replay FILE (a CUDA memory snapshot pickle, or a memprof profile JSON saved with events) and
+    report peaks and fragmentation; a CPU profile is replayed as if on CUDA."""
+    from memprof.estimators.allocator import parse_alloc_conf
     from memprof.estimators.allocator import what_if as run_what_if
-    from memprof.estimators.allocator.snapshot import load_snapshot
     from memprof.estimators.units import parse_size
 
     cap = parse_size(capacity) if capacity is not None else None
     if alloc_conf is not None:
         parse_alloc_conf(alloc_conf)
-    data = load_snapshot(snapshot)
-    report = replay_snapshot(data, alloc_conf, cap, device)
+    if _is_json(snapshot):
+        report, events = _replay_profile(snapshot, alloc_conf, cap, device)
+    else:
+        report, events = _replay_snapshot(snapshot, alloc_conf, cap, device)
     out = report.to_dict()
     if what_if:
         conf = report.result.config if alloc_conf is None else alloc_conf
-        out["what_if"] = run_what_if(report.trace.events, conf, cap).to_dict()
+        out["what_if"] = run_what_if(events, conf, cap).to_dict()
     if fmt == "json":
         click.echo(json.dumps(out, indent=2))
     else:
         click.echo(render_table(out))
+
+
+def _is_json(path: str) -> bool:
+    """Sniff the content: a profile is JSON, a snapshot a pickle (unreadable files go the pickle
+    way, whose loader reports them)."""
+    import os
+
+    from memprof.estimators.allocator.profile_replay import looks_like_json
+    from memprof.estimators.errors import MemprofUserError
+
+    if not os.path.exists(path):
+        raise MemprofUserError(f"file not found: {path} (expected a snapshot pickle or a memprof profile JSON)")
+    try:
+        with open(path, "rb") as handle:
+            return looks_like_json(handle.read(64))
+    except OSError:
+        return False
+
+
+def _replay_snapshot(path: str, alloc_conf: str | None, cap: int | None, device: str | None):
+    from memprof.estimators.allocator import load_snapshot, replay_snapshot
+    from memprof.estimators.errors import MemprofUserError
+
+    if device is not None and not device.isdigit():
+        raise MemprofUserError(f"--device {device!r}: a snapshot's devices are numbered 0, 1, ...")
+    report = replay_snapshot(load_snapshot(path), alloc_conf, cap, None if device is None else int(device))
+    return report, report.trace.events
+
+
+def _replay_profile(path: str, alloc_conf: str | None, cap: int | None, device: str | None):
+    from memprof.estimators.allocator.profile_replay import load_profile_timeline, replay_profile
+
+    report = replay_profile(load_profile_timeline(path), alloc_conf, cap, device)
+    return report, report.events
 
 
 def render_table(out: dict) -> str:
@@ -50,7 +92,12 @@ def render_table(out: dict) -> str:
         return "-" if n is None else f"{format_bytes(n)} ({n:,} B)"
 
     conf = out["config"] or "(defaults)"
-    lines = [
+    profile = out.get("source") == "profile"
+    lines = []
+    if profile and out["as_if_cuda"]:
+        lines.append(f"profile of a {out['device']} run replayed as if on CUDA: what the caching allocator "
+                     f"would reserve for the same tensors on a GPU")
+    lines += [
         f"device {out['device']}   PYTORCH_CUDA_ALLOC_CONF {conf}   [{out['config_source']}]",
         f"capacity               {size(out['capacity']) if out['capacity'] is not None else 'unlimited'}",
         f"events replayed        {out['events']:,}",
@@ -66,16 +113,22 @@ def render_table(out: dict) -> str:
         lines.append(f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
                      f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
                      f"(the figures above stop there)")
-    trace = out["trace"]
-    if not trace["complete"]:
-        lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
-                     f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
-    agreement = out["segment_agreement"]
-    if agreement["trace_events"]:
-        lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
-                     f"trace reproduced ({agreement['simulated_events']} simulated)")
-    lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
-                 f"{size(out['snapshot']['reserved'])} reserved")
+    if profile:
+        measured = out["profile"]
+        lines.append(f"profiled peak          {size(measured['peak_allocated'])} of live tensors (unrounded)"
+                     + (f", {size(measured['measured_reserved'])} reserved as measured"
+                        if measured["measured_reserved"] is not None else ""))
+    else:
+        trace = out["trace"]
+        if not trace["complete"]:
+            lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
+                         f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
+        agreement = out["segment_agreement"]
+        if agreement["trace_events"]:
+            lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
+                         f"trace reproduced ({agreement['simulated_events']} simulated)")
+        lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
+                     f"{size(out['snapshot']['reserved'])} reserved")
     whatif = out.get("what_if")
     if whatif:
         lines.append("")

@@ -1,0 +1,220 @@
+"""What fits a GPU: the largest batch (or sequence) under a memory budget, and the knobs that help.
+
+`fit` searches the estimator itself (no extrapolation is reported: every figure printed is an estimate
+that was actually run). Peak memory grows with the batch almost linearly, so the search starts from the
+line through batch 1 and batch 2 and then walks to the exact boundary; that keeps the number of
+estimates small (each takes milliseconds).
+
+The knob table is the optimizer-taxonomy seed's decision framework made concrete: for the binding
+constraint (VRAM), each row changes one thing — activation checkpointing, attention kernel, precision,
+a lower-memory optimizer family (8-bit Adam, Adafactor, Lion, SGD), ZeRO stage and GPU count, CPU
+offload — and shows the peak it gives, the bytes it saves and whether it fits.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MemprofUserError
+from .estimation import MAX_BATCH_SIZE, Estimate, estimate
+from .units import format_bytes, parse_size
+
+DEFAULT_HEADROOM = "5%"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The bytes a configuration may use on one GPU: usable memory less the headroom."""
+
+    gpu: str
+    usable: int
+    headroom: int
+
+    @property
+    def limit(self) -> int:
+        return self.usable - self.headroom
+
+
+@dataclass(frozen=True)
+class KnobRow:
+    """One knob applied to the reference configuration."""
+
+    label: str                 # the CLI flags that apply it: "--checkpointing full"
+    family: str                # what kind of knob: "activations", "precision", "optimizer", "sharding"
+    changes: dict[str, Any]    # the estimate() arguments it changes
+    peak: int                  # device total with the knob
+    saves: int                 # reference peak minus this peak (negative: costs memory)
+    fits: bool
+
+
+@dataclass
+class FitResult:
+    budget: Budget
+    knobs: dict[str, Any]               # the estimate() arguments of the search (batch/seq excluded)
+    searched: str                       # "batch_size" or "seq_len"
+    max_batch_size: int | None          # None: not even batch 1 fits
+    max_seq_len: int | None             # with seq_len="auto": the longest sequence that fits
+    best: Estimate | None               # the estimate at the answer
+    next_up: Estimate | None            # the first configuration that does not fit (batch + 1)
+    reference: Estimate                 # the configuration the knob table starts from
+    rows: list[KnobRow] = field(default_factory=list)
+    estimates_run: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        def peak(e: Estimate | None) -> dict[str, Any] | None:
+            return None if e is None else {"batch_size": e.settings.batch_size, "seq_len": e.seq_len,
+                                           "device_total": e.device_total, "phase": e.peak_phase}
+        return {
+            "model": self.reference.model.name, "gpu": self.budget.gpu, "usable": self.budget.usable,
+            "headroom": self.budget.headroom, "budget": self.budget.limit,
+            "settings": {k: v for k, v in self.knobs.items() if k != "gpu"}, "searched": self.searched,
+            "max_batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len,
+            "best": peak(self.best), "next_up": peak(self.next_up),
+            "reference": peak(self.reference),
+            "knobs": [{"knob": r.label, "family": r.family, "changes": r.changes, "peak": r.peak,
+                       "saves": r.saves, "fits": r.fits} for r in self.rows],
+            "estimates_run": self.estimates_run,
+        }
+
+
+def parse_headroom(text: str | int, usable: int) -> int:
+    """"5%" of the usable memory, or a size such as "2GiB" / a byte count."""
+    if isinstance(text, str) and text.strip().endswith("%"):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
+        if not m or not 0 <= float(m.group(1)) < 100:
+            raise MemprofUserError(f"--headroom {text!r} must be a percentage from 0% to 99%, or a size like 2GiB")
+        return int(usable * float(m.group(1)) / 100)
+    try:
+        value = parse_size(text)
+    except MemprofUserError:
+        raise MemprofUserError(f"--headroom {text!r} must be a percentage like 5% or a size like 2GiB") from None
+    if value >= usable:
+        raise MemprofUserError(f"--headroom {text} leaves nothing of the {format_bytes(usable)} usable")
+    return value
+
+
+class _Search:
+    """Runs estimates and counts them."""
+
+    def __init__(self, model: Any, knobs: dict[str, Any], budget: Budget):
+        self.model, self.knobs, self.budget = model, knobs, budget
+        self.count = 0
+
+    def run(self, **changes: Any) -> Estimate:
+        self.count += 1
+        return estimate(self.model, **{**self.knobs, **changes})
+
+    def fits(self, e: Estimate) -> bool:
+        return e.device_total is not None and e.device_total <= self.budget.limit
+
+    def largest(self, key: str, high: int, **fixed: Any) -> tuple[int | None, Estimate | None, Estimate | None]:
+        """The largest value of `key` in 1..high that fits, its estimate and the first that does not."""
+        first = self.run(**fixed, **{key: 1})
+        if not self.fits(first):
+            return None, None, first
+        if high == 1:
+            return 1, first, None
+        second = self.run(**fixed, **{key: 2})
+        if not self.fits(second):
+            return 1, first, second
+        lo, lo_e = 2, second          # lo fits
+        slope = second.device_total - first.device_total
+        guess = high if slope <= 0 else min(high, 2 + (self.budget.limit - second.device_total) // slope)
+        hi, hi_e = None, None         # hi does not fit
+        if guess > lo:
+            e = self.run(**fixed, **{key: guess})
+            if self.fits(e):
+                lo, lo_e = guess, e
+            else:
+                hi, hi_e = guess, e
+        step = 1
+        while hi is None and lo < high:   # walk up from lo, doubling, until something does not fit
+            probe = min(high, lo + step)
+            e = self.run(**fixed, **{key: probe})
+            if self.fits(e):
+                lo, lo_e = probe, e
+                step *= 2
+            else:
+                hi, hi_e = probe, e
+        while hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            e = self.run(**fixed, **{key: mid})
+            if self.fits(e):
+                lo, lo_e = mid, e
+            else:
+                hi, hi_e = mid, e
+        return lo, lo_e, hi_e
+
+
+def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
+    s = ref.settings
+    prec = ref.precision
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    for mode in ("selective", "full"):
+        if s.checkpointing != mode:
+            rows.append((f"--checkpointing {mode}", "activations", {"checkpointing": mode}))
+    if ref.attention == "eager":
+        rows.append(("--attention sdpa", "activations", {"attention": "sdpa"}))
+    if s.device == "cuda" and ref.attention != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
+        rows.append(("--attention flash", "activations", {"attention": "flash"}))
+    if prec.name == "32-true":
+        rows.append(("--precision bf16-mixed", "precision", {"precision": "bf16-mixed"}))
+    if prec.name not in ("bf16-true", "16-true"):
+        rows.append(("--precision bf16-true", "precision", {"precision": "bf16-true"}))
+    for name in ("adamw8bit", "adafactor", "lion", "sgd"):
+        if ref.optimizer.name != name:
+            rows.append((f"--optimizer {name}", "optimizer", {"optimizer": name}))
+    if s.gpus == 1 and s.zero == 0:
+        rows.append(("--zero 2 --offload optimizer", "sharding", {"zero": 2, "offload": "optimizer"}))
+        for n in (2, 8):
+            rows.append((f"--gpus {n} --zero 3", "sharding", {"gpus": n, "zero": 3}))
+        rows.append(("--gpus 8 --zero 2", "sharding", {"gpus": 8, "zero": 2}))
+    elif s.zero < 3:
+        rows.append((f"--zero 3", "sharding", {"zero": 3}))
+    return rows
+
+
+def fit(model: Any, gpu: str, *, headroom: str | int = DEFAULT_HEADROOM, batch_size: int | None = None,
+        seq_len: int | str | None = None, **knobs: Any) -> FitResult:
+    """The largest batch size (or, with seq_len="auto", sequence length) of `model` that fits `gpu`.
+
+    batch_size: with seq_len="auto", the batch the sequence search uses (default 1); otherwise the
+    batch the knob table is evaluated at (default: the largest that fits, or 1 when none does).
+    knobs: the other estimate() arguments (optimizer, precision, checkpointing, ...).
+    """
+    from .gpus import get_gpu
+    from .models import load_model
+
+    spec = load_model(model) if isinstance(model, str) else model
+    gpu_spec = get_gpu(gpu)
+    usable = gpu_spec.torch_total_memory or gpu_spec.memory_bytes
+    budget = Budget(gpu_spec.name, usable, parse_headroom(headroom, usable))
+    knobs = {**knobs, "gpu": gpu_spec.name, "device": "cuda"}
+    search = _Search(spec, knobs, budget)
+    max_batch = max_seq = None
+    if seq_len == "auto":
+        if spec.model_type == "vit":
+            raise MemprofUserError(f"{spec.name} has a fixed sequence (its patches); drop --seq-len auto")
+        b = batch_size or 1
+        max_seq, best, next_up = search.largest("seq_len", spec.max_positions, batch_size=b)
+        reference = best or next_up
+    else:
+        max_batch, best, next_up = search.largest("batch_size", MAX_BATCH_SIZE, seq_len=seq_len)
+        reference = best or next_up
+        if batch_size is not None and batch_size != reference.settings.batch_size:
+            reference = search.run(batch_size=batch_size, seq_len=seq_len)
+    result = FitResult(budget, knobs, "seq_len" if seq_len == "auto" else "batch_size", max_batch, max_seq,
+                       best, next_up, reference)
+    ref_peak = reference.device_total
+    fixed = {"batch_size": reference.settings.batch_size, "seq_len": reference.seq_len}
+    for label, family, changes in _knob_candidates(reference):
+        try:
+            e = search.run(**fixed, **changes)
+        except MemprofUserError:
+            continue     # a knob this model or device cannot take (e.g. flash on an unsupported dtype)
+        result.rows.append(KnobRow(label, family, changes, e.device_total, ref_peak - e.device_total,
+                                   search.fits(e)))
+    result.rows.sort(key=lambda r: -r.saves)
+    result.estimates_run = search.count
+    return result

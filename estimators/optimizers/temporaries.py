@@ -1,0 +1,802 @@
+"""The scratch memory an optimizer's `step()` allocates on top of parameters, gradients and states.
+
+    >>> from memprof.estimators.optimizers.temporaries import step_temporary_bytes
+    >>> from memprof.estimators.tensors import ParamTensor
+    >>> params = [ParamTensor("w", (1024, 1024)), ParamTensor("b", (1024,))]
+    >>> step_temporary_bytes("adamw", params, "float32", device="cuda")      # foreach: one list
+    4198400
+    >>> step_temporary_bytes("adamw", params, "float32", device="cpu")       # single-tensor loop
+    8388608
+    >>> step_temporary_bytes("adamw", params, "float32", implementation="fused")
+    0
+
+Steady state: the states exist already (the first step also allocates them; that is
+`OptimizerSpec.state_bytes`, not a temporary). The figure is the peak, during step(), of the tensor
+storages step() itself allocated and still references, in bytes: what a TorchDispatchMode tracker
+(MemTracker) sees on the CPU and what the caching allocator is asked for on a GPU (before its
+512-byte rounding). Not counted: the 0-d CPU tensors PyTorch wraps python numbers into for a
+tensor-scalar op (8 bytes plus a 4-byte cast on the CPU allocator; host memory on a GPU).
+
+How the three implementations of torch.optim differ (torch 2.13.0):
+- single_tensor (`_single_tensor_<name>`): a python loop over the parameters. A temporary made for
+  parameter i is held by a local variable until the next iteration rebinds it, so the peak is
+  the largest, over i, of what iteration i allocates plus what iteration i-1 left referenced —
+  for AdamW max_i(2*n_i + n_(i-1)) elements. Derived statement by statement from the source with
+  `_Live`, which keeps the bytes each local variable references.
+- foreach (`_multi_tensor_<name>`): every op works on the list of a (device, dtype) group, so each
+  intermediate is a list the size of ALL parameters of the group (AdamW: one list, N elements).
+  torch's default on CUDA (`_default_to_fused_or_foreach`: foreach kernels exist for cuda, xpu, mtia,
+  not for the CPU).
+- fused (`_fused_<name>`, Adam/AdamW/SGD/Adagrad, CPU too): one kernel updates in place, nothing is
+  allocated. Never torch's default (`use_fused=False`): only `fused=True` selects it.
+Package optimizers (pytorch-optimizer, prodigyopt, ...) have one implementation: "n/a".
+
+`params` are taken as ONE param group. torch runs the step per param group and frees the group's
+intermediates when it returns, so with several groups the foreach figure is that of the largest
+group: the one-group figure is then an upper bound.
+
+Per optimizer (torch source function; what is alive at the peak; how exact):
+- adam, adamw: `_single_tensor_adam`: denom = (exp_avg_sq.sqrt() / bc2).add_(eps) -> sqrt and the
+  quotient of p_i with denom of p_(i-1) (+ grad.add(param) for Adam's coupled weight_decay,
+  + -grad with maximize): exact. `_multi_tensor_adam`: exp_avg_sq_sqrt (N): exact.
+  `_fused_adam`: 0, exact. capturable (CUDA only, not measurable here): + the 0-d bias
+  corrections, derived from the source, unmeasured.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Callable, Mapping, Sequence
+
+from ..dtypes import dtype_bytes
+from ..errors import MemprofUserError
+from ..tensors import ParamTensor
+from . import get_optimizer
+from ._spec import TORCH_SCALAR_DTYPE, OptimizerSpec
+
+SINGLE, FOREACH, FUSED, NONE = "single_tensor", "foreach", "fused", "n/a"
+IMPLEMENTATIONS = (SINGLE, FOREACH, FUSED, NONE)
+
+# torch.utils._foreach_utils._get_foreach_kernels_supported_devices (privateuse1 aside); fused
+# kernels exist on these and on the CPU, but are never the default.
+FOREACH_DEVICES = ("cuda", "xpu", "mtia")
+KNOWN_DEVICES = ("cuda", "cpu", "xpu", "mtia", "mps", "hpu")
+SCALAR = dtype_bytes(TORCH_SCALAR_DTYPE)     # a 0-d step-dtype tensor (bias corrections, ...)
+
+
+class _Live:
+    """The tensors the local variables of a step() reference, and the peak of their bytes.
+
+    Python semantics: `make(var, nbytes, transient)` is `var = expr`, where expr allocates
+    `transient` bytes of intermediates that die inside the statement and its `nbytes` result, all
+    while the old value of `var` is still referenced; the old value is released after the
+    assignment unless another variable still refers to it (`alias`)."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, int] = {}     # variable -> object id
+        self._sizes: dict[int, int] = {}     # object id -> bytes
+        self.peak = 0
+
+    @property
+    def now(self) -> int:
+        return sum(self._sizes[o] for o in set(self._names.values()))
+
+    def make(self, var: str, nbytes: int, transient: int = 0) -> None:
+        self.peak = max(self.peak, self.now + transient + nbytes)
+        obj = len(self._sizes)
+        self._sizes[obj] = nbytes
+        self._names[var] = obj
+
+    def touch(self, nbytes: int) -> None:
+        """A temporary that dies within its statement (`param.addcmul_(grad.sign(), ...)`)."""
+        self.peak = max(self.peak, self.now + nbytes)
+
+    def alias(self, var: str, other: str) -> None:
+        """`var = other` where other holds a temporary: both names keep it alive."""
+        self._names[var] = self._names[other]
+
+    def ref(self, var: str) -> None:
+        """`var = an existing tensor` (a gradient, a state) or `del var`: releases what var held."""
+        self._names.pop(var, None)
+
+    free = ref
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a temporaries model reads: the parameters' shapes, their dtype, the device, the options."""
+
+    shapes: tuple[tuple[int, ...], ...]   # each parameter's shape, in param_groups order
+    dtype: str                            # dtype of params / grads / states
+    device: str                           # device type: "cuda", "cpu", ...
+    opts: Mapping[str, Any]
+
+    @property
+    def elem(self) -> int:
+        return dtype_bytes(self.dtype)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [prod(s) for s in self.shapes]
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes) * self.elem
+
+    def nbytes(self, i: int) -> int:
+        return prod(self.shapes[i]) * self.elem
+
+    def subset(self, idx: Sequence[int], **opts: Any) -> "Context":
+        return Context(tuple(self.shapes[i] for i in idx), self.dtype, self.device, {**self.opts, **opts})
+
+
+Model = Callable[[Context], int]
+
+
+@dataclass(frozen=True)
+class Temporaries:
+    """How one registry optimizer's step() allocates scratch memory, per implementation."""
+
+    models: Mapping[str, Model]          # implementation -> bytes
+    exactness: Mapping[str, str]         # implementation -> "exact" | "upper bound" | ...
+    source: str                          # the functions it is read from
+    extra_options: Mapping[str, Any] = field(default_factory=dict)  # defaults of non-spec options
+    cpu_default: str = SINGLE            # implementation torch picks on the CPU (and mps, ...)
+    foreach_default: str = FOREACH       # implementation torch picks on foreach devices
+
+
+# ------------------------------------------------------------------------------- shared patterns
+
+# capturable (CUDA graphs) keeps the bias corrections etc. as 0-d device tensors. Not measurable
+# without a GPU: the param-sized tensors are read from the source, the 0-d ones bounded by these.
+CAPTURABLE_LOOP_SCALARS = 16      # 0-d tensors one iteration of a single-tensor loop may hold
+CAPTURABLE_FOREACH_LISTS = 6      # lists of one 0-d tensor per parameter a foreach step may hold
+
+
+def _coupled_wd(o: Mapping[str, Any]) -> bool:
+    return o.get("weight_decay", 0) != 0 and not o.get("decoupled", False)
+
+
+def _grad(live: _Live, b: int, o: Mapping[str, Any], weight_decay: bool = True) -> None:
+    """`grad = grads[i] if not maximize else -grads[i]`, then `grad = grad.add(param, alpha=wd)`."""
+    if o.get("maximize"):
+        live.make("grad", b)
+    else:
+        live.ref("grad")
+    if weight_decay and _coupled_wd(o):
+        live.make("grad", b)
+
+
+def _grads(live: _Live, n: int, o: Mapping[str, Any], weight_decay: bool = True) -> None:
+    """`device_grads = torch._foreach_neg(device_grads)` (maximize), then the coupled weight decay:
+    `torch._foreach_add(device_grads, device_params)` (in place when maximize already copied)."""
+    if o.get("maximize"):
+        live.make("grads", n)
+    if weight_decay and _coupled_wd(o) and not o.get("maximize"):
+        live.make("grads", n)
+
+
+def _cpu_step(live: _Live, c: Context) -> None:
+    """`torch._foreach_add_(state_steps, torch.tensor(1.0, device="cpu"))`: steps on the host
+    (not capturable); the 0-d tensor counts only when the parameters are on the CPU too."""
+    if c.device == "cpu" and not c.opts.get("capturable"):
+        live.touch(SCALAR)
+
+
+def _capturable_slack(c: Context, foreach: bool) -> int:
+    if not c.opts.get("capturable"):
+        return 0
+    if foreach:
+        return CAPTURABLE_FOREACH_LISTS * len(c.sizes) * SCALAR
+    return 2 * CAPTURABLE_LOOP_SCALARS * SCALAR
+
+
+def _nothing(c: Context) -> int:
+    """Fused kernels update params and states in place (first-step state creation aside)."""
+    return 0
+
+
+# ------------------------------------------------------------------------------------ Adam, AdamW
+
+def _adam_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        # denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps): sqrt, then the quotient
+        live.make("denom", b, transient=b)
+    return live.peak + _capturable_slack(c, False)
+
+
+def _adam_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and not c.opts["maximize"]:
+        live.make("grads", n)
+    live.free("grads")                                # del device_grads
+    live.make("exp_avg_sq_sqrt", n)                   # torch._foreach_sqrt(exp_avg_sqs)
+    return live.peak + _capturable_slack(c, True)
+
+
+# ------------------------------------------------------------------------------------------- SGD
+
+def _sgd_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        if c.opts["momentum"] != 0:
+            if c.opts["nesterov"]:
+                live.make("grad", b)                  # grad = grad.add(buf, alpha=momentum)
+            else:
+                live.ref("grad")                      # grad = buf
+    return live.peak
+
+
+def _sgd_foreach(c: Context) -> int:
+    # nesterov adds the buffers into device_grads in place; grads = bufs otherwise
+    live = _Live()
+    _grads(live, c.total, c.opts)
+    return live.peak
+
+
+# --------------------------------------------------------------------------------------- Adagrad
+
+def _adagrad_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)                        # the zip loop rebinds grad each iteration
+        live.make("std", b)                           # std = state_sum.sqrt().add_(eps)
+    return live.peak
+
+
+def _adagrad_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and not c.opts["maximize"]:
+        live.make("grads", n)
+    live.make("std", n)                               # torch._foreach_sqrt(state_sums)
+    if not (_coupled_wd(c.opts) or c.opts["maximize"]):
+        live.make("numerator", n)                     # torch._foreach_mul(device_grads, minus_clr)
+    return live.peak
+
+
+# -------------------------------------------------------------------------------------- Adadelta
+
+def _adadelta_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.make("std", b)                           # square_avg.add(eps).sqrt_()
+        live.make("delta", b)                         # acc_delta.add(eps).sqrt_()
+    return live.peak
+
+
+def _adadelta_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    _cpu_step(live, c)
+    _grads(live, n, c.opts)
+    live.make("std", n)                               # torch._foreach_add(square_avgs, eps)
+    live.make("deltas", n)                            # torch._foreach_add(acc_deltas, eps)
+    return live.peak
+
+
+# ---------------------------------------------------------------------------------------- Adamax
+
+def _adamax_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.touch(b)                                 # torch.maximum(..., grad.abs().add_(eps), out=)
+        if c.opts["capturable"]:
+            live.make("denom", b)                     # denom = exp_inf * neg_bias_correction
+    return live.peak + _capturable_slack(c, False)
+
+
+def _adamax_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and not c.opts["maximize"]:
+        live.make("grads", n)
+    if not c.opts["maximize"] and not _coupled_wd(c.opts):
+        live.make("grads", n)                         # torch._foreach_abs(grouped_grads)
+    if c.opts["capturable"]:
+        live.make("denom", n)                         # torch._foreach_mul(exp_infs, bias_corrections)
+    return live.peak + _capturable_slack(c, True)
+
+
+# ------------------------------------------------------------------------------------------ ASGD
+
+def _asgd_single(c: Context) -> int:
+    # ax.add_(param.sub(ax).mul_(mu)) runs once mu = 1 / max(1, step - t0) != 1, i.e. after t0
+    # steps (1e6 by default; before that ax.copy_(param)): counted, so the figure is exact from
+    # then on and an upper bound before.
+    # new_eta / new_mu (torch.as_tensor, host 0-d) stay referenced into the next iteration.
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.touch(b)
+        if c.device == "cpu":
+            live.make("new_eta", SCALAR)
+            live.make("new_mu", SCALAR)
+    return live.peak
+
+
+def _asgd_foreach(c: Context) -> int:
+    live, n, p = _Live(), c.total, len(c.sizes)
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and c.opts["maximize"]:
+        live.alias("intermediate", "grads")
+    else:
+        live.make("intermediate", n)                  # torch._foreach_add(grads, params, ...)
+    live.free("intermediate")
+    live.make("intermediate", n)                      # torch._foreach_sub(params, axs)
+    live.free("intermediate")
+    live.make("new_etas", p * SCALAR)                 # torch.as_tensor(..., device=device) each
+    live.make("new_mus", p * SCALAR)
+    return live.peak
+
+
+# ----------------------------------------------------------------------------------------- NAdam
+
+def _nadam_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.make("denom", b, transient=b)            # exp_avg_sq.div(bias_correction2).sqrt()
+        if c.opts["capturable"]:
+            live.make("denom", b)                     # denom = denom.add(eps)
+            live.make("grad", b)                      # grad = grad * (...)
+            live.make("exp_avg", b)                   # exp_avg = exp_avg * (...)
+            live.ref("exp_avg")                       # rebound to the state next iteration
+    return live.peak + _capturable_slack(c, False)
+
+
+def _nadam_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and not c.opts["maximize"]:
+        live.make("grads", n)
+    live.make("exp_avg_sq_sqrt", n)
+    if c.opts["capturable"]:
+        live.make("numerator", n)                     # torch._foreach_mul(step_size_grads, grads)
+    return live.peak + _capturable_slack(c, True)
+
+
+# ----------------------------------------------------------------------------------------- RAdam
+
+def _radam_single(c: Context) -> int:
+    # Steady state: the rectified branch (rho_t > 5, from about the 6th step with beta2=0.999)
+    # param.add_(bias_corrected_exp_avg * lr * _compute_adaptive_lr() * _compute_rect()), where
+    # the adaptive lr is (bias_correction2 ** 0.5) / exp_avg_sq.sqrt(): a python number divided
+    # by a tensor is Tensor.__rdiv__, `self.reciprocal() * other`, two allocations.
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.make("bias_corrected_exp_avg", b)        # exp_avg / bias_correction1
+        if c.opts["capturable"]:
+            # torch.where(rho_t > 5, rect * adaptive_lr, 1.0), bc2 a 0-d tensor: a plain div
+            live.make("adaptive_lr", b, transient=b)  # sqrt, then the quotient
+            live.make("product", b)                   # rect * adaptive_lr
+            live.free("adaptive_lr")
+            live.make("update", b)                    # torch.where(...)
+            live.free("product")
+            live.make("x", b)                         # bias_corrected_exp_avg * lr
+            live.touch(b)                             # ... * update
+        else:
+            live.make("x", b)                         # bias_corrected_exp_avg * lr
+            live.make("adaptive_lr", b, transient=2 * b)  # sqrt, reciprocal, * (bc2 ** 0.5)
+            live.make("x", b)                         # x * adaptive_lr
+            live.free("adaptive_lr")
+            live.touch(b)                             # ... * rect
+        live.free("x")
+        live.free("update")
+    return live.peak + _capturable_slack(c, False)
+
+
+def _radam_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    _cpu_step(live, c)
+    _grads(live, n, c.opts)
+    live.free("grads")                                # del grouped_grads
+    live.make("buffer", n)                            # torch._foreach_sqrt(exp_avg_sqs)
+    return live.peak + _capturable_slack(c, True)
+
+
+# --------------------------------------------------------------------------------------- RMSprop
+
+def _rmsprop_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts)
+        live.make("avg", b)                           # square_avg.sqrt() or .addcmul(...).sqrt_()
+    return live.peak
+
+
+def _rmsprop_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    if c.opts["maximize"]:
+        live.make("grads", n)
+    _cpu_step(live, c)
+    if _coupled_wd(c.opts) and not c.opts["maximize"]:
+        live.make("grads", n)
+    live.make("avg", n)                               # torch._foreach_sqrt / _foreach_addcmul
+    return live.peak
+
+
+# ----------------------------------------------------------------------------------------- Rprop
+
+def _rprop_single(c: Context) -> int:
+    # `sign[sign.gt(0)] = etaplus`: a bool mask (1 byte per element); index_put_ with one boolean
+    # mask and a scalar value is a masked_fill_, which allocates no indices.
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b, n = c.nbytes(i), c.sizes[i]
+        _grad(live, b, c.opts, weight_decay=False)
+        live.make("sign", b, transient=b)             # grad.mul(prev).sign()
+        if c.opts["capturable"]:
+            live.touch(n + b)                         # sign.copy_(torch.where(sign.gt(0), ...))
+        else:
+            live.touch(n)                             # sign[sign.gt(0)] = etaplus (and lt, eq)
+        live.make("grad", b)                          # grad = grad.clone()
+        live.touch(n + (b if c.opts["capturable"] else 0))  # grad[sign.eq(etaminus)] = 0
+        live.touch(b)                                 # param.addcmul_(grad.sign(), step_size)
+    return live.peak + _capturable_slack(c, False)
+
+
+def _rprop_foreach(c: Context) -> int:
+    live, n = _Live(), c.total
+    _cpu_step(live, c)
+    live.make("signs", n)                             # torch._foreach_mul(grads, prevs)
+    # one tensor at a time: sign[sign.gt(0)] = etaplus (bool mask), then
+    # grad.copy_(torch.where(sign.eq(etaminus), 0, grad)) (bool mask + result)
+    live.touch(max(size + b for size, b in zip(c.sizes, map(c.nbytes, range(len(c.sizes))))))
+    live.free("signs")
+    live.make("grad_signs", n)                        # [grad.sign() for grad in grouped_grads]
+    return live.peak + _capturable_slack(c, True)
+
+
+# ------------------------------------------------------------------------------------- Adafactor
+
+def _factored(shape: tuple[int, ...]) -> tuple[int, int]:
+    """numel of row_mean (last dim -> 1) and col_mean (second-to-last dim -> 1)."""
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    cols = shape[-1]
+    for d in shape[:-2]:
+        cols *= d
+    return rows, cols
+
+
+def _adafactor_single(c: Context) -> int:
+    # Locals are bound only in their branch, so a vector's grad_squared or a matrix's row_mean,
+    # col_mean stay referenced until a later parameter of the same kind rebinds them.
+    live, e = _Live(), c.elem
+    for i, shape in enumerate(c.shapes):
+        b = c.nbytes(i)
+        _grad(live, b, c.opts, weight_decay=False)
+        live.touch(e)                                 # param.norm(2)
+        if len(shape) > 1:
+            rows, cols = _factored(shape)
+            live.make("row_mean", rows * e)           # torch.norm(grad, dim=-1, keepdim=True)
+            live.make("col_mean", cols * e)
+            live.make("var_estimate", b)              # row_var @ col_var
+            live.touch(prod(shape[:-2]) * e)          # row_var.mean(dim=-2, keepdim=True)
+        else:
+            live.make("grad_squared", b)              # grad * grad
+            live.make("var_estimate", b)              # variance.clone()
+        live.alias("update", "var_estimate")          # var_estimate.clamp_(...).rsqrt_()
+        live.touch(e)                                 # update.norm(2)
+    return live.peak
+
+
+def _adafactor_foreach(c: Context) -> int:
+    # One pass per (device, dtype, is-matrix) group, in order of first appearance; `updates` of
+    # the previous group is freed only when the next group rebinds it.
+    live, e = _Live(), c.elem
+    order: list[bool] = []
+    for shape in c.shapes:
+        if (len(shape) > 1) not in order:
+            order.append(len(shape) > 1)
+    for matrix in order:
+        idx = [i for i, s in enumerate(c.shapes) if (len(s) > 1) == matrix]
+        n = sum(c.nbytes(i) for i in idx)
+        live.ref("grads")
+        if c.opts["maximize"]:
+            live.make("grads", n)
+        _cpu_step(live, c)
+        live.touch(e)                                 # p.norm(2) per parameter, one at a time
+        if matrix:
+            rows = sum(_factored(c.shapes[i])[0] for i in idx) * e
+            cols = sum(_factored(c.shapes[i])[1] for i in idx) * e
+            live.make("row_means", rows)
+            live.free("row_means")
+            live.make("col_means", cols)
+            live.free("col_means")
+            live.make("var_estimates", n)             # [row_var @ col_var ...]
+            live.make("row_var_means", sum(prod(c.shapes[i][:-2]) for i in idx) * e)
+            live.free("row_var_means")
+        else:
+            live.make("grads_squared", n)
+            live.free("grads_squared")
+            live.make("var_estimates", n)             # [v.clone() for v in variances]
+        live.alias("updates", "var_estimates")
+        live.touch(e)                                 # update.norm(2)
+    return live.peak
+
+
+# ------------------------------------------------------------------------------------------ Muon
+
+NS_DTYPE_BYTES = 2    # _zeropower_via_newtonschulz works in bfloat16
+
+
+def _muon_part(c: Context, idx: Sequence[int]) -> int:
+    """`_single_tensor_muon` over the 2-D parameters `idx`."""
+    live, e = _Live(), c.elem
+    for i in idx:
+        rows, cols = c.shapes[i]
+        b = c.nbytes(i)
+        live.ref("grad")
+        if c.opts["nesterov"]:
+            live.make("update", b)                    # grad.lerp(buf, momentum)
+        else:
+            live.ref("update")                        # update = buf
+        x = rows * cols * NS_DTYPE_BYTES
+        m = min(rows, cols)
+        if c.dtype == "bfloat16":
+            live.alias("ortho_grad", "update")        # grad.bfloat16() is grad itself
+        else:
+            live.make("ortho_grad", x)                # grad.bfloat16()
+        live.touch(2 * NS_DTYPE_BYTES)                # ortho_grad.norm().clamp(min=eps)
+        for _ in range(c.opts["ns_steps"]):
+            live.make("gram_matrix", m * m * NS_DTYPE_BYTES)      # X @ X.T
+            live.make("gram_update", m * m * NS_DTYPE_BYTES)      # addmm(gram, gram, gram)
+            live.make("ortho_grad", x)                            # addmm(X, gram_update, X)
+        live.free("gram_matrix")
+        live.free("gram_update")
+        live.alias("update", "ortho_grad")            # update = _zeropower_via_newtonschulz(...)
+        live.free("ortho_grad")
+    return live.peak
+
+
+def _muon(c: Context) -> int:
+    # torch.optim.Muon steps the 2-D parameters; memprof's spec hands the others to a
+    # torch.optim.AdamW stepped after it (a second step() call: the peak is the larger one).
+    two_d = [i for i, s in enumerate(c.shapes) if len(s) == 2]
+    rest = [i for i, s in enumerate(c.shapes) if len(s) != 2]
+    peak = _muon_part(c, two_d) if two_d else 0
+    if rest:
+        sub = c.subset(rest, maximize=False, weight_decay=1e-2, decoupled=True, capturable=False)
+        impl = _adam_foreach if c.device in FOREACH_DEVICES else _adam_single
+        peak = max(peak, impl(sub))
+    return peak
+
+
+# ----------------------------------------------------------------------------------------- LBFGS
+
+def _lbfgs(c: Context) -> int:
+    # Steady state (history full, no line search), per inner iteration of step(): flat_grad (cat
+    # of the grads), the previous iteration's q and d are alive when y = flat_grad - prev_flat_grad
+    # and s = d * t are made (they replace the oldest history pair: states, see the spec); the
+    # stopping test d.mul(t).abs().max() then holds flat_grad, q, d and two more vectors: 5 flat
+    # vectors in all. The closure's own memory (forward, backward) is not counted; 0-d tensors
+    # (ys, ro, al, gtd, tests) are bounded by LBFGS_SCALARS.
+    if c.opts["line_search_fn"] is not None:
+        raise MemprofUserError("lbfgs with line_search_fn='strong_wolfe' is not modelled; valid: None")
+    return 5 * c.total + LBFGS_SCALARS * c.elem
+
+
+LBFGS_SCALARS = 8
+
+
+# --------------------------------------------------------------------------------------- the table
+
+def _impls(single: Model, foreach: Model, fused: Model | None = None) -> dict[str, Model]:
+    out = {SINGLE: single, FOREACH: foreach}
+    if fused is not None:
+        out[FUSED] = fused
+    return out
+
+
+def _exact(*impls: str) -> dict[str, str]:
+    return {i: "exact" for i in impls}
+
+
+WD_MAX = {"weight_decay": 0.0, "maximize": False}
+_ADAM = _impls(_adam_single, _adam_foreach, _nothing)
+
+TEMPORARIES: dict[str, Temporaries] = {
+    "adam": Temporaries(_ADAM, _exact(SINGLE, FOREACH, FUSED),
+                        "torch.optim.adam: _single_tensor_adam, _multi_tensor_adam, _fused_adam",
+                        {**WD_MAX, "decoupled": False}),
+    "adamw": Temporaries(_ADAM, _exact(SINGLE, FOREACH, FUSED),
+                         "torch.optim.adam (AdamW = decoupled Adam): the same three functions",
+                         {"weight_decay": 1e-2, "maximize": False, "decoupled": True}),
+    "sgd": Temporaries(_impls(_sgd_single, _sgd_foreach, _nothing), _exact(SINGLE, FOREACH, FUSED),
+                       "torch.optim.sgd: _single_tensor_sgd, _multi_tensor_sgd, _fused_sgd",
+                       {**WD_MAX, "nesterov": False}),
+    "sgd-momentum": Temporaries(_impls(_sgd_single, _sgd_foreach, _nothing),
+                                _exact(SINGLE, FOREACH, FUSED),
+                                "torch.optim.sgd: _single_tensor_sgd, _multi_tensor_sgd, _fused_sgd",
+                                {**WD_MAX, "nesterov": False}),
+    "adagrad": Temporaries(_impls(_adagrad_single, _adagrad_foreach, _nothing),
+                           _exact(SINGLE, FOREACH, FUSED),
+                           "torch.optim.adagrad: _single_tensor_adagrad, _multi_tensor_adagrad, "
+                           "_fused_adagrad (CPU only)", WD_MAX),
+    "adadelta": Temporaries(_impls(_adadelta_single, _adadelta_foreach), _exact(SINGLE, FOREACH),
+                            "torch.optim.adadelta: _single_tensor_adadelta, _multi_tensor_adadelta",
+                            WD_MAX),
+    "adamax": Temporaries(_impls(_adamax_single, _adamax_foreach), _exact(SINGLE, FOREACH),
+                          "torch.optim.adamax: _single_tensor_adamax, _multi_tensor_adamax", WD_MAX),
+    "asgd": Temporaries(_impls(_asgd_single, _asgd_foreach),
+                        {SINGLE: "exact after t0 steps (averaging), an upper bound before",
+                         FOREACH: "exact"},
+                        "torch.optim.asgd: _single_tensor_asgd, _multi_tensor_asgd",
+                        WD_MAX),
+    "nadam": Temporaries(_impls(_nadam_single, _nadam_foreach), _exact(SINGLE, FOREACH),
+                         "torch.optim.nadam: _single_tensor_nadam, _multi_tensor_nadam",
+                         {**WD_MAX, "decoupled": False}),
+    "radam": Temporaries(_impls(_radam_single, _radam_foreach), _exact(SINGLE, FOREACH),
+                         "torch.optim.radam: _single_tensor_radam, _multi_tensor_radam",
+                         {**WD_MAX, "decoupled": False}),
+    "rmsprop": Temporaries(_impls(_rmsprop_single, _rmsprop_foreach), _exact(SINGLE, FOREACH),
+                           "torch.optim.rmsprop: _single_tensor_rmsprop, _multi_tensor_rmsprop",
+                           WD_MAX),
+    "rprop": Temporaries(_impls(_rprop_single, _rprop_foreach),
+                         _exact(SINGLE, FOREACH),
+                         "torch.optim.rprop: _single_tensor_rprop, _multi_tensor_rprop",
+                         {"maximize": False}),
+    "adafactor": Temporaries(_impls(_adafactor_single, _adafactor_foreach), _exact(SINGLE, FOREACH),
+                             "torch.optim._adafactor: _single_tensor_adafactor, "
+                             "_multi_tensor_adafactor", {"maximize": False},
+                             foreach_default=SINGLE),
+    "muon": Temporaries({SINGLE: _muon}, _exact(SINGLE),
+                        "torch.optim._muon: _single_tensor_muon, _zeropower_via_newtonschulz "
+                        "(+ AdamW for the other parameters)",
+                        {"nesterov": True, "ns_steps": 5}, foreach_default=SINGLE),
+    "lbfgs": Temporaries({NONE: _lbfgs}, {NONE: "exact (flat vectors); 0-d tensors bounded"},
+                         "torch.optim.lbfgs: LBFGS.step", {"line_search_fn": None},
+                         cpu_default=NONE, foreach_default=NONE),
+}
+
+
+# ---------------------------------------------------------------------------------------- the API
+
+def _spec(optimizer: OptimizerSpec | str) -> OptimizerSpec:
+    return get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+
+
+def _device_type(device: str) -> str:
+    kind = str(device).split(":", 1)[0].strip().lower()
+    if kind not in KNOWN_DEVICES:
+        raise MemprofUserError(f"unknown device {device!r}; valid: {', '.join(KNOWN_DEVICES)}")
+    return kind
+
+
+def _model(spec: OptimizerSpec) -> Temporaries:
+    model = TEMPORARIES.get(spec.name)
+    if model is None:
+        raise MemprofUserError(
+            f"the step temporaries of optimizer {spec.name!r} are not modelled; modelled: "
+            + ", ".join(sorted(TEMPORARIES)))
+    return model
+
+
+def implementations(optimizer: OptimizerSpec | str) -> tuple[str, ...]:
+    """The implementations of `optimizer` memprof models ("n/a": it has only one)."""
+    return tuple(_model(_spec(optimizer)).models)
+
+
+def default_implementation(optimizer: OptimizerSpec | str, device: str, **options: Any) -> str:
+    """The implementation torch picks for `device` when neither foreach nor fused is given:
+    foreach on CUDA (and xpu, mtia), the single-tensor loop on the CPU (Adafactor and Muon: always
+    the loop); "n/a" for optimizers with one implementation. The option fused=True selects "fused"."""
+    spec = _spec(optimizer)
+    model = _model(spec)
+    kind = _device_type(device)
+    if options.get("fused") and FUSED in model.models:
+        return FUSED
+    return model.foreach_default if kind in FOREACH_DEVICES else model.cpu_default
+
+
+def _options(spec: OptimizerSpec, model: Temporaries, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's options (validated by the spec) plus the options only temporaries depend on."""
+    unknown = sorted(set(options) - set(spec.options) - set(_public_extra(model)))
+    if unknown:
+        valid = ", ".join(sorted({*spec.options, *_public_extra(model)})) or "none"
+        raise MemprofUserError(f"unknown option(s) {', '.join(unknown)} for optimizer {spec.name!r}; "
+                               f"valid: {valid}")
+    merged = spec._options({k: v for k, v in options.items() if k in spec.options})
+    extra = {k: v for k, v in options.items() if k not in spec.options}
+    return {**model.extra_options, **merged, **extra}
+
+
+def _public_extra(model: Temporaries) -> list[str]:
+    return [k for k in model.extra_options if k != "decoupled"]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    spec: OptimizerSpec
+    model: Temporaries
+    implementation: str
+    opts: dict[str, Any]
+    device: str
+
+
+def _resolve(optimizer: OptimizerSpec | str, device: str, implementation: str | None,
+             options: Mapping[str, Any]) -> _Resolved:
+    spec = _spec(optimizer)
+    model = _model(spec)
+    opts = _options(spec, model, options)
+    kind = _device_type(device)
+    fused_opt = bool(opts.get("fused"))
+    if implementation is None:
+        implementation = default_implementation(spec, kind, fused=fused_opt)
+    if implementation not in model.models:
+        raise MemprofUserError(
+            f"implementation {implementation!r} does not exist for optimizer {spec.name!r}; valid: "
+            + ", ".join(model.models))
+    if fused_opt and implementation != FUSED:
+        raise MemprofUserError(
+            f"option fused=True contradicts implementation {implementation!r} for optimizer "
+            f"{spec.name!r}; use implementation='fused' or leave it unset")
+    if implementation == FUSED and spec.name == "adagrad" and kind != "cpu":
+        raise MemprofUserError(f"torch's fused Adagrad runs on the CPU only, not on {kind!r}; valid "
+                               "implementations there: single_tensor, foreach")
+    if opts.get("capturable") and kind == "cpu" and implementation != FUSED:
+        raise MemprofUserError(
+            f"capturable=True needs a CUDA (or xpu, hpu) device; torch rejects it on {kind!r}")
+    return _Resolved(spec, model, implementation, opts, kind)
+
+
+def step_temporary_bytes(optimizer: OptimizerSpec | str, params: Sequence[ParamTensor], state_dtype: str,
+                         *, device: str = "cuda", implementation: str | None = None,
+                         **options: Any) -> int:
+    """Peak bytes step() allocates on top of parameters, gradients and (existing) states.
+
+    optimizer: an OptimizerSpec or a registry name. params: the parameters it steps, as one param
+    group (`ModelSpec.parameter_tensors()`). state_dtype: dtype of params/grads/states ("float32").
+    implementation: "single_tensor", "foreach", "fused" or "n/a"; None is torch's default for
+    `device` (or "fused" when the option fused=True is given). options: the optimizer's
+    memory-relevant options (the spec's, plus those only the temporaries depend on, e.g.
+    weight_decay / maximize for torch.optim). See the module docstring for what each
+    implementation allocates, and `exactness()` for how exact each figure is."""
+    r = _resolve(optimizer, device, implementation, options)
+    dtype_bytes(state_dtype)  # validates the name
+    ctx = Context(tuple(tuple(p.shape) for p in params), state_dtype.removeprefix("torch."), r.device,
+                  r.opts)
+    if not ctx.shapes:
+        return 0
+    return r.model.models[r.implementation](ctx)
+
+
+def exactness(optimizer: OptimizerSpec | str, implementation: str | None = None, *, device: str = "cuda",
+              **options: Any) -> str:
+    """"exact", or what the figure is when it is not ("upper bound", ...)."""
+    r = _resolve(optimizer, device, implementation, options)
+    if r.opts.get("capturable"):
+        return "upper bound (capturable: 0-d tensors bounded; derived from the source, not measured)"
+    return r.model.exactness[r.implementation]
+
+
+__all__ = ["IMPLEMENTATIONS", "TEMPORARIES", "Temporaries", "default_implementation", "exactness",
+           "implementations", "step_temporary_bytes"]
