@@ -47,6 +47,7 @@ class Settings:
     offload: str = "none"
     grad_accumulation: int = 1
     optimizer_impl: str = "auto"
+    alloc_conf: str | None = None   # PYTORCH_CUDA_ALLOC_CONF for the allocator replay
     optimizer_options: tuple[tuple[str, Any], ...] = ()
 
     def validate(self) -> None:
@@ -58,6 +59,11 @@ class Settings:
         _check_choice("--device", self.device, DEVICES)
         _check_int("--grad-accumulation", self.grad_accumulation, 1, 1 << 16)
         _check_choice("--optimizer-impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        if self.alloc_conf is not None:
+            if self.device != "cuda":
+                raise MemprofUserError("--alloc-conf configures the CUDA caching allocator; drop it with --device cpu")
+            from .allocator.config import parse_alloc_conf
+            parse_alloc_conf(self.alloc_conf)
 
 
 def _check_int(flag: str, value: Any, low: int, high: int) -> None:
@@ -180,7 +186,8 @@ class Estimate:
                          "checkpointing": s.checkpointing, "attention": self.attention or s.attention,
                          "device": s.device, "gpus": s.gpus, "zero": s.zero, "offload": s.offload,
                          "grad_accumulation": s.grad_accumulation,
-                         "attention_kernel": self.attention_kernel, "optimizer_impl": self.optimizer_impl},
+                         "attention_kernel": self.attention_kernel, "optimizer_impl": self.optimizer_impl,
+                         "alloc_conf": s.alloc_conf},
             "model_states": self.model_states,
             "model_states_unsharded": dict(self.full_model_states),
             "optimizer_state_breakdown": dict(self.optimizer_state_breakdown),
@@ -232,17 +239,19 @@ def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = 
              attention: str = "auto", device: str = "cuda", gpus: int = 1, zero: int = 0,
              offload: str = "none", gpu: str | None = None, grad_accumulation: int = 1,
              optimizer_impl: str = "auto", cuda_version: str | None = None,
-             **optimizer_options: Any) -> Estimate:
+             alloc_conf: str | None = None, **optimizer_options: Any) -> Estimate:
     """Estimate the memory of training `model` with `optimizer` at `precision`, per device.
 
     optimizer_impl: "auto" (what torch picks for the device: foreach on CUDA, the single-tensor loop
     on the CPU), "single_tensor", "foreach" or "fused". cuda_version: the CUDA runtime, for the
-    context estimate (e.g. "12.4"; default: any).
+    context estimate (e.g. "12.4"; default: any). alloc_conf: the PYTORCH_CUDA_ALLOC_CONF the
+    allocator replay runs with (e.g. "expandable_segments:True"; default: PyTorch's defaults).
     """
     settings = Settings(optimizer=optimizer, precision=precision, batch_size=batch_size,
                         seq_len=seq_len, checkpointing=checkpointing, attention=attention,
                         device=device, gpus=gpus, zero=zero, offload=offload,
                         grad_accumulation=grad_accumulation, optimizer_impl=optimizer_impl,
+                        alloc_conf=alloc_conf,
                         optimizer_options=tuple(sorted(optimizer_options.items())))
     settings.validate()
     spec = model if isinstance(model, ModelSpec) else load_model(model)
@@ -366,7 +375,7 @@ def _allocator_replay(spec: ModelSpec, opt: OptimizerSpec, prec: Precision, act,
         spec, act, param_bytes=placement.parameters, grad_bytes=placement.gradients, grad_dtype=prec.grad_dtype,
         optimizer_states=states, optimizer_temporaries=result.optimizer_temporaries,
         grad_accumulation=s.grad_accumulation, states_at_creation=opt.name == "adagrad" or prec.master_weights,
-        workspaces=blas)
+        workspaces=blas, alloc_conf=s.alloc_conf)
 
 
 def _resolve_seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) -> int:

@@ -8,7 +8,8 @@ estimates small (each takes milliseconds).
 The knob table is the optimizer-taxonomy seed's decision framework made concrete: for the binding
 constraint (VRAM), each row changes one thing — activation checkpointing, attention kernel, precision,
 a lower-memory optimizer family (8-bit Adam, Adafactor, Lion, SGD), ZeRO stage and GPU count, CPU
-offload — and shows the peak it gives, the bytes it saves and whether it fits.
+offload, the allocator's expandable segments — and shows the peak it gives, the bytes it saves and
+whether it fits.
 """
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
             rows.append((f"--checkpointing {mode}", "activations", {"checkpointing": mode}))
     if ref.attention == "eager":
         rows.append(("--attention sdpa", "activations", {"attention": "sdpa"}))
-    if s.device == "cuda" and ref.attention != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
+    if ref.attention_kernel != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
         rows.append(("--attention flash", "activations", {"attention": "flash"}))
     if prec.name == "32-true":
         rows.append(("--precision bf16-mixed", "precision", {"precision": "bf16-mixed"}))
@@ -165,6 +166,9 @@ def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
     for name in ("adamw8bit", "adafactor", "lion", "sgd"):
         if ref.optimizer.name != name:
             rows.append((f"--optimizer {name}", "optimizer", {"optimizer": name}))
+    if not s.alloc_conf:
+        rows.append(("--alloc-conf expandable_segments:True", "allocator",
+                     {"alloc_conf": "expandable_segments:True"}))
     if s.gpus == 1 and s.zero == 0:
         rows.append(("--zero 2 --offload optimizer", "sharding", {"zero": 2, "offload": "optimizer"}))
         for n in (2, 8):

@@ -27,9 +27,10 @@ def estimate_table(record: dict[str, Any], result: Any = None) -> str:
     s = record["settings"]
     n = record["parameters"]
     lines = [f"{record['model']} · {n:,} parameters · {s['optimizer']} · {s['precision']}",
-             f"batch {s['batch_size']} × seq {s['seq_len']} · {s['device']} · {s['gpus']} GPU"
-             f"{'s' if s['gpus'] != 1 else ''} · ZeRO {s['zero']}"
-             + (f" · offload {s['offload']}" if s["offload"] != "none" else "")]
+             f"batch {s['batch_size']} × seq {s['seq_len']} · {s['device']}"
+             + (f" · {s['gpus']} GPU{'s' if s['gpus'] != 1 else ''} · ZeRO {s['zero']}" if s["device"] == "cuda" else "")
+             + (f" · offload {s['offload']}" if s["offload"] != "none" else "")
+             + (f" · {s['grad_accumulation']} micro-batches per step" if s.get("grad_accumulation", 1) > 1 else "")]
     if result is not None:
         opt = result.optimizer
         lines.append(f"optimizer: {opt.implementation} ({opt.family.value})")

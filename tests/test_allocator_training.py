@@ -135,6 +135,7 @@ def test_states_per_parameter_from_the_optimizer_spec():
 @pytest.mark.parametrize("kw, match", [
     (dict(optimizer_states=[1, 2]), "optimizer_states lists 2 parameters"),
     (dict(optimizer_states=-1), "optimizer_states must be a non-negative integer"),
+    (dict(optimizer_states=2.5), "optimizer_states must be a number of bytes or one entry per parameter"),
     (dict(optimizer_temporaries="big"), "optimizer_temporaries must be a non-negative integer"),
     (dict(warmup_steps=-1), "warmup_steps must be a non-negative integer"),
     (dict(param_bytes=1.5), "param_bytes must be a non-negative integer"),

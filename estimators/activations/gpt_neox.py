@@ -8,6 +8,7 @@ x + attn + mlp) -> final_layer_norm -> lm_head -> ForCausalLMLoss.
 """
 from __future__ import annotations
 
+from ..architectures.gpt_neox import OUTPUT_NAME
 from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask
 from .ops import promote
 
@@ -124,5 +125,5 @@ def forward(tr, config, attn_kernel: str) -> None:
     tr.module = "gpt_neox.final_layer_norm"
     x = ln(x, "gpt_neox.final_layer_norm")
     tied = config.get("tie_word_embeddings", False)
-    head = tr.params["gpt_neox.embed_in.weight"] if tied else tr.param("embed_out.weight", vocab * h)
+    head = tr.params["gpt_neox.embed_in.weight"] if tied else tr.param(OUTPUT_NAME, vocab * h)
     causal_lm_head(tr, x, head, vocab, labels)

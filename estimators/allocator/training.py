@@ -61,7 +61,8 @@ def states_per_parameter(params: Sequence[Any], state_tensors: Sequence[Any], *,
 
     state_tensors: `OptimizerSpec.state_tensors(params, dtype)` (each names its parameter; host
     scalars such as Adam's `step` are left out on CUDA). master_bytes_per_element: the fp32 master
-    copy of master-weight schemes (Precision.master_bytes), listed first for each parameter.
+    copy of master-weight schemes (Precision.master_bytes), listed first for each parameter (such
+    schemes build it with the optimizer: pass states_at_creation=True).
     A state that belongs to no parameter (a shared buffer) goes with the first parameter.
     """
     index = {p.name: i for i, p in enumerate(params)}
@@ -113,7 +114,11 @@ def _state_rows(optimizer_states: Any, numels: list[int]) -> list[tuple[int, ...
     if isinstance(optimizer_states, int) and not isinstance(optimizer_states, bool):
         total = _check_bytes("optimizer_states", optimizer_states)
         return [(n,) if n else () for n in spread(total, numels)]
-    rows = list(optimizer_states)
+    try:
+        rows = list(optimizer_states)
+    except TypeError:
+        raise MemprofUserError(f"optimizer_states must be a number of bytes or one entry per parameter, "
+                               f"got {optimizer_states!r}") from None
     if len(rows) != len(numels):
         raise MemprofUserError(
             f"optimizer_states lists {len(rows)} parameters but the model has {len(numels)}; give one entry "
@@ -236,8 +241,8 @@ class TrainingSimulation:
 
     peak_allocated is comparable to torch.cuda.max_memory_allocated() after
     reset_peak_memory_stats() at the start of the step (every request rounded by the allocator);
-    peak_requested is the same moment's unrounded tensor bytes (the timeline's peak);
-    peak_reserved to max_memory_reserved(). fragmentation = 1 - allocated/reserved at the moment
+    peak_requested is the peak of the unrounded tensor bytes (the timeline's peak); peak_reserved
+    is comparable to max_memory_reserved(). fragmentation = 1 - allocated/reserved at the moment
     allocated peaks; fragmentation_bytes = reserved - allocated at that moment.
     """
 

@@ -110,6 +110,7 @@ class Context:
     dtype: str                            # dtype of params / grads / states
     device: str                           # device type: "cuda", "cpu", ...
     opts: Mapping[str, Any]
+    names: tuple[str, ...] = ()           # the parameters' names (GaLore's galore_params)
 
     @property
     def elem(self) -> int:
@@ -127,7 +128,8 @@ class Context:
         return prod(self.shapes[i]) * self.elem
 
     def subset(self, idx: Sequence[int], **opts: Any) -> "Context":
-        return Context(tuple(self.shapes[i] for i in idx), self.dtype, self.device, {**self.opts, **opts})
+        return Context(tuple(self.shapes[i] for i in idx), self.dtype, self.device, {**self.opts, **opts},
+                       tuple(self.names[i] for i in idx) if self.names else ())
 
 
 Model = Callable[[Context], int]
@@ -143,6 +145,7 @@ class Temporaries:
     extra_options: Mapping[str, Any] = field(default_factory=dict)  # defaults of non-spec options
     cpu_default: str = SINGLE            # implementation torch picks on the CPU (and mps, ...)
     foreach_default: str = FOREACH       # implementation torch picks on foreach devices
+    default: Callable[[Mapping[str, Any], str], str] | None = None  # (options, device) -> impl
 
 
 # ------------------------------------------------------------------------------- shared patterns
@@ -451,12 +454,11 @@ def _rprop_single(c: Context) -> int:
         b, n = c.nbytes(i), c.sizes[i]
         _grad(live, b, c.opts, weight_decay=False)
         live.make("sign", b, transient=b)             # grad.mul(prev).sign()
-        if c.opts["capturable"]:
-            live.touch(n + b)                         # sign.copy_(torch.where(sign.gt(0), ...))
-        else:
-            live.touch(n)                             # sign[sign.gt(0)] = etaplus (and lt, eq)
+        # capturable: sign.copy_(torch.where(sign.gt(0), etaplus, sign)): + the 0-d etaplus, result
+        where = b + c.elem if c.opts["capturable"] else 0
+        live.touch(n + where)                         # sign[sign.gt(0)] = etaplus (and lt, eq)
         live.make("grad", b)                          # grad = grad.clone()
-        live.touch(n + (b if c.opts["capturable"] else 0))  # grad[sign.eq(etaminus)] = 0
+        live.touch(n + where)                         # grad[sign.eq(etaminus)] = 0
         live.touch(b)                                 # param.addcmul_(grad.sign(), step_size)
     return live.peak + _capturable_slack(c, False)
 
@@ -466,8 +468,9 @@ def _rprop_foreach(c: Context) -> int:
     _cpu_step(live, c)
     live.make("signs", n)                             # torch._foreach_mul(grads, prevs)
     # one tensor at a time: sign[sign.gt(0)] = etaplus (bool mask), then
-    # grad.copy_(torch.where(sign.eq(etaminus), 0, grad)) (bool mask + result)
-    live.touch(max(size + b for size, b in zip(c.sizes, map(c.nbytes, range(len(c.sizes))))))
+    # grad.copy_(torch.where(sign.eq(etaminus), 0, grad)): bool mask, the scalar 0 as a 0-d tensor
+    # of the grad's dtype (where.ScalarSelf: at::scalar_tensor), and the result
+    live.touch(max(n_i + c.nbytes(i) for i, n_i in enumerate(c.sizes)) + c.elem)
     live.free("signs")
     live.make("grad_signs", n)                        # [grad.sign() for grad in grouped_grads]
     return live.peak + _capturable_slack(c, True)
@@ -607,6 +610,190 @@ def _lbfgs(c: Context) -> int:
 LBFGS_SCALARS = 8
 
 
+# ------------------------------------------------------------- pytorch-optimizer: Lion, AdaBelief, DiffGrad
+# BaseOptimizer negates (maximize) and decays (coupled weight decay) the gradient in place, so only
+# the update's own intermediates count. `_step_foreach` runs unless an option forces the loop.
+
+def _adanorm(live: _Live, b: int, c: Context) -> None:
+    """get_adanorm_gradient: grad.mul(exp_grad_norm).div_(grad_norm) when the running norm exceeds
+    this step's norm (data-dependent: counted, an upper bound), with the 0-d norm alive."""
+    if c.opts.get("adanorm"):
+        live.make("s_grad", b, transient=c.elem)
+
+
+def _lion_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _adanorm(live, b, c)
+        live.make("update", b)                        # exp_avg.lerp(grad, 1 - beta1).sign_()
+    return live.peak
+
+
+def _lion_foreach(c: Context) -> int:
+    return c.total                                    # torch._foreach_lerp(exp_avgs, grads, ...)
+
+
+def _adabelief_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _adanorm(live, b, c)
+        live.make("grad_residual", b)                 # grad - exp_avg
+        live.make("de_nom", b)                        # apply_ams_bound: exp_avg_var.add(eps)
+    return live.peak
+
+
+def _adabelief_foreach(c: Context) -> int:
+    return 2 * c.total                                # grad_residuals, de_noms (_foreach_sub, _add)
+
+
+def _diffgrad_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        _adanorm(live, b, c)
+        live.make("de_nom", b)                        # apply_ams_bound; dfc works in previous_grad
+    return live.peak
+
+
+def _diffgrad_foreach(c: Context) -> int:
+    return c.total                                    # apply_ams_bound_foreach: _foreach_add
+
+
+def _pyopt_default(loop_options: Sequence[str]):
+    """pytorch-optimizer takes `_step_foreach` (dense real gradients, foreach not False) unless one
+    of `loop_options` is set; on every device, the CPU included."""
+    def default(opts: Mapping[str, Any], device: str) -> str:
+        return SINGLE if any(opts.get(k) for k in loop_options) else FOREACH
+    return default
+
+
+# ---------------------------------------------------------------------- tuning-free: Prodigy, D-Adapt, SF
+
+def _prodigy(c: Context) -> int:
+    # First loop: torch.dot(sliced_grad, p0 - p.flatten()[::slice_p]) (a slice-sized difference
+    # and the 0-d dot) and s.abs().sum(); second loop: denom = exp_avg_sq.sqrt().add_(d * eps).
+    live, e = _Live(), c.elem
+    slice_p = c.opts["slice_p"]
+    for n in c.sizes:
+        sliced = -(-n // slice_p) * e
+        live.touch(sliced + e)
+        live.touch(sliced + e)
+    for i in range(len(c.sizes)):
+        live.make("denom", c.nbytes(i))
+    return live.peak
+
+
+def _dadapt_adam(c: Context) -> int:
+    # First loop: denom = exp_avg_sq.sqrt().add_(eps), torch.dot(grad, s.div(denom)) and
+    # s.abs().sum(); second loop: denom again. `denom` stays bound from one loop to the next.
+    live, e = _Live(), c.elem
+    for i in range(len(c.sizes)):
+        b = c.nbytes(i)
+        live.make("denom", b)
+        live.touch(b + e)
+        live.touch(b + e)
+    for i in range(len(c.sizes)):
+        live.make("denom", c.nbytes(i))
+    return live.peak
+
+
+def _schedulefree_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        live.make("denom", c.nbytes(i))               # exp_avg_sq.div(bias_correction2).sqrt_()
+    return live.peak
+
+
+def _schedulefree_foreach(c: Context) -> int:
+    return c.total                                    # torch._foreach_div(exp_avg_sq, bc2)
+
+
+def _always(implementation: str):
+    return lambda opts, device: implementation
+
+
+# -------------------------------------------------------------------- Hutchinson: SophiaH, AdaHessian
+# On a Hessian-update step (every update_period steps; SophiaH 10, AdaHessian 1)
+# compute_hutchinson_hessian holds the probe vectors zs and torch.autograd.grad's h_zs (2 x all
+# parameters). NOT counted: what that second backward through the saved graph allocates itself,
+# which depends on the activations, not on the parameters (the timeline's backward).
+
+def _hutchinson(update: Model) -> Model:
+    def model(c: Context) -> int:
+        return max(2 * c.total if c.opts["hessian_step"] else 0, update(c))
+    return model
+
+
+def _sophia_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        live.make("update", c.nbytes(i))              # hessian_moment.clamp(min=eps); div out=
+    return live.peak
+
+
+def _sophia_foreach(c: Context) -> int:
+    live = _Live()
+    live.make("updates", c.total)                     # torch._foreach_clamp_min(hessian_moment)
+    live.make("updates", c.total)                     # torch._foreach_div(momentum, updates)
+    return live.peak
+
+
+def _adahessian_single(c: Context) -> int:
+    live = _Live()
+    for i in range(len(c.sizes)):
+        live.make("de_nom", c.nbytes(i))              # (exp_hessian_diag_sq / bc2).pow_().add_()
+    return live.peak
+
+
+def _adahessian_foreach(c: Context) -> int:
+    return c.total                                    # torch._foreach_div(exp_hessian_diag_sq, bc2)
+
+
+# ------------------------------------------------------------------------------------------ GaLore
+
+def _galore(c: Context) -> int:
+    # GaLoreAdamW.step per parameter. A projected (GaLore) m x n parameter, k = min(m, n),
+    # r = min(rank, k): project() makes the low-rank gradient L (m x r if m >= n, else r x n);
+    # denom = exp_avg_sq.sqrt() and exp_avg / denom are L-sized; project_back() multiplies back to
+    # m x n and scales it (`* self.scale`): two full-size tensors. Other parameters: plain AdamW
+    # (denom, exp_avg / denom). `denom` and `norm_grad` stay bound into the next parameter.
+    # svd_step (every update_proj_gap steps; counted by default, the peak over a run):
+    # get_orthogonal_matrix runs torch.linalg.svd(full_matrices=False): U (m x k), s (k),
+    # Vh (k x n) in float32 (+ a float32 copy of the gradient for other dtypes), then
+    # A = U[:, :r] @ diag(s[:r]) (m >= n) or B = diag(s[:r]) @ Vh[:r] (m < n); the factor kept
+    # (a view for float32) replaces the previous projector when project() assigns it.
+    # LAPACK's own workspace is not counted.
+    chosen = c.opts["galore_params"]
+    live, e = _Live(), c.elem
+    for i, shape in enumerate(c.shapes):
+        b = c.nbytes(i)
+        live.ref("grad")
+        is_galore = (chosen is None and len(shape) == 2) or (chosen is not None and c.names[i] in chosen)
+        if not is_galore:
+            live.make("denom", b)
+            live.make("norm_grad", b)
+            continue
+        m, n = shape
+        k = min(m, n)
+        r = min(c.opts["rank"], k)
+        low = (m * r if m >= n else r * n) * e
+        if c.opts["svd_step"]:
+            f32 = 4
+            copy = 0 if c.dtype == "float32" else m * n * f32     # matrix = grad.float()
+            svd = (m * k + k + k * n) * f32
+            factor = (m * r if m >= n else r * n) * f32            # A (right) or B (left) product
+            live.touch(copy + svd + r * r * f32 + factor)
+            if c.dtype != "float32":
+                live.touch(svd + (r * n if m >= n else m * r) * e)  # .type(dtype) of the kept factor
+        live.make("grad", low)                        # grad = projector.project(grad, step)
+        live.make("denom", low)                       # exp_avg_sq.sqrt().add_(eps)
+        live.make("norm_grad", low)                   # exp_avg / denom
+        live.make("norm_grad", b, transient=b)        # project_back: matmul, then * scale
+    return live.peak
+
+
 # --------------------------------------------------------------------------------------- the table
 
 def _impls(single: Model, foreach: Model, fused: Model | None = None) -> dict[str, Model]:
@@ -675,6 +862,38 @@ TEMPORARIES: dict[str, Temporaries] = {
     "lbfgs": Temporaries({NONE: _lbfgs}, {NONE: "exact (flat vectors); 0-d tensors bounded"},
                          "torch.optim.lbfgs: LBFGS.step", {"line_search_fn": None},
                          cpu_default=NONE, foreach_default=NONE),
+    "lion": Temporaries(_impls(_lion_single, _lion_foreach),
+                        _exact(SINGLE, FOREACH),
+                        "pytorch_optimizer.Lion: _step_per_param, _step_foreach",
+                        default=_pyopt_default(("adanorm",))),
+    "adabelief": Temporaries(_impls(_adabelief_single, _adabelief_foreach),
+                             _exact(SINGLE, FOREACH),
+                             "pytorch_optimizer.AdaBelief: _step_per_param, _step_foreach",
+                             default=_pyopt_default(("adanorm", "ams_bound"))),
+    "diffgrad": Temporaries(_impls(_diffgrad_single, _diffgrad_foreach),
+                            _exact(SINGLE, FOREACH),
+                            "pytorch_optimizer.DiffGrad: _step_per_param, _step_foreach",
+                            default=_pyopt_default(("adanorm",))),
+    "prodigy": Temporaries({NONE: _prodigy}, _exact(NONE), "prodigyopt.Prodigy.step",
+                           default=_always(NONE)),
+    "dadapt-adam": Temporaries({NONE: _dadapt_adam}, _exact(NONE), "dadaptation.DAdaptAdam.step",
+                               default=_always(NONE)),
+    "schedulefree-adamw": Temporaries(_impls(_schedulefree_single, _schedulefree_foreach),
+                                      _exact(SINGLE, FOREACH),
+                                      "schedulefree.AdamWScheduleFree.step (foreach=True by default)",
+                                      default=_always(FOREACH)),
+    "galore": Temporaries({NONE: _galore}, _exact(NONE),
+                          "galore_torch.GaLoreAdamW.step, GaLoreProjector.project / project_back / "
+                          "get_orthogonal_matrix", {"svd_step": True}, default=_always(NONE)),
+    "sophia": Temporaries(_impls(_hutchinson(_sophia_single), _hutchinson(_sophia_foreach)),
+                          _exact(SINGLE, FOREACH),
+                          "pytorch_optimizer.SophiaH.step, _step_foreach, compute_hutchinson_hessian",
+                          {"hessian_step": True}, default=_always(FOREACH)),
+    "adahessian": Temporaries(_impls(_hutchinson(_adahessian_single), _hutchinson(_adahessian_foreach)),
+                              _exact(SINGLE, FOREACH),
+                              "pytorch_optimizer.AdaHessian.step, _step_foreach, "
+                              "compute_hutchinson_hessian", {"hessian_step": True},
+                              default=_always(FOREACH)),
 }
 
 
@@ -714,6 +933,8 @@ def default_implementation(optimizer: OptimizerSpec | str, device: str, **option
     kind = _device_type(device)
     if options.get("fused") and FUSED in model.models:
         return FUSED
+    if model.default is not None:
+        return model.default(_options(spec, model, options), kind)
     return model.foreach_default if kind in FOREACH_DEVICES else model.cpu_default
 
 
@@ -750,7 +971,7 @@ def _resolve(optimizer: OptimizerSpec | str, device: str, implementation: str | 
     kind = _device_type(device)
     fused_opt = bool(opts.get("fused"))
     if implementation is None:
-        implementation = default_implementation(spec, kind, fused=fused_opt)
+        implementation = default_implementation(spec, kind, **options)
     if implementation not in model.models:
         raise MemprofUserError(
             f"implementation {implementation!r} does not exist for optimizer {spec.name!r}; valid: "
@@ -783,7 +1004,7 @@ def step_temporary_bytes(optimizer: OptimizerSpec | str, params: Sequence[ParamT
     r = _resolve(optimizer, device, implementation, options)
     dtype_bytes(state_dtype)  # validates the name
     ctx = Context(tuple(tuple(p.shape) for p in params), state_dtype.removeprefix("torch."), r.device,
-                  r.opts)
+                  r.opts, tuple(p.name for p in params))
     if not ctx.shapes:
         return 0
     return r.model.models[r.implementation](ctx)
@@ -795,6 +1016,11 @@ def exactness(optimizer: OptimizerSpec | str, implementation: str | None = None,
     r = _resolve(optimizer, device, implementation, options)
     if r.opts.get("capturable"):
         return "upper bound (capturable: 0-d tensors bounded; derived from the source, not measured)"
+    if r.opts.get("hessian_step"):
+        return ("lower bound on Hessian-update steps: the second backward's own memory "
+                "(activation-dependent) is not counted")
+    if r.opts.get("adanorm") and r.implementation == SINGLE:
+        return "upper bound (adanorm: the data-dependent rescaled gradient is counted)"
     return r.model.exactness[r.implementation]
 
 

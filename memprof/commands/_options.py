@@ -40,6 +40,8 @@ _KNOBS: dict[str, Decorator] = {
     "optimizer_impl": click.option(
         "--optimizer-impl", type=click.Choice(OPTIMIZER_IMPLS), default="auto", show_default=True,
         help="auto: torch's default for the device (foreach on CUDA, single-tensor on CPU)."),
+    "alloc_conf": click.option("--alloc-conf", default=None,
+                               help='PYTORCH_CUDA_ALLOC_CONF for the allocator replay, e.g. "expandable_segments:True".'),
     "format": click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True),
 }
 
