@@ -267,6 +267,9 @@ def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = 
         gpu_spec = get_gpu(gpu)
     warnings: list[str] = []
     length = _resolve_seq_len(spec, seq_len, warnings)
+    if optimizer_impl == "fused" and "fused" in opt.options and "fused" not in optimizer_options:
+        # torch's fused kernels also keep `step` on the device: the state follows the implementation
+        optimizer_options = {**optimizer_options, "fused": True}
 
     full, breakdown = model_state_bytes(spec, opt, prec, device, **optimizer_options)
     fp32_grads = spec.num_parameters * 4
@@ -306,7 +309,8 @@ def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: 
 
     placement = result.placement
     states_on_device = placement.optimizer_states > 0
-    impl = default_implementation(opt, s.device) if s.optimizer_impl == "auto" else s.optimizer_impl
+    impl = (default_implementation(opt, s.device, **optimizer_options) if s.optimizer_impl == "auto"
+            else s.optimizer_impl)
     result.optimizer_impl = impl
     if states_on_device or sharding.offload == "none":
         # the rank steps its partition of the parameters: temporaries scale with the partition

@@ -13,34 +13,69 @@
 Steady state: the states exist already (the first step also allocates them; that is
 `OptimizerSpec.state_bytes`, not a temporary). The figure is the peak, during step(), of the tensor
 storages step() itself allocated and still references, in bytes: what a TorchDispatchMode tracker
-(MemTracker) sees on the CPU and what the caching allocator is asked for on a GPU (before its
-512-byte rounding). Not counted: the 0-d CPU tensors PyTorch wraps python numbers into for a
-tensor-scalar op (8 bytes plus a 4-byte cast on the CPU allocator; host memory on a GPU).
+sees on the CPU and what the caching allocator is asked for on a GPU (before its 512-byte
+rounding). Not counted: the 0-d CPU tensors PyTorch wraps python numbers into for a tensor-scalar
+op (8 bytes plus a 4-byte cast on the CPU allocator; host memory on a GPU), and memory a library
+allocates outside PyTorch (LAPACK workspaces). Checked against measurements by
+tests/test_optimizer_temporaries.py (torch 2.13.0, CPU, float32 and bfloat16).
 
-How the three implementations of torch.optim differ (torch 2.13.0):
+How the three implementations of torch.optim differ:
 - single_tensor (`_single_tensor_<name>`): a python loop over the parameters. A temporary made for
-  parameter i is held by a local variable until the next iteration rebinds it, so the peak is
-  the largest, over i, of what iteration i allocates plus what iteration i-1 left referenced —
+  parameter i is held by a local variable until a later iteration rebinds it, so the peak is the
+  largest, over i, of what iteration i allocates plus what earlier iterations left referenced:
   for AdamW max_i(2*n_i + n_(i-1)) elements. Derived statement by statement from the source with
-  `_Live`, which keeps the bytes each local variable references.
+  `_Live`, which follows the bytes each local variable references.
 - foreach (`_multi_tensor_<name>`): every op works on the list of a (device, dtype) group, so each
   intermediate is a list the size of ALL parameters of the group (AdamW: one list, N elements).
-  torch's default on CUDA (`_default_to_fused_or_foreach`: foreach kernels exist for cuda, xpu, mtia,
-  not for the CPU).
-- fused (`_fused_<name>`, Adam/AdamW/SGD/Adagrad, CPU too): one kernel updates in place, nothing is
-  allocated. Never torch's default (`use_fused=False`): only `fused=True` selects it.
-Package optimizers (pytorch-optimizer, prodigyopt, ...) have one implementation: "n/a".
+  torch's default on CUDA (`_default_to_fused_or_foreach`: foreach kernels exist for cuda, xpu,
+  mtia, not for the CPU).
+- fused (`_fused_<name>`: Adam, AdamW, SGD, Adagrad (CPU only)): one kernel updates in place,
+  nothing is allocated. Never torch's default (`use_fused=False`): only fused=True selects it.
+pytorch-optimizer has its own `_step_foreach` / `_step_per_param` ("foreach" / "single_tensor"),
+foreach by default on every device; schedulefree's foreach is on by default; the others have one
+implementation ("n/a").
 
-`params` are taken as ONE param group. torch runs the step per param group and frees the group's
-intermediates when it returns, so with several groups the foreach figure is that of the largest
-group: the one-group figure is then an upper bound.
+`params` are taken as ONE param group, in step() order. torch steps param group by param group
+and frees a group's intermediates when it returns: with several groups (HF Trainer's decay /
+no-decay split) the foreach figure is that of the largest group, so the one-group figure is an
+upper bound. Options beyond the spec's that change the temporaries (weight_decay, maximize,
+nesterov, hessian_step, svd_step, ...) are accepted where they matter: see `Temporaries`.
 
-Per optimizer (torch source function; what is alive at the peak; how exact):
-- adam, adamw: `_single_tensor_adam`: denom = (exp_avg_sq.sqrt() / bc2).add_(eps) -> sqrt and the
-  quotient of p_i with denom of p_(i-1) (+ grad.add(param) for Adam's coupled weight_decay,
-  + -grad with maximize): exact. `_multi_tensor_adam`: exp_avg_sq_sqrt (N): exact.
-  `_fused_adam`: 0, exact. capturable (CUDA only, not measurable here): + the 0-d bias
-  corrections, derived from the source, unmeasured.
+Per optimizer: source functions; what is alive at the peak (n_i: parameter i, N: all); exactness.
+- adam, adamw: `_single_tensor_adam`: sqrt and quotient of denom for p_i + denom of p_(i-1)
+  (+ the coupled weight-decay / maximize gradient copies); `_multi_tensor_adam`: exp_avg_sq_sqrt
+  (N); `_fused_adam`: 0. Exact. capturable (CUDA only): + 0-d tensors, bounded (upper bound).
+- sgd, sgd-momentum: `_single_tensor_sgd`: only maximize / weight_decay / nesterov gradient copies
+  (0 by default); `_multi_tensor_sgd`: N with maximize or weight_decay; `_fused_sgd`: 0. Exact.
+- adagrad: std of p_i + std of p_(i-1); foreach: std + numerator (2N); fused (CPU): 0. Exact.
+- adadelta: std and delta of p_i and p_(i-1); foreach 2N. Exact.
+- adamax: grad.abs() of p_i; foreach: abs list N. Exact.
+- asgd: param.sub(ax) of p_i (after t0 steps; an upper bound before); foreach: intermediate N.
+- nadam: denom (div, sqrt) as Adam; foreach exp_avg_sq_sqrt N. Exact.
+- radam (rectified steady state): bias_corrected_exp_avg, the product chain and sqrt /
+  reciprocal (Tensor.__rdiv__) of the adaptive lr: 5 n_i; foreach buffer N. Exact.
+- rmsprop: avg of p_i + avg of p_(i-1); foreach avg N. Exact.
+- rprop: sign (2 n_i while made), bool masks, the grad clone and grad.sign(); foreach: signs N +
+  one tensor's mask and where(). Exact.
+- adafactor: row/col means, var_estimate (n_i) + whatever earlier parameters left bound; foreach
+  (per is-matrix group) var_estimates. Exact. Default on CUDA too: the loop.
+- muon: `_zeropower_via_newtonschulz` in bfloat16 (the copy, X X^T, the addmm chain) per 2-D
+  parameter, the AdamW fallback for the others as a second step(). Exact.
+- lbfgs: 5 flat vectors of all parameters (flat_grad, q, d, d*t and its abs) in steady state;
+  0-d tensors bounded; the closure's forward/backward not counted.
+- sparse-adam: upper bound, every embedding row counted as touched.
+- lion, adabelief, diffgrad (pytorch-optimizer): update / grad_residual / de_nom per parameter or
+  list; exact (adanorm: the data-dependent rescaled gradient counted: upper bound).
+- prodigy, dadapt-adam: the sliced / full products of the d-estimate and denom; exact.
+- schedulefree-adamw: denom per parameter or list; exact.
+- galore: low-rank gradient, denom, exp_avg / denom and the back-projection (2 n_i); with
+  svd_step (default, every update_proj_gap steps) the float32 SVD factors; exact.
+- adamw8bit: CUDA 0 (fused in-place kernels, not measured); CPU: the reference kernels'
+  dequantized states, float gradient and denom (5 n_i float32), measured with the CPU allocator.
+- shampoo, soap: upper bounds from the structure (param-sized and d x d tensors alive at once).
+- sophia, adahessian: the update's intermediates and, on Hessian-update steps, the Hutchinson
+  probes and h_zs (2N); the second backward's own (activation-dependent) memory is NOT counted.
+- ga, pso: analytic (no implementation): 2 / 3 population-sized copies.
 """
 from __future__ import annotations
 
@@ -143,9 +178,18 @@ class Temporaries:
     exactness: Mapping[str, str]         # implementation -> "exact" | "upper bound" | ...
     source: str                          # the functions it is read from
     extra_options: Mapping[str, Any] = field(default_factory=dict)  # defaults of non-spec options
-    cpu_default: str = SINGLE            # implementation torch picks on the CPU (and mps, ...)
-    foreach_default: str = FOREACH       # implementation torch picks on foreach devices
-    default: Callable[[Mapping[str, Any], str], str] | None = None  # (options, device) -> impl
+    # (options, device type) -> the implementation the library picks when not told
+    default: Callable[[Mapping[str, Any], str], str] = field(default=lambda opts, device: _torch_default(device))
+
+
+def _torch_default(device: str) -> str:
+    """torch.optim's `_default_to_fused_or_foreach(..., use_fused=False)`."""
+    return FOREACH if device in FOREACH_DEVICES else SINGLE
+
+
+def _always(implementation: str) -> Callable[[Mapping[str, Any], str], str]:
+    """A library that picks the same implementation on every device."""
+    return lambda opts, device: implementation
 
 
 # ------------------------------------------------------------------------------- shared patterns
@@ -710,10 +754,6 @@ def _schedulefree_foreach(c: Context) -> int:
     return c.total                                    # torch._foreach_div(exp_avg_sq, bc2)
 
 
-def _always(implementation: str):
-    return lambda opts, device: implementation
-
-
 # -------------------------------------------------------------------- Hutchinson: SophiaH, AdaHessian
 # On a Hessian-update step (every update_period steps; SophiaH 10, AdaHessian 1)
 # compute_hutchinson_hessian holds the probe vectors zs and torch.autograd.grad's h_zs (2 x all
@@ -794,6 +834,104 @@ def _galore(c: Context) -> int:
     return live.peak
 
 
+# ------------------------------------------------------------------ preconditioners: Shampoo, SOAP
+# Upper bounds from the structure of the source (how many param-sized and d x d tensors can be
+# alive at once), not statement-by-statement: their tensordot / movedim / contiguous chains and
+# the linear algebra make exact tracking brittle. Not counted: LAPACK's own workspace, which
+# MKL / OpenBLAS allocate outside PyTorch's allocator.
+
+F32 = 4
+
+
+def _shampoo(c: Context) -> int:
+    # Shampoo.step per parameter and dimension d: unfolded_grad (a movedim+reshape copy), the
+    # transpose_().contiguous() copy, the matmul with inv_pre_cond and the running `grad`: <= 4
+    # param-sized tensors, + unfolded_grad of the previous parameter; compute_power_svd (every
+    # preconditioning_compute_steps, 1 by default): U, S, Vh, U * S and (U * S) @ Vh in float32
+    # (4 d^2 + d), + the float32 copy of the statistic and the cast back for other dtypes.
+    e, peak, prev = c.elem, 0, 0
+    for i, shape in enumerate(c.shapes):
+        n = c.sizes[i]
+        svd = max((4 * d * d + d) * F32 + (2 * d * d * F32 if c.dtype != "float32" else 0) for d in shape)
+        peak = max(peak, (4 * n + prev) * e + svd)
+        prev = n if len(shape) > 1 else 0
+    return peak
+
+
+def _soap(c: Context) -> int:
+    # SOAP.step per parameter (steps > 1): project() runs one tensordot per preconditioned
+    # dimension (the permuted/reshaped input copy and the product: <= 3 param-sized tensors with
+    # the running result); grad_projected, its square, de_nom, exp_avg_projected, their quotient
+    # and the backward projection: <= 7 param-sized; the previous parameter's 4 locals (n_(i-1));
+    # update_pre_conditioner: the outer products (d x d) and, every precondition_frequency steps,
+    # get_orthogonal_matrix_qr: matrix_product, the o * matrix_product product, power_iter, Q and R
+    # of the QR (5 d^2) and the new Q of every dimension (sum d^2), int64 sort indices,
+    # exp_avg_sq.index_select copies (2 param-sized, within the 7).
+    e, peak, prev = c.elem, 0, 0
+    limit = c.opts["max_precondition_dim"]
+    for i, shape in enumerate(c.shapes):
+        n = c.sizes[i]
+        dims = [d for d in shape if d <= limit] if (len(shape) > 1 or c.opts["precondition_1d"]) else []
+        mats = (sum(d * d for d in dims) + 5 * max((d * d for d in dims), default=0)) * e
+        peak = max(peak, (7 * n + 4 * prev) * e + mats + 8 * max(dims, default=0))
+        prev = n
+    return peak
+
+
+# ------------------------------------------------------------------------------ bitsandbytes 8-bit
+
+def _adamw8bit(c: Context) -> int:
+    # On CUDA the update is one kernel per parameter (optimizer_update_8bit_blockwise, or the
+    # 32-bit one below min_8bit_size) working in place on the quantized states: nothing
+    # allocated (derived from the kernels; no GPU here to measure it). On the CPU bitsandbytes
+    # runs a PyTorch reference (backends/cpu/ops.py), one parameter at a time:
+    # - 8-bit: both states dequantized to float32, grad = g.float() * gnorm_scale,
+    #   p_fp32 = p.float() (a copy unless float32), denom = (state2.sqrt() / correction2): 5 (6)
+    #   float32 tensors of the parameter's size;
+    # - 32-bit (small tensors): g_float, p_float (unless float32), state2.sqrt() + eps and the
+    #   quotient: 3 (4).
+    if c.device != "cpu":
+        return 0
+    copy = c.dtype != "float32"
+    peak = 0
+    for n in c.sizes:
+        if c.opts["optim_bits"] == 8 and n >= c.opts["min_8bit_size"]:
+            peak = max(peak, (5 + copy) * n * F32)
+        else:
+            peak = max(peak, (3 + copy) * n * F32)
+    return peak
+
+
+# ------------------------------------------------------------------------------------ SparseAdam
+
+def _sparse_adam(c: Context) -> int:
+    # torch.optim._functional.sparse_adam per parameter: the coalesced gradient, the values of
+    # exp_avg / exp_avg_sq at its rows (sparse_mask), the two update values, and finally
+    # -step_size * numer: <= 6 value tensors of (rows touched x row width), plus their int64 row
+    # indices; the previous parameter's locals (5 value tensors) until rebound. The rows touched
+    # depend on the batch: counted as ALL rows, so this is an upper bound that is loose when a
+    # step touches few rows of a large table.
+    e, peak, prev = c.elem, 0, 0
+    for shape, n in zip(c.shapes, c.sizes):
+        rows = shape[0] if shape else 1
+        here = 6 * n * e + 4 * 8 * rows
+        peak = max(peak, here + prev)
+        prev = 5 * n * e + 4 * 8 * rows
+    return peak
+
+
+# ------------------------------------------------------------------------- population (analytic)
+# No installed package implements these as an optimizer: a vectorised generation step is
+# assumed, like the spec's states. GA: the mutation noise and the offspring population, made
+# before the offspring replace the population (2 P copies). PSO: the random coefficients r1, r2
+# of the velocity update and one (best - position) difference (3 P copies).
+
+def _population(copies: int) -> Model:
+    def model(c: Context) -> int:
+        return copies * c.opts["population_size"] * c.total
+    return model
+
+
 # --------------------------------------------------------------------------------------- the table
 
 def _impls(single: Model, foreach: Model, fused: Model | None = None) -> dict[str, Model]:
@@ -854,14 +992,14 @@ TEMPORARIES: dict[str, Temporaries] = {
     "adafactor": Temporaries(_impls(_adafactor_single, _adafactor_foreach), _exact(SINGLE, FOREACH),
                              "torch.optim._adafactor: _single_tensor_adafactor, "
                              "_multi_tensor_adafactor", {"maximize": False},
-                             foreach_default=SINGLE),
+                             default=_always(SINGLE)),
     "muon": Temporaries({SINGLE: _muon}, _exact(SINGLE),
                         "torch.optim._muon: _single_tensor_muon, _zeropower_via_newtonschulz "
                         "(+ AdamW for the other parameters)",
-                        {"nesterov": True, "ns_steps": 5}, foreach_default=SINGLE),
+                        {"nesterov": True, "ns_steps": 5}, default=_always(SINGLE)),
     "lbfgs": Temporaries({NONE: _lbfgs}, {NONE: "exact (flat vectors); 0-d tensors bounded"},
                          "torch.optim.lbfgs: LBFGS.step", {"line_search_fn": None},
-                         cpu_default=NONE, foreach_default=NONE),
+                         default=_always(NONE)),
     "lion": Temporaries(_impls(_lion_single, _lion_foreach),
                         _exact(SINGLE, FOREACH),
                         "pytorch_optimizer.Lion: _step_per_param, _step_foreach",
@@ -885,6 +1023,22 @@ TEMPORARIES: dict[str, Temporaries] = {
     "galore": Temporaries({NONE: _galore}, _exact(NONE),
                           "galore_torch.GaLoreAdamW.step, GaLoreProjector.project / project_back / "
                           "get_orthogonal_matrix", {"svd_step": True}, default=_always(NONE)),
+    "shampoo": Temporaries({NONE: _shampoo}, {NONE: "upper bound"},
+                           "pytorch_optimizer.Shampoo.step, compute_power_svd", default=_always(NONE)),
+    "soap": Temporaries({NONE: _soap}, {NONE: "upper bound"},
+                        "pytorch_optimizer.SOAP.step, project, update_pre_conditioner, "
+                        "get_orthogonal_matrix_qr", default=_always(NONE)),
+    "adamw8bit": Temporaries({NONE: _adamw8bit},
+                             {NONE: "exact on the CPU (measured with the CPU allocator's profiler); "
+                                    "CUDA: derived from the kernels, not measured"},
+                             "bitsandbytes.optim.AdamW8bit: optimizer_update_8bit_blockwise "
+                             "(backends/cpu/ops.py on the CPU)", default=_always(NONE)),
+    "sparse-adam": Temporaries({NONE: _sparse_adam}, {NONE: "upper bound (every row touched)"},
+                               "torch.optim._functional.sparse_adam", default=_always(NONE)),
+    "ga": Temporaries({NONE: _population(2)}, {NONE: "analytic (no implementation to measure)"},
+                      "analytic: a vectorised genetic-algorithm generation", default=_always(NONE)),
+    "pso": Temporaries({NONE: _population(3)}, {NONE: "analytic (no implementation to measure)"},
+                       "analytic: a vectorised particle-swarm velocity update", default=_always(NONE)),
     "sophia": Temporaries(_impls(_hutchinson(_sophia_single), _hutchinson(_sophia_foreach)),
                           _exact(SINGLE, FOREACH),
                           "pytorch_optimizer.SophiaH.step, _step_foreach, compute_hutchinson_hessian",
@@ -933,9 +1087,7 @@ def default_implementation(optimizer: OptimizerSpec | str, device: str, **option
     kind = _device_type(device)
     if options.get("fused") and FUSED in model.models:
         return FUSED
-    if model.default is not None:
-        return model.default(_options(spec, model, options), kind)
-    return model.foreach_default if kind in FOREACH_DEVICES else model.cpu_default
+    return model.default(_options(spec, model, options), kind)
 
 
 def _options(spec: OptimizerSpec, model: Temporaries, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,12 +51,13 @@ def optimizers(model: str, fmt: str, **knobs: object) -> None:
         click.echo(buffer.getvalue(), nl=False)
         return
     from memprof.estimators.units import format_bytes
-    header = ("family", "optimizer", "state B/param", "optimizer states", "model states", "fits")
+    header = ("family", "optimizer", "state B/param", "optimizer states", "model states", "peak", "fits")
     table = [header]
     for row in rows:
         fits = {True: "yes", False: "no", None: ""}[row["fits"]]
+        peak = "—" if row["peak"] is None else format_bytes(row["peak"])
         table.append((row["family"], row["optimizer"], f"{row['state_bytes_per_param']:.2f}",
-                      format_bytes(row["optimizer_states"]), format_bytes(row["model_states"]), fits))
+                      format_bytes(row["optimizer_states"]), format_bytes(row["model_states"]), peak, fits))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     previous_family = None
     for i, r in enumerate(table):
