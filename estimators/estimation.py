@@ -298,7 +298,8 @@ def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: 
     """Fill in the step timeline, its peak by category and the device overheads."""
     from .activations import activation_bytes, attention_kernel
     from .buffers import largest_layer_parameters, training_buffers
-    from .optimizers.temporaries import default_implementation, step_temporary_bytes
+    from .optimizers.temporaries import (create_graph_caveat, default_implementation, needs_create_graph,
+                                         step_temporary_bytes)
     from .timeline import step_timeline
 
     s = result.settings
@@ -312,6 +313,9 @@ def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: 
     impl = (default_implementation(opt, s.device, **optimizer_options) if s.optimizer_impl == "auto"
             else s.optimizer_impl)
     result.optimizer_impl = impl
+    caveat = create_graph_caveat(opt, device=s.device, **optimizer_options)
+    if caveat:
+        result.warnings.append(caveat)
     if states_on_device or sharding.offload == "none":
         # the rank steps its partition of the parameters: temporaries scale with the partition
         temps = step_temporary_bytes(opt, spec.parameter_tensors(), prec.optimizer_dtype, device=s.device,
@@ -342,7 +346,7 @@ def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: 
         timeline = step_timeline(spec, act, param_bytes=placement.parameters, grad_bytes=placement.gradients,
                                  grad_dtype=prec.grad_dtype, optimizer_state_bytes=placement.optimizer_states,
                                  optimizer_temporaries_bytes=result.optimizer_temporaries,
-                                 grad_accumulation=s.grad_accumulation)
+                                 grad_accumulation=s.grad_accumulation, create_graph=needs_create_graph(opt))
     # the buffers live all step (the replay allocates the BLAS workspace itself, outside the timeline)
     for point in timeline:
         point.by_category[Category.TEMPORARY.value] += buffer_bytes
@@ -367,6 +371,7 @@ def _allocator_replay(spec: ModelSpec, opt: OptimizerSpec, prec: Precision, act,
                       blas: tuple[int, ...], optimizer_options: dict):
     """The step through the caching-allocator simulator: rounding, segments, what stays cached."""
     from .allocator.training import simulate_training_step, states_per_parameter
+    from .optimizers.temporaries import needs_create_graph
 
     s, placement = result.settings, result.placement
     if placement.optimizer_states == result.full_model_states[Category.OPTIMIZER_STATES.value]:
@@ -379,7 +384,7 @@ def _allocator_replay(spec: ModelSpec, opt: OptimizerSpec, prec: Precision, act,
         spec, act, param_bytes=placement.parameters, grad_bytes=placement.gradients, grad_dtype=prec.grad_dtype,
         optimizer_states=states, optimizer_temporaries=result.optimizer_temporaries,
         grad_accumulation=s.grad_accumulation, states_at_creation=opt.name == "adagrad" or prec.master_weights,
-        workspaces=blas, alloc_conf=s.alloc_conf)
+        workspaces=blas, alloc_conf=s.alloc_conf, create_graph=needs_create_graph(opt))
 
 
 def _resolve_seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) -> int:

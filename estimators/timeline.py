@@ -111,7 +111,7 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
                   grad_dtype: str, optimizer_state_bytes: int, optimizer_temporaries_bytes: int,
                   grad_accumulation: int = 1, held_outputs: bool = True,
                   states_exist: bool = True, events: list | None = None,
-                  event_phases: list | None = None) -> Timeline:
+                  event_phases: list | None = None, create_graph: bool = False) -> Timeline:
     """The live bytes of one optimizer step (all its micro-batches) by phase and category.
 
     param_bytes, grad_bytes, optimizer_state_bytes: full steady-state sizes (what stays resident).
@@ -122,6 +122,9 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     writes `out = model(**batch)` does. states_exist: False for the very first step, when the
     optimizer allocates its states inside step(). events / event_phases: lists that receive the
     allocation events of the simulated tensors and the phase of each (module docstring).
+    create_graph: the backward is `loss.backward(create_graph=True)` (Hutchinson Hessian optimizers):
+    the graph is retained and the backward records its own (module docstring), so the forward's saved
+    tensors and the activation gradients the double backward needs stay live through step().
     """
     _check_nonneg(param_bytes=param_bytes, grad_bytes=grad_bytes,
                   optimizer_state_bytes=optimizer_state_bytes,
@@ -136,7 +139,7 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     def pgrad(p: T) -> int:
         return round(p.numel * gbytes * grad_scale)
 
-    sim = _Sim(tr, pgrad, held_outputs)
+    sim = _Sim(tr, pgrad, held_outputs, create_graph)
     timeline = Timeline()
     seg = _Segment(timeline)
     if events is not None:
@@ -147,11 +150,14 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
         suffix = f" (micro-batch {micro + 1}/{grad_accumulation})" if grad_accumulation > 1 else ""
         sim.forward(seg, base, suffix)
         sim.backward(seg, base, suffix, accumulate=micro > 0, grad_bytes=grad_bytes)
+        if create_graph and micro < grad_accumulation - 1:
+            sim.carry_graph()
     seg.start(Phase.OPTIMIZER_STEP.value, "optimizer step")
     inputs = sum(t.nbytes for t in tr.held if getattr(t, "is_input", False)) if held_outputs else 0
     outputs = sim.held_bytes() - inputs
-    seg.see({_P: param_bytes, _G: grad_bytes, _S: optimizer_state_bytes, _A: outputs,
-             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes})
+    seg.see({_P: param_bytes, _G: grad_bytes, _S: optimizer_state_bytes,
+             _A: outputs + sim.retained_bytes() + sim.carried[_A],
+             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP]})
     seg.flush()
     for p in timeline.points:
         for c in CATEGORIES:
@@ -162,21 +168,50 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
 # operations whose backward hands the output's gradient to an input unchanged (same size and dtype)
 _PASS_THROUGH = frozenset({"add", "copy"})
 
+# create_graph=True: the backward of each operation is recorded for the double backward, and
+# what that recording saves stays alive (derivatives.yaml / FunctionsManual.cpp, torch 2.13).
+# Per operation: (does it save the gradient of its output, how many more tensors of that
+# gradient's size it keeps). The gradient is saved by mm / addmm / bmm (linear, matmul:
+# `mat1^T @ grad`, `grad @ mat2^T`), mul (`grad * other`, `grad * self`),
+# native_layer_norm_backward (layer_norm_double_backward needs grad_out),
+# _softmax_backward_data / _log_softmax_backward_data and tanh_backward (grad_output). Composite
+# backward formulas keep their intermediates as well:
+# - pow: `grad * (exponent * self.pow(exponent - 1))` saves grad and the product in brackets;
+# - rsqrt: `-0.5 * grad * result.pow(3)` saves `-0.5 * grad` and `result.pow(3)`, not grad;
+# - silu (infinitely_differentiable_silu_backward under grad mode):
+#   `grad * sigmoid * (1.0 + input * (1.0 - sigmoid))` saves grad, sigmoid, `grad * sigmoid`,
+#   `1.0 - sigmoid` and `1.0 + input * (...)`.
+# Operations whose backward only scales, masks, views, pads or reduces the gradient save none of
+# it: mul by a scalar, add, neg, cat, native_dropout_backward (mask), embedding_dense_backward
+# (indices), mean (expand), nll_loss_backward (target), copies and views.
+# Autograd saves an input of a recorded op only if it is needed for an input that requires grad:
+# `grad * other` (mul) and `grad @ other` (matmul) keep grad only when other requires grad, so a
+# product with a constant (rotary cos / sin) saves no gradient.
+_BINARY = frozenset({"mul", "matmul"})
+_DOUBLE_BACKWARD_KEEPS = {
+    "linear": (True, 0), "matmul": (True, 0), "mul": (True, 0), "layer_norm": (True, 0),
+    "softmax": (True, 0), "log_softmax": (True, 0), "tanh": (True, 0),
+    "pow": (True, 1), "rsqrt": (False, 2), "silu": (True, 4),
+}
+
 
 class _GradBuf:
     """One gradient tensor; several activations can share it (add passes its gradient through)."""
 
-    __slots__ = ("nbytes", "refs", "eid")
+    __slots__ = ("nbytes", "refs", "eid", "pinned")
 
     def __init__(self, nbytes: int):
-        self.nbytes, self.refs, self.eid = nbytes, 1, 0
+        self.nbytes, self.refs, self.eid, self.pinned = nbytes, 1, 0, False
 
 
 class _Sim:
     """Replays the trace tensor by tensor, keeping running byte totals by category."""
 
-    def __init__(self, tr, pgrad, held_outputs: bool):
+    def __init__(self, tr, pgrad, held_outputs: bool, create_graph: bool = False):
         self.tr, self.pgrad = tr, pgrad
+        self.create_graph = create_graph
+        self.graph_grad_bytes = 0     # create_graph: tensors of the backward's own graph (module docstring)
+        self.carried = {_A: 0, _TMP: 0}   # create_graph: the graphs of earlier micro-batches
         self.ops = tr.ops
         self.held = {id(t): t for t in tr.held} if held_outputs else {}
         self.regions = region_inputs(tr)
@@ -234,6 +269,34 @@ class _Sim:
     def held_bytes(self) -> int:
         return sum(t.nbytes for t in self.held.values())
 
+    def retained_bytes(self) -> int:
+        """What the backward left alive besides the caller's tensors: the retained graph's saved tensors."""
+        return sum(t.nbytes for t, _ in self.live.values() if id(t) not in self.held)
+
+    def carry_graph(self) -> None:
+        """create_graph under gradient accumulation: the accumulated .grad keeps each micro-batch's
+        graph, so what this one retained stays while the next micro-batch replays the trace."""
+        for t, cat in list(self.live.values()):
+            if id(t) not in self.held:
+                self.carried[cat] += t.nbytes
+                self.live.pop(id(t))
+                self.totals[cat] -= t.nbytes
+        self.carried[_TMP] += self.graph_grad_bytes
+        self.graph_grad_bytes = 0
+
+    def keep_for_double_backward(self, op, g: "_GradBuf") -> None:
+        """create_graph: what the recorded backward of `op` saves of its output gradient `g`."""
+        saves_grad, extra = _DOUBLE_BACKWARD_KEEPS.get(op.op, (False, 0))
+        if op.op in _BINARY and not all(t.requires_grad for t in op.inputs[:2]):
+            saves_grad = False    # `grad * other` keeps grad only to differentiate w.r.t. other
+        if saves_grad:
+            g.pinned = True       # counted in graph_grad_bytes once no activation refers to it
+        self.graph_grad_bytes += extra * g.nbytes
+        if extra and self.events is not None:
+            # alive until the graph goes after the step (the allocator replay frees what a step leaves)
+            self.grad_ids -= 1
+            self.emit(("alloc", self.grad_ids, extra * g.nbytes, 0))
+
     def add(self, t: T) -> None:
         if id(t) in self.live:
             return
@@ -257,8 +320,8 @@ class _Sim:
 
     def snapshot(self, base, extra_grads: int = 0, act_grads: int = 0) -> dict[str, int]:
         out = dict(base)
-        out[_A] = self.totals[_A]
-        out[_TMP] = self.totals[_TMP] + self.buffer_bytes + act_grads
+        out[_A] = self.totals[_A] + self.carried[_A]
+        out[_TMP] = self.totals[_TMP] + self.buffer_bytes + act_grads + self.carried[_TMP]
         out[_G] = out.get(_G, 0) + extra_grads
         return out
 
@@ -318,11 +381,11 @@ class _Sim:
                 return
             self.drop(t)
 
-        def state() -> dict[str, int]:
+        def state(transient: int = 0) -> dict[str, int]:
             b = dict(base)
             b[_G] = 0
             s = self.snapshot(b, extra_grads=grad_bytes if accumulate else pgrads, act_grads=grad_total)
-            s[_TMP] += sum(pending.values())
+            s[_TMP] += sum(pending.values()) + self.graph_grad_bytes + transient
             return s
 
         for idx in range(len(self.ops) - 1, -1, -1):
@@ -338,6 +401,9 @@ class _Sim:
                 self._recompute(op.region, seg, state)
             out = op.outputs[0] if op.outputs else None
             out_buf = grads.get(id(out)) if out is not None else None
+            if self.create_graph and out_buf is not None:
+                self.keep_for_double_backward(op, out_buf)
+            transient = 0
             for t in op.inputs:
                 if not t.requires_grad:
                     continue
@@ -358,11 +424,18 @@ class _Sim:
                 nbytes = t.numel * dtype_bytes(t.dtype)
                 old = grads.get(id(t))
                 if old is not None:
-                    # a second contribution: the engine adds in place unless the buffer is shared
-                    if old.refs > 1:
+                    # a second contribution: the engine adds in place unless the buffer is shared;
+                    # under create_graph out of place (InputBuffer::accumulate): the sum is a new
+                    # tensor, and the old one lives on if the recorded graph saved it
+                    if old.refs > 1 or old.pinned:
                         old.refs -= 1
+                        if old.refs == 0:              # pinned: now only the graph holds it
+                            grad_total -= old.nbytes
+                            self.graph_grad_bytes += old.nbytes
                         grads[id(t)] = self.new_grad(nbytes)
                         grad_total += nbytes
+                    elif self.create_graph:
+                        transient += nbytes
                     continue
                 if (op.op in _PASS_THROUGH and out_buf is not None and t.numel == out.numel
                         and t.dtype == out.dtype):
@@ -372,15 +445,22 @@ class _Sim:
                     grads[id(t)] = self.new_grad(nbytes)
                     grad_total += nbytes
             seg.current = op
-            seg.see(state())
+            if transient and self.events is not None:   # the out-of-place sum, freed within the op
+                self.grad_ids -= 1
+                self.emit(("alloc", self.grad_ids, transient, 0))
+                self.emit(("free", self.grad_ids))
+            seg.see(state(transient))
             for t in op.outputs:
                 g = grads.pop(id(t), None)
                 if g is not None:
                     g.refs -= 1
                     if g.refs == 0:
                         grad_total -= g.nbytes
-                        self.release_grad(g)
-            for _, t in op.saved:
+                        if g.pinned:
+                            self.graph_grad_bytes += g.nbytes
+                        else:
+                            self.release_grad(g)
+            for _, t in ([] if self.create_graph else op.saved):   # create_graph retains the graph
                 if t.kind == "param":
                     continue
                 if op.region is None:
@@ -403,7 +483,8 @@ class _Sim:
                     for t in self.regions[op.region]:
                         free_if_unused(t)
         for entry in list(self.live.values()):
-            if id(entry[0]) not in self.held:
+            # create_graph retains the graph: what it saved, recomputed tensors included, stays
+            if id(entry[0]) not in self.held and not self.create_graph:
                 self.drop(entry[0])
         seg.start(Phase.BACKWARD.value, "backward end" + suffix)
         seg.see(state())

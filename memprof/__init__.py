@@ -16,6 +16,7 @@ _LAZY: dict[str, str] = {
     "track": "memprof.profiler",
     "profile": "memprof.profiler",
     "Profile": "memprof.profiler",
+    "compare": "memprof.comparison",
 }
 
 __all__ = ["__version__", "MemprofUserError", *_LAZY]

@@ -16,12 +16,15 @@ from memprof.estimators.errors import MemprofUserError
 
 # name -> module under memprof.commands exposing a click command of the same name
 COMMANDS: dict[str, str] = {
+    "compare": "compare",
     "estimate": "estimate",
     "fit": "fit",
     "optimizers": "optimizers",
     "presets": "presets",
     "run": "run",
     "replay": "replay",
+    "report": "report",
+    "validate": "validate",
 }
 
 

@@ -1,8 +1,8 @@
 """Tiny real transformers models and two measurements of their training memory.
 
 Shared by tests/test_activations.py and tests/test_timeline.py:
-- `build(family, attention, **overrides)` -> (model, ModelSpec): a 2-layer, hidden-64 model of each
-  supported family built from a config (no downloads);
+- `build`, `batch`, `train_step`, `selective_checkpointing`: the tiny models of every family and
+  their training step, from memprof.tiny_models (shared with `memprof validate`);
 - `measure_saved(...)`: every tensor autograd holds when the forward ends, found by walking the
   autograd graph from the loss and reading each node's `_saved_*` attributes, each storage once,
   parameters excluded (ground truth for `saved_tensors`);
@@ -16,70 +16,13 @@ import contextlib
 import warnings
 
 import torch
-import transformers
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from memprof.estimators.activations import ActivationSettings
 from memprof.estimators.dtypes import dtype_bytes
-from memprof.estimators.models import ModelSpec
-
-VOCAB = 128
-TASKS = {"gpt2": "causal-lm", "llama": "causal-lm", "mistral": "causal-lm", "qwen2": "causal-lm",
-         "gpt_neox": "causal-lm", "opt": "causal-lm", "bert": "masked-lm", "vit": "image-classification"}
-FAMILIES = tuple(TASKS)
-
-
-def _config(family: str, attention: str, **kw):
-    common = dict(vocab_size=VOCAB, attn_implementation=attention)
-    if family == "gpt2":
-        return transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128,
-                                       bos_token_id=0, eos_token_id=0, **common, **kw)
-    if family in ("llama", "mistral", "qwen2"):
-        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-               "qwen2": transformers.Qwen2Config}[family]
-        return cls(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=128, max_position_embeddings=128, **common, **kw)
-    if family == "gpt_neox":
-        return transformers.GPTNeoXConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                          intermediate_size=256, max_position_embeddings=128,
-                                          bos_token_id=0, eos_token_id=0, **common, **kw)
-    if family == "opt":
-        return transformers.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                      ffn_dim=256, word_embed_proj_dim=64, max_position_embeddings=128,
-                                      bos_token_id=0, eos_token_id=0, pad_token_id=1, **common, **kw)
-    if family == "bert":
-        return transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                       intermediate_size=256, max_position_embeddings=128, **common, **kw)
-    if family == "vit":
-        common.pop("vocab_size")
-        return transformers.ViTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                                      intermediate_size=256, image_size=32, patch_size=8, num_labels=10,
-                                      **common, **kw)
-    raise ValueError(family)
-
-
-def build(family: str, attention: str = "eager", seed: int = 0, **overrides):
-    """A tiny model of `family` in train mode and the ModelSpec of the same config."""
-    torch.manual_seed(seed)
-    cfg = _config(family, attention, **overrides)
-    head = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
-            "image-classification": transformers.AutoModelForImageClassification}[TASKS[family]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = head.from_config(cfg)
-    model.train()
-    spec = ModelSpec(f"tiny-{family}", cfg.model_type, cfg.to_dict(), TASKS[family])
-    return model, spec
-
-
-def batch(family: str, batch_size: int, seq_len: int, seed: int = 1, dtype=torch.float32) -> dict:
-    """Inputs and labels as a training loop holds them (the dict stays referenced all step)."""
-    g = torch.Generator().manual_seed(seed)
-    if family == "vit":
-        return {"pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g, dtype=dtype),
-                "labels": torch.randint(0, 10, (batch_size,), generator=g)}
-    ids = torch.randint(2, VOCAB, (batch_size, seq_len), generator=g)
-    return {"input_ids": ids, "labels": ids.clone()}
+from memprof.tiny_models import (FAMILIES, TASKS, VOCAB, batch, build,  # noqa: F401 (re-exported)
+                                 selective_checkpointing, train_step)
+from memprof.tiny_models import autocast_context as _autocast
 
 
 def settings(batch_size: int, seq_len: int, autocast: bool, attention: str, checkpointing: str = "none",
@@ -87,10 +30,6 @@ def settings(batch_size: int, seq_len: int, autocast: bool, attention: str, chec
     return ActivationSettings(batch_size=batch_size, seq_len=seq_len,
                               compute_dtype="bfloat16" if autocast else "float32", param_dtype="float32",
                               autocast=autocast, attention=attention, checkpointing=checkpointing, **kw)
-
-
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def measure_saved(model, inputs: dict, autocast: bool) -> list[tuple[str, str, int]]:
@@ -123,28 +62,6 @@ def measure_saved(model, inputs: dict, autocast: bool) -> list[tuple[str, str, i
     return rows
 
 
-def train_step(model, optimizer, inputs: dict, autocast: bool, micro_batches: int = 1,
-               hold_output: bool = True, tracker=None) -> None:
-    """The usual loop body: out = model(**batch); out.loss.backward(); step; zero_grad.
-    hold_output=False: `loss = model(**batch).loss`, so the output (logits, cache) dies at once."""
-    out = None
-    for i in range(micro_batches):
-        if i and tracker is not None:
-            tracker.reset_mod_stats()   # MemTracker's per-module stats need this; the peak stays
-        out = None
-        with _autocast(autocast):
-            if hold_output:
-                out = model(**inputs)
-                loss = out.loss
-            else:
-                loss = model(**inputs).loss
-        loss.backward()
-        del loss
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    del out
-
-
 def measure_step(family: str, attention: str, autocast: bool, checkpointing: str, batch_size: int,
                  seq_len: int, micro_batches: int = 1, warm: bool = True, hold_output: bool = True,
                  dtype: torch.dtype = torch.float32):
@@ -172,35 +89,6 @@ def measure_step(family: str, attention: str, autocast: bool, checkpointing: str
             del inputs
     snap = tracker.get_tracker_snapshot("peak")
     return sum(d["Total"] for d in snap.values()), model, spec, optimizer
-
-
-@contextlib.contextmanager
-def selective_checkpointing(model):
-    """Recompute only the attention core (Megatron's selective recomputation): while active, the
-    model's eager attention function and transformers' sdpa function run under
-    torch.utils.checkpoint (non-reentrant), which keeps q, k, v (and the mask) instead of scores,
-    probabilities and dropout masks."""
-    import sys
-
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    modeling = sys.modules[type(model).__module__]
-    orig_eager = modeling.eager_attention_forward
-    orig_sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
-
-    def wrap(fn):
-        def checkpointed(module, q, k, v, mask, **kw):
-            return torch.utils.checkpoint.checkpoint(lambda q, k, v: fn(module, q, k, v, mask, **kw),
-                                                     q, k, v, use_reentrant=False)
-        return checkpointed
-
-    modeling.eager_attention_forward = wrap(orig_eager)
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = wrap(orig_sdpa)
-    try:
-        yield
-    finally:
-        modeling.eager_attention_forward = orig_eager
-        del ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 def adamw_bytes(spec, dtype: str = "float32") -> dict:

@@ -156,7 +156,9 @@ CASES = [("gpt2", settings(2, 32, False, "eager"), {}),
          ("llama", settings(3, 16, True, "eager", "selective"), {}),
          ("bert", settings(2, 32, False, "eager"), {}),                     # module buffers
          ("gpt_neox", settings(2, 16, False, "eager"), {"grad_accumulation": 2}),
-         ("opt", settings(2, 32, False, "sdpa"), {"held_outputs": False})]
+         ("opt", settings(2, 32, False, "sdpa"), {"held_outputs": False}),
+         ("gpt2", settings(2, 32, False, "eager"), {"create_graph": True}),   # Hessian optimizers' backward
+         ("llama", settings(2, 32, True, "sdpa"), {"create_graph": True})]
 
 
 def _case_id(case):

@@ -64,6 +64,16 @@ def test_save_is_atomic_and_load_round_trips(run: Profile, tmp_path) -> None:
     assert Profile.load(path).events == []
 
 
+def test_saved_file_has_a_normal_files_mode(run: Profile, tmp_path) -> None:
+    # the temporary file behind the atomic write is made 0600 by mkstemp; the result must not be
+    mask = os.umask(0o022)
+    try:
+        path = run.save(tmp_path / "p.json")
+    finally:
+        os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 def test_save_to_a_missing_folder_is_a_user_error(run: Profile, tmp_path) -> None:
     with pytest.raises(memprof.MemprofUserError, match="does not exist"):
         run.save(tmp_path / "nope" / "p.json")

@@ -134,7 +134,7 @@ def attention_kernel(spec, settings: ActivationSettings) -> str:
     config = dict(spec.config)
     dropout = fam.attention_dropout(config) if settings.training else 0.0
     return resolve_attention(settings.attention, settings.device, settings.compute_dtype, dropout,
-                             head_dim=fam.head_dim(config))
+                             head_dim=spec.head_dim)
 
 
 @lru_cache(maxsize=16)

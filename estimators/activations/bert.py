@@ -17,9 +17,6 @@ def attention_dropout(config) -> float:
     return config.get("attention_probs_dropout_prob", 0.1) or 0.0
 
 
-def head_dim(config) -> int:
-    return get(config, "hidden_size") // get(config, "num_attention_heads")
-
 
 def forward(tr, config, attn_kernel: str) -> None:
     h = get(config, "hidden_size")

@@ -16,9 +16,6 @@ def attention_dropout(config) -> float:
     return config.get("attn_pdrop", 0.1)
 
 
-def head_dim(config) -> int:
-    return get(config, "n_embd", "hidden_size") // get(config, "n_head", "num_attention_heads")
-
 
 def forward(tr, config, attn_kernel: str) -> None:
     h = get(config, "n_embd", "hidden_size")

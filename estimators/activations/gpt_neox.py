@@ -19,9 +19,6 @@ def attention_dropout(config) -> float:
     return config.get("attention_dropout", 0.0) or 0.0
 
 
-def head_dim(config) -> int:
-    return get(config, "hidden_size") // get(config, "num_attention_heads")
-
 
 def _rotary_fraction(config) -> float:
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}

@@ -16,7 +16,7 @@ def attention_dropout(config) -> float:
     return config.get("attention_dropout", 0.0) or 0.0
 
 
-def head_dim(config) -> int:
+def _head_dim(config) -> int:
     return config.get("head_dim") or get(config, "hidden_size") // get(config, "num_attention_heads")
 
 
@@ -49,7 +49,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     layers = get(config, "num_hidden_layers")
     heads = get(config, "num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
-    d = head_dim(config)
+    d = _head_dim(config)
     inter = get(config, "intermediate_size")
     vocab = get(config, "vocab_size")
     act_name = config.get("hidden_act", "silu")

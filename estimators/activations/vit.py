@@ -17,7 +17,7 @@ def attention_dropout(config) -> float:
     return config.get("attention_probs_dropout_prob", 0.0) or 0.0
 
 
-def head_dim(config) -> int:
+def _head_dim(config) -> int:
     return config.get("head_dim") or get(config, "hidden_size") // get(config, "num_attention_heads")
 
 
@@ -30,7 +30,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     h = get(config, "hidden_size")
     layers = get(config, "num_hidden_layers")
     heads = get(config, "num_attention_heads")
-    d = head_dim(config)
+    d = _head_dim(config)
     inter = get(config, "intermediate_size")
     image, patch = get(config, "image_size"), get(config, "patch_size")
     channels = config.get("num_channels", 3)

@@ -130,7 +130,8 @@ def training_events(spec, settings, *, param_bytes: int, grad_bytes: int, grad_d
                     optimizer_states: int | Sequence[int | Sequence[int]],
                     optimizer_temporaries: int | Sequence[int] = 0,
                     warmup_steps: int = 1, grad_accumulation: int = 1, held_outputs: bool = True,
-                    states_at_creation: bool = False, workspaces: Sequence[int] = ()) -> TrainingEvents:
+                    states_at_creation: bool = False, workspaces: Sequence[int] = (),
+                    create_graph: bool = False) -> TrainingEvents:
     """The allocation events of model creation, `warmup_steps` steps and the measured step.
 
     Arguments as for `simulate_training_step`; the forward and backward come from step_timeline.
@@ -148,7 +149,7 @@ def training_events(spec, settings, *, param_bytes: int, grad_bytes: int, grad_d
                              optimizer_temporaries_bytes=sum(temporaries),
                              grad_accumulation=grad_accumulation, held_outputs=held_outputs,
                              states_exist=warmup_steps > 0 or states_at_creation,
-                             events=step, event_phases=phases)
+                             events=step, event_phases=phases, create_graph=create_graph)
     run = compose_run([p.name for p in params], spread(param_bytes, numels), step, phases,
                       optimizer_states=states, optimizer_temporaries=temporaries,
                       buffers=_buffers(spec, settings), warmup_steps=warmup_steps,
@@ -321,7 +322,7 @@ def simulate_training_step(spec, settings, *, param_bytes: int, grad_bytes: int,
                            alloc_conf: str | None = None, capacity: int | None = None,
                            warmup_steps: int = 1, grad_accumulation: int = 1, held_outputs: bool = True,
                            states_at_creation: bool = False,
-                           workspaces: Sequence[int] = ()) -> TrainingSimulation:
+                           workspaces: Sequence[int] = (), create_graph: bool = False) -> TrainingSimulation:
     """Peak allocated/reserved, fragmentation, retries and the OOM point of a steady-state step.
 
     spec, settings: the ModelSpec and ActivationSettings of `step_timeline`.
@@ -336,12 +337,14 @@ def simulate_training_step(spec, settings, *, param_bytes: int, grad_bytes: int,
     warmup_steps: full steps before the measured one (the first creates the optimizer states).
     states_at_creation: the states exist before the first step (Adagrad, master weights).
     workspaces: allocations made at the first forward and kept (overheads.blas_workspace_allocations).
+    create_graph: the backward records its own graph (Hessian optimizers; see step_timeline).
     """
     run = training_events(spec, settings, param_bytes=param_bytes, grad_bytes=grad_bytes,
                           grad_dtype=grad_dtype, optimizer_states=optimizer_states,
                           optimizer_temporaries=optimizer_temporaries, warmup_steps=warmup_steps,
                           grad_accumulation=grad_accumulation, held_outputs=held_outputs,
-                          states_at_creation=states_at_creation, workspaces=workspaces)
+                          states_at_creation=states_at_creation, workspaces=workspaces,
+                          create_graph=create_graph)
     return replay_run(run, alloc_conf, capacity)
 
 

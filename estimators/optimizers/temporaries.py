@@ -72,9 +72,16 @@ Per optimizer: source functions; what is alive at the peak (n_i: parameter i, N:
   svd_step (default, every update_proj_gap steps) the float32 SVD factors; exact.
 - adamw8bit: CUDA 0 (fused in-place kernels, not measured); CPU: the reference kernels'
   dequantized states, float gradient and denom (5 n_i float32), measured with the CPU allocator.
-- shampoo, soap: upper bounds from the structure (param-sized and d x d tensors alive at once).
+- shampoo: statement by statement (the U/C/R copies of each dimension, compute_power_svd's
+  float32 U, S, Vh, products and cast); exact for vectors, matrices and 3-d / 4-d tensors,
+  float32 and bfloat16.
+- soap: statement by statement (tensordot rotations, de_nom, the quotient, outer products, the
+  QR refresh: index_select, float32 Q and R); exact for vectors and matrices, both dtypes; an
+  upper bound for tensors of 3 or more dimensions (tensordot's operand copies).
 - sophia, adahessian: the update's intermediates and, on Hessian-update steps, the Hutchinson
-  probes and h_zs (2N); the second backward's own (activation-dependent) memory is NOT counted.
+  probes and h_zs (2N). They need `loss.backward(create_graph=True)` (`needs_create_graph`): what
+  that backward's recorded graph keeps alive is the step timeline's (estimators/timeline.py);
+  the Hessian-vector product's own walk through that graph is NOT counted here.
 - ga, pso: analytic (no implementation): 2 / 3 population-sized copies.
 """
 from __future__ import annotations
@@ -180,6 +187,9 @@ class Temporaries:
     extra_options: Mapping[str, Any] = field(default_factory=dict)  # defaults of non-spec options
     # (options, device type) -> the implementation the library picks when not told
     default: Callable[[Mapping[str, Any], str], str] = field(default=lambda opts, device: _torch_default(device))
+    # the training loop must call loss.backward(create_graph=True): step() differentiates the
+    # gradients (Hutchinson Hessian-vector products), so the backward's graph lives into step()
+    create_graph: bool = False
 
 
 def _torch_default(device: str) -> str:
@@ -757,8 +767,9 @@ def _schedulefree_foreach(c: Context) -> int:
 # -------------------------------------------------------------------- Hutchinson: SophiaH, AdaHessian
 # On a Hessian-update step (every update_period steps; SophiaH 10, AdaHessian 1)
 # compute_hutchinson_hessian holds the probe vectors zs and torch.autograd.grad's h_zs (2 x all
-# parameters). NOT counted: what that second backward through the saved graph allocates itself,
-# which depends on the activations, not on the parameters (the timeline's backward).
+# parameters). The graph that backward(create_graph=True) recorded, and that the Hessian-vector
+# product walks, is the step timeline's (`needs_create_graph`). NOT counted: what the walk
+# itself allocates beyond zs and h_zs (gradients of the graph's tensors; activation-dependent).
 
 def _hutchinson(update: Model) -> Model:
     def model(c: Context) -> int:
@@ -835,47 +846,131 @@ def _galore(c: Context) -> int:
 
 
 # ------------------------------------------------------------------ preconditioners: Shampoo, SOAP
-# Upper bounds from the structure of the source (how many param-sized and d x d tensors can be
-# alive at once), not statement-by-statement: their tensordot / movedim / contiguous chains and
-# the linear algebra make exact tracking brittle. Not counted: LAPACK's own workspace, which
-# MKL / OpenBLAS allocate outside PyTorch's allocator.
+# Statement by statement from pytorch-optimizer 4.1.0 (which tensordot / movedim / reshape makes a
+# copy and which a view; what each local keeps alive), measured exact for vectors and matrices in
+# float32 and bfloat16 (tests/test_optimizer_temporaries.py). Not counted: LAPACK's own workspace
+# (gesdd / geqrf), which runs below the dispatcher and outside what a tracker of tensors sees.
 
 F32 = 4
 
 
+def _power_svd(d: int, e: int) -> int:
+    """compute_power_svd(pre_cond, 2 * order) of a d x d statistic in dtype bytes e: U, S, Vh of
+    torch.linalg.svd(matrix.to(float32)) (+ that copy while it runs, unless float32), then
+    `((u * s.unsqueeze(-2)) @ vh)` with u * s still held by the matmul, then `.to(dtype)` of it
+    (a copy unless float32). The largest of these moments."""
+    copy = 0 if e == F32 else d * d * F32
+    usv = (2 * d * d + d) * F32
+    return max(copy + usv,                                # inside the SVD
+               usv + 2 * d * d * F32,                     # u * s and the product
+               usv + d * d * F32 + (0 if e == F32 else d * d * e))   # the product cast back
+
+
 def _shampoo(c: Context) -> int:
-    # Shampoo.step per parameter and dimension d: unfolded_grad (a movedim+reshape copy), the
-    # transpose_().contiguous() copy, the matmul with inv_pre_cond and the running `grad`: <= 4
-    # param-sized tensors, + unfolded_grad of the previous parameter; compute_power_svd (every
-    # preconditioning_compute_steps, 1 by default): U, S, Vh, U * S and (U * S) @ Vh in float32
-    # (4 d^2 + d), + the float32 copy of the statistic and the cast back for other dtypes.
-    e, peak, prev = c.elem, 0, 0
+    # Shampoo.step per parameter, dimension by dimension (preconditioning_compute_steps=1: the SVD
+    # every step); n: the parameter's bytes. Dimension 0: `unfolded_grad` and
+    # `grad.transpose_(0, 0).contiguous()` are p.grad itself (views), the SVD, then
+    # `grad = inv_pre_cond @ grad` (A, n). Dimension k >= 1: `movedim(k, 0).reshape(dim, -1)` of
+    # p.grad is a view for a matrix (the shape does not change) and a copy (U, n) for a tensor of
+    # 3 or more dimensions; `grad.transpose_(0, k).contiguous()` copies A (C, n) before `grad` is
+    # rebound (A released); `grad_t` keeps C through the SVD and `grad_t @ inv_pre_cond` (or
+    # `inv_pre_cond @ grad`: R, n). R becomes state['momentum_buffer'], replacing the old one
+    # (net 0). U and C stay bound into the next parameter until `unfolded_grad` and `grad_t` are
+    # rebound, before its first SVD: no overlap.
+    # For 3 or more dimensions U is a copy too, and dimension k >= 2 starts with U, C and R of
+    # k - 1 alive: its U (4n), then its C while R of k - 1 is still `grad` (4n); the SVD with
+    # U and C (2n + SVD); the product (3n). Dimension 1: U, A and C (3n), the SVD (2n + SVD).
+    e, peak = c.elem, 0
     for i, shape in enumerate(c.shapes):
-        n = c.sizes[i]
-        svd = max((4 * d * d + d) * F32 + (2 * d * d * F32 if c.dtype != "float32" else 0) for d in shape)
-        peak = max(peak, (4 * n + prev) * e + svd)
-        prev = n if len(shape) > 1 else 0
+        n = c.nbytes(i)
+        peak = max(peak, _power_svd(shape[0], e), n)
+        for k, d in enumerate(shape[1:], start=1):
+            if len(shape) == 2:
+                peak = max(peak, 2 * n, n + _power_svd(d, e))
+            else:
+                peak = max(peak, (3 if k == 1 else 4) * n, 2 * n + _power_svd(d, e))
     return peak
+
+
+def _soap_dims(shape: tuple[int, ...], o: Mapping[str, Any]) -> list[int | None]:
+    """The size of each dimension SOAP keeps an eigenbasis Q for (None: `[]`, left unrotated)."""
+    limit = o["max_precondition_dim"]
+    if len(shape) == 1 and not o["precondition_1d"]:
+        return [None]
+    return [d if d <= limit else None for d in shape]
 
 
 def _soap(c: Context) -> int:
-    # SOAP.step per parameter (steps > 1): project() runs one tensordot per preconditioned
-    # dimension (the permuted/reshaped input copy and the product: <= 3 param-sized tensors with
-    # the running result); grad_projected, its square, de_nom, exp_avg_projected, their quotient
-    # and the backward projection: <= 7 param-sized; the previous parameter's 4 locals (n_(i-1));
-    # update_pre_conditioner: the outer products (d x d) and, every precondition_frequency steps,
-    # get_orthogonal_matrix_qr: matrix_product, the o * matrix_product product, power_iter, Q and R
-    # of the QR (5 d^2) and the new Q of every dimension (sum d^2), int64 sort indices,
-    # exp_avg_sq.index_select copies (2 param-sized, within the 7).
-    e, peak, prev = c.elem, 0, 0
-    limit = c.opts["max_precondition_dim"]
+    # SOAP.step per parameter (steps > 1; merge_dims=False), n: the parameter's bytes, k: how many
+    # of its dimensions have an eigenbasis. project() rotates dimension by dimension with
+    # torch.tensordot(grad, Q, dims=[[0], [0 or 1]]); tensordot permutes and reshapes both
+    # operands (views for a matrix or a vector: the shape does not change; a copy of the operand
+    # for 3 or more dimensions), then one mm (n): the previous rotation is released after the
+    # next exists, so k >= 2 rotations hold 2n at once; k = 0 returns a permuted view. Then:
+    # grad_projected (n), its square (n, within the statement), de_nom = exp_avg_sq.sqrt() (n),
+    # exp_avg_projected (n), `exp_avg_projected / de_nom` (n) rotated back into norm_grad (n).
+    # The four stay bound into the next parameter. update_pre_conditioner: each outer product
+    # tensordot(grad, grad) (d x d; the previous one kept until rebound), or for a vector
+    # `grad.unsqueeze(1) @ grad.unsqueeze(0)` (d x d within the statement); then
+    # get_orthogonal_matrix_qr (counted: every precondition_frequency steps, the peak over a run)
+    # per rotated dimension: matrix_product = GG @ Q (d^2), `Q * matrix_product` (d^2, within
+    # the statement), est_eig (d), argsort (int64, d), exp_avg_sq.index_select (n, the previous
+    # selection released after), power_iter (d^2), torch.linalg.qr(power_iter.to(float32)): the
+    # copy (unless float32), Q and R (float32, R kept in `_`), q.to(dtype) (a copy unless float32)
+    # appended to the new basis list. The new exp_avg_sq and Q replace the states when returned.
+    # Not counted: LAPACK's own workspace (geqrf/orgqr run below the dispatcher).
+    live, e = _Live(), c.elem
     for i, shape in enumerate(c.shapes):
-        n = c.sizes[i]
-        dims = [d for d in shape if d <= limit] if (len(shape) > 1 or c.opts["precondition_1d"]) else []
-        mats = (sum(d * d for d in dims) + 5 * max((d * d for d in dims), default=0)) * e
-        peak = max(peak, (7 * n + 4 * prev) * e + mats + 8 * max(dims, default=0))
-        prev = n
-    return peak
+        n = c.nbytes(i)
+        dims = _soap_dims(shape, c.opts)
+        rotations = sum(d is not None for d in dims)
+        copies = n if len(shape) > 2 else 0               # tensordot's permute + reshape of a >= 3-d operand
+        held = n if rotations >= 2 else 0                 # the previous rotation, while the next is made
+        rotate = dict(nbytes=n if rotations else 0, transient=(held + copies) if rotations else 0)
+        live.ref("grad")
+        live.make("grad_projected", **rotate)
+        live.touch(n)                                     # grad_projected.square()
+        live.make("de_nom", n)
+        live.make("exp_avg_projected", **rotate)
+        live.make("quotient", n)                          # exp_avg_projected / de_nom
+        if rotations:
+            live.make("norm_grad", **rotate)
+        else:
+            live.alias("norm_grad", "quotient")           # a permuted view of the quotient
+        live.free("quotient")
+        if len(shape) == 1:
+            if dims[0] is not None:
+                live.touch(dims[0] * dims[0] * e)         # the outer product, within the statement
+        else:
+            last = len(shape) - 1
+            for idx, d in enumerate(dims):
+                if d is not None:                         # operands permuted off their order are copied
+                    operand_copies = ((idx > 0) + (idx < last)) * copies
+                    live.make("outer_product", d * d * e, transient=operand_copies)
+        selected = False
+        for ind, d in enumerate(dims):
+            if d is None:
+                continue
+            dd = d * d
+            live.make("matrix_product", dd * e)
+            live.touch(dd * e)                            # o * matrix_product
+            live.make("est_eig", d * e)
+            live.make("sort_idx", 8 * d)
+            live.make("exp_avg_sq", n)
+            selected = True
+            live.make("power_iter", dd * e)
+            live.make("q", dd * F32, transient=(0 if e == F32 else dd * F32) + dd * F32)
+            live.make("_", dd * F32)                      # R
+            if e != F32:
+                live.make("q", dd * e)
+            live.alias(f"Q{ind}", "q")
+        for var in ("matrix_product", "est_eig", "sort_idx", "power_iter", "q", "_", "outer_product"):
+            live.free(var)                                # locals of get_orthogonal_matrix_qr / update_pre_conditioner
+        if selected:
+            live.free("exp_avg_sq")                       # state['exp_avg_sq'] = exp_avg_sq
+        for ind in range(len(dims)):
+            live.free(f"Q{ind}")                          # state['Q'] = matrices
+    return live.peak
 
 
 # ------------------------------------------------------------------------------ bitsandbytes 8-bit
@@ -1023,9 +1118,14 @@ TEMPORARIES: dict[str, Temporaries] = {
     "galore": Temporaries({NONE: _galore}, _exact(NONE),
                           "galore_torch.GaLoreAdamW.step, GaLoreProjector.project / project_back / "
                           "get_orthogonal_matrix", {"svd_step": True}, default=_always(NONE)),
-    "shampoo": Temporaries({NONE: _shampoo}, {NONE: "upper bound"},
+    "shampoo": Temporaries({NONE: _shampoo},
+                           {NONE: "exact (vectors, matrices, 3-d and 4-d tensors measured); LAPACK's SVD "
+                                  "workspace not counted"},
                            "pytorch_optimizer.Shampoo.step, compute_power_svd", default=_always(NONE)),
-    "soap": Temporaries({NONE: _soap}, {NONE: "upper bound"},
+    "soap": Temporaries({NONE: _soap},
+                        {NONE: "exact for vectors and matrices; for 3 or more dimensions an upper bound "
+                               "(measured +9 % to +11 % on 3-d and 4-d weights); merge_dims not modelled; LAPACK's QR "
+                               "workspace not counted"},
                         "pytorch_optimizer.SOAP.step, project, update_pre_conditioner, "
                         "get_orthogonal_matrix_qr", default=_always(NONE)),
     "adamw8bit": Temporaries({NONE: _adamw8bit},
@@ -1042,12 +1142,12 @@ TEMPORARIES: dict[str, Temporaries] = {
     "sophia": Temporaries(_impls(_hutchinson(_sophia_single), _hutchinson(_sophia_foreach)),
                           _exact(SINGLE, FOREACH),
                           "pytorch_optimizer.SophiaH.step, _step_foreach, compute_hutchinson_hessian",
-                          {"hessian_step": True}, default=_always(FOREACH)),
+                          {"hessian_step": True}, default=_always(FOREACH), create_graph=True),
     "adahessian": Temporaries(_impls(_hutchinson(_adahessian_single), _hutchinson(_adahessian_foreach)),
                               _exact(SINGLE, FOREACH),
                               "pytorch_optimizer.AdaHessian.step, _step_foreach, "
                               "compute_hutchinson_hessian", {"hessian_step": True},
-                              default=_always(FOREACH)),
+                              default=_always(FOREACH), create_graph=True),
 }
 
 
@@ -1162,6 +1262,25 @@ def step_temporary_bytes(optimizer: OptimizerSpec | str, params: Sequence[ParamT
     return r.model.models[r.implementation](ctx)
 
 
+def needs_create_graph(optimizer: OptimizerSpec | str) -> bool:
+    """Whether training with `optimizer` runs `loss.backward(create_graph=True)` (SophiaH, AdaHessian:
+    their step() takes Hessian-vector products through the gradients' graph)."""
+    return _model(_spec(optimizer)).create_graph
+
+
+def create_graph_caveat(optimizer: OptimizerSpec | str, *, device: str = "cpu", **options: Any) -> str | None:
+    """What an estimate's peak leaves out for an optimizer that needs backward(create_graph=True),
+    as one warning line (None: nothing, or the optimizer does not need it)."""
+    r = _resolve(optimizer, device, None, options)
+    if not r.model.create_graph:
+        return None
+    if r.opts.get("hessian_step"):
+        return (f"the Hessian-vector product of {r.spec.name} walks the create_graph backward's graph inside "
+                "step(); what that walk allocates beyond the probes and h_zs is not modelled: the peak of a "
+                "Hessian-update step is approximate (a few percent either way)")
+    return None
+
+
 def exactness(optimizer: OptimizerSpec | str, implementation: str | None = None, *, device: str = "cuda",
               **options: Any) -> str:
     """"exact", or what the figure is when it is not ("upper bound", ...)."""
@@ -1177,4 +1296,4 @@ def exactness(optimizer: OptimizerSpec | str, implementation: str | None = None,
 
 
 __all__ = ["IMPLEMENTATIONS", "TEMPORARIES", "Temporaries", "default_implementation", "exactness",
-           "implementations", "step_temporary_bytes"]
+           "create_graph_caveat", "implementations", "needs_create_graph", "step_temporary_bytes"]

@@ -33,10 +33,12 @@ class _ScriptExit(click.ClickException):
 @click.option("--memory-snapshot", is_flag=True,
               help="CUDA only: record the allocator history and save it beside --out.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--compare", "compare", is_flag=True,
+              help="Also print predicted vs measured (the estimate of what the profiler observed).")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 def run(out: str | None, mode: str, device: str, events: bool, memory_snapshot: bool, fmt: str,
-        script: str, script_args: tuple[str, ...]) -> None:
+        compare: bool, script: str, script_args: tuple[str, ...]) -> None:
     """Run SCRIPT under the profiler and print the memory breakdown by category and phase."""
     import json
     import runpy
@@ -73,10 +75,20 @@ def run(out: str | None, mode: str, device: str, events: bool, memory_snapshot: 
         click.echo("".join(traceback.format_exception(failed)), err=True, nl=False)
     if out:
         prof.save(out, events=events)
+    table = prof.compare() if compare else None
     if fmt == "json":
-        click.echo(json.dumps(prof.to_dict(), indent=1))
+        record = prof.to_dict()
+        if table is not None:
+            from memprof.comparison import frame_records
+
+            record["comparison"] = frame_records(table)
+        click.echo(json.dumps(record, indent=1))
     else:
         click.echo(prof.summary())
+        if table is not None:
+            from memprof.comparison import format_comparison
+
+            click.echo("\n" + format_comparison(table))
         if out:
             click.echo(f"profile saved to {out}")
     if exit_code:

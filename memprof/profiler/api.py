@@ -17,6 +17,7 @@ the hooks are process-wide, so nesting or a second thread fails with a MemprofUs
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import threading
@@ -65,14 +66,40 @@ def _jsonable(v: Any, depth: int = 0) -> Any:
     return repr(v)
 
 
+def _model_description(model: torch.nn.Module) -> dict[str, Any]:
+    """What an estimate of this model needs (memprof.profiler.observed): its Hugging Face config
+    when it has one, the trainable parameters' (name, shape), attention and checkpointing."""
+    config = getattr(model, "config", None)
+    hf_config = None
+    if config is not None and callable(getattr(config, "to_dict", None)):
+        try:
+            hf_config = json.loads(json.dumps(config.to_dict(), default=str))
+        except (TypeError, ValueError):
+            hf_config = None
+    checkpointing = getattr(model, "is_activation_checkpointing", None)   # transformers >= 5
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", None)
+    out: dict[str, Any] = {"hf_config": hf_config,
+                           "attn_implementation": getattr(config, "_attn_implementation", None),
+                           "gradient_checkpointing": checkpointing if isinstance(checkpointing, bool) else None}
+    # always kept: a config whose model memprof does not know, or a model with frozen parameters,
+    # still has its model states predicted from these
+    out["parameter_tensors"] = [[n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad]
+    return out
+
+
 def _state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, torch.Tensor]]:
-    """(state key, tensor) for every tensor reachable from optimizer.state."""
+    """(state key, tensor) for every tensor reachable from optimizer.state, also through the
+    attributes of plain objects kept there (GaLore's GaLoreProjector holds its projection matrix)."""
     for state in optimizer.state.values():
         if not isinstance(state, dict):
             continue
         for key, val in state.items():
-            for t in flat_tensors(val):
-                yield str(key), t
+            if isinstance(val, (torch.Tensor, list, tuple, dict)):
+                yield from ((str(key), t) for t in flat_tensors(val))
+            elif hasattr(val, "__dict__") and not isinstance(val, (type, torch.nn.Module)):
+                for attr in vars(val).values():
+                    yield from ((str(key), t) for t in flat_tensors(attr))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -390,6 +417,7 @@ class Session:
                 key = str(p.dtype).removeprefix("torch.")
                 dtypes[key] = dtypes.get(key, 0) + p.numel()
             s["param_dtypes"] = dtypes
+            s.update(_model_description(model))
         opts = [{"optimizer": type(o).__name__,
                  "optimizer_class": f"{type(o).__module__}.{type(o).__qualname__}",
                  "optimizer_defaults": _jsonable(dict(o.defaults))} for o in self.optimizers]
@@ -463,6 +491,7 @@ class Session:
             rec["devices"] = {name: {"peak_allocated": b.peak.total, "peak_phase": b.peak.phase,
                                      "by_category": T.StorageTracker.public(b.peak.cats)}
                               for name, b in self.tracker.books.items()}
+            rec["timeline"] = self.tracker.timeline_of(dev) if dev else None
         rec["cuda"] = cuda_summary or {"available": False, "reason": self.cuda_reason}
         if self.nvml is not None and self.nvml.available:
             rec["nvml"] = {"available": True, "reason": None, "process_used": self.nvml.max_process_used,

@@ -10,7 +10,9 @@ Keys of the dict (sizes are integer bytes; None means "not measured here", never
     schema, memprof_version, mode ("attribution" | "stats"), device, complete
     settings      model, model_class, parameters, param_dtypes, optimizer, optimizer_class,
                   optimizer_defaults, input_shapes, autocast_dtype, forward_calls,
-                  backward_calls, optimizer_steps
+                  backward_calls, optimizer_steps; hf_config (the model's config.to_dict() or
+                  None), attn_implementation, gradient_checkpointing, parameter_tensors
+                  ([name, shape] of the trainable parameters)
     model_states  parameters, gradients, optimizer_states (largest seen in the region)
     optimizer_state_breakdown   bytes per state key ("exp_avg", "step", ...)
     peak          phase, allocated, reserved, device_total, by_category (the 7 categories),
@@ -18,6 +20,11 @@ Keys of the dict (sizes are integer bytes; None means "not measured here", never
     phases        {phase: {calls, time_s, peak: {allocated, by_category}, created_bytes, cuda}}
                   created_bytes: bytes allocated in the phase by category at creation (all
                   devices; e.g. activations recomputed by checkpointing under backward)
+    timeline      (attribution mode; None otherwise) live bytes of `device` through the region, as
+                  [{seq, phase, allocated, by_category (the 5 tensor categories)}] in order: a
+                  sample at each phase change and every N allocations/frees (N doubling so that
+                  at most ~1024 points are kept), with the exact overall and per-phase peaks
+                  merged in; seq orders points among the allocation events
     devices       (attribution mode) {device: {peak_allocated, peak_phase, by_category}} for every
                   device tensors lived on; `peak` describes `device` only
     cuda, nvml    {"available": bool, "reason": str | None, ...figures}
@@ -97,6 +104,23 @@ class Profile:
         frame["bytes"] = frame["bytes"].astype("Int64")
         return frame
 
+    def compare(self, estimate: Any = None) -> Any:
+        """Predicted vs measured as a pandas DataFrame (see memprof.compare).
+
+        Without `estimate`, the prediction is built from what the profiler observed: the model's
+        Hugging Face config (else its parameter tensors: model states only), the optimizer's class
+        and hyperparameters, precision from dtypes and autocast, batch and sequence from the
+        inputs (memprof.profiler.observed). A part that cannot be predicted is reported as missing
+        with the reason in the `note` column; the measured bytes are always there.
+        """
+        if estimate is not None:
+            from memprof.comparison import compare
+
+            return compare(estimate, self)
+        from memprof.profiler.observed import compare_observed
+
+        return compare_observed(self.to_dict())
+
     def summary(self) -> str:
         """A plain-text breakdown: bytes by category at the peak and at each phase's own peak."""
         return format_summary(self.to_dict())
@@ -154,6 +178,7 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         raise MemprofUserError(f"cannot save to {str(path)!r}: folder {str(directory)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes it 0600; give it a normal file's mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -165,6 +190,12 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def empty_record() -> dict[str, Any]:
@@ -184,6 +215,7 @@ def empty_record() -> dict[str, Any]:
         "cuda": {"available": False, "reason": None},
         "nvml": {"available": False, "reason": None},
         "environment": {},
+        "timeline": None,
         "duration_s": None,
         "error": None,
     }

@@ -18,6 +18,13 @@ A category is decided by the storage's fate, so peaks are corrected retroactivel
 changes category, every recorded peak snapshot taken while it held the old category moves its bytes
 to the new one. This keeps `peak.by_category` summing to the peak while naming each storage by role.
 
+The timeline (`timeline_of(device)`) is a bounded sample of the per-category totals through the
+region: one point at every phase change and one every `every` allocations or frees, starting at one
+per event; when MAX_TIMELINE_POINTS are reached every other point is dropped and the interval
+doubles, so a long run keeps an even, coarser picture at a fixed cost. Points are corrected
+retroactively like the peaks (the reclassified storage was created recently, so only the last few
+points are touched), and the exact peaks are merged in when the timeline is read.
+
 Known limits: storages that never pass through dispatch (created by C++ extensions with their own
 allocators, `UntypedStorage.resize_` called directly) are not seen; a storage first seen as the
 input of an op is counted from that moment (as `inputs`).
@@ -34,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from memprof.estimators.vocabulary import Category, Phase
 
 PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER = range(7)
+MAX_TIMELINE_POINTS = 1024   # per device; halved (and the sampling interval doubled) when reached
 CODE_NAMES = ("parameters", "gradients", "optimizer_states", "activations", "temporary", "inputs", "buffers")
 PUBLIC_OF_CODE = (Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
                   Category.ACTIVATIONS.value, Category.TEMPORARY.value, Category.TEMPORARY.value,
@@ -67,7 +75,7 @@ class _Snap:
 class _Book:
     """Running totals and peaks of one device."""
 
-    __slots__ = ("device", "cats", "total", "peak", "phase_peaks")
+    __slots__ = ("device", "cats", "total", "peak", "phase_peaks", "timeline", "every", "countdown")
 
     def __init__(self, device: str, seq: int) -> None:
         self.device = device
@@ -75,6 +83,9 @@ class _Book:
         self.total = 0
         self.peak = _Snap(seq, 0, [0] * 7, None)
         self.phase_peaks: dict[str, _Snap] = {}
+        self.timeline: list[_Snap] = []   # sampled moments, in seq order (see the module docstring)
+        self.every = 1                     # events between two samples
+        self.countdown = 1
 
     def snaps(self) -> list[_Snap]:
         return [self.peak, *self.phase_peaks.values()]
@@ -150,7 +161,20 @@ class StorageTracker(TorchDispatchMode):
             self.events.append(("alloc", sid, n, book.device))
             self.event_phases.append(self.phase)
         self._bump_peaks(book)
+        book.countdown -= 1
+        if book.countdown <= 0:
+            self._sample(book)
         return rec
+
+    def _sample(self, book: _Book) -> None:
+        """Append the current totals to the device's timeline, thinning it when full."""
+        book.countdown = book.every
+        tl = book.timeline
+        tl.append(_Snap(self._seq, book.total, list(book.cats), self.phase))
+        if len(tl) >= MAX_TIMELINE_POINTS:
+            del tl[1::2]
+            book.every *= 2
+            book.countdown = book.every
 
     def _bump_peaks(self, book: _Book) -> None:
         if book.total > book.peak.total:
@@ -174,6 +198,9 @@ class StorageTracker(TorchDispatchMode):
         if self.record_events:
             self.events.append(("free", rec.sid))
             self.event_phases.append(self.phase)
+        book.countdown -= 1
+        if book.countdown <= 0:
+            self._sample(book)
 
     def _reclass(self, rec: _Rec, cat: int) -> None:
         old = rec.cat
@@ -184,6 +211,12 @@ class StorageTracker(TorchDispatchMode):
             if snap.seq >= rec.cat_seq:
                 snap.cats[old] -= n
                 snap.cats[cat] += n
+        tl = rec.book.timeline
+        i = len(tl) - 1
+        while i >= 0 and tl[i].seq >= rec.cat_seq:
+            tl[i].cats[old] -= n
+            tl[i].cats[cat] += n
+            i -= 1
         rec.book.cats[old] -= n
         rec.book.cats[cat] += n
         rec.cat = cat
@@ -247,6 +280,21 @@ class StorageTracker(TorchDispatchMode):
                 if ps is None or book.total > ps.total:
                     self._seq += 1
                     book.phase_peaks[phase] = _Snap(self._seq, book.total, list(book.cats), phase)
+        for book in self.books.values():
+            self._sample(book)
+
+    def timeline_of(self, device: str) -> list[dict[str, Any]] | None:
+        """The device's sampled timeline with its exact peaks merged in, as plain records:
+        {"seq", "phase", "allocated", "by_category"} in order (None when nothing lived there)."""
+        book = self.books.get(device)
+        if book is None:
+            return None
+        points = {s.seq: s for s in book.timeline}
+        for snap in book.snaps():
+            if snap.total:
+                points[snap.seq] = snap
+        return [{"seq": s.seq, "phase": s.phase, "allocated": s.total, "by_category": self.public(s.cats)}
+                for _, s in sorted(points.items())]
 
     def live_by_category(self) -> dict[str, dict[str, int]]:
         """Bytes alive now, per device and internal category."""

@@ -1,0 +1,90 @@
+"""`memprof report PROFILE.json [--estimate ESTIMATE.json] [--out FILE.png|FILE.html]`.
+
+Draws a saved profile (bars by category at the peak, the measured timeline), beside an estimate
+when one is given (`memprof estimate MODEL --format json > ESTIMATE.json`). Without --out, prints
+the breakdown table. Every input is checked before anything is drawn, and the file is written
+atomically, so a bad input leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from memprof.estimators.errors import MemprofUserError
+
+FORMATS = {".png": "png", ".html": "html", ".htm": "html"}
+
+
+def _load_estimate(path: str) -> dict[str, Any]:
+    from memprof.comparison import as_estimate_dict
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MemprofUserError(f"estimate file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MemprofUserError(f"{path!r} is not a memprof estimate (not readable JSON: {exc})") from None
+    hint = "write one with `memprof estimate MODEL --format json`"
+    try:
+        record = as_estimate_dict(record)
+    except MemprofUserError as exc:
+        raise MemprofUserError(f"{path!r} is not a memprof estimate ({exc}); {hint}") from None
+    missing = [k for k in ("model", "parameters", "settings") if k not in record]
+    if missing or record.get("schema"):   # a profile has model_states and peak too, and a schema
+        what = f"it is a {record['schema']!r} record" if record.get("schema") else f"missing {', '.join(missing)}"
+        raise MemprofUserError(f"{path!r} is not a memprof estimate ({what}); {hint}")
+    return record
+
+
+def _out_format(out: str) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise MemprofUserError(f"--out {out!r}: the file must end in .png or .html (got {suffix or 'no extension'!r})")
+    folder = Path(out).parent
+    if not folder.is_dir():
+        raise MemprofUserError(f"--out {out!r}: folder {str(folder)!r} does not exist")
+    return FORMATS[suffix]
+
+
+def _text(profile: dict[str, Any], estimate: dict[str, Any] | None) -> str:
+    """The breakdown table of the HTML page, as aligned text."""
+    from memprof.reports.page import breakdown_rows
+
+    header, rows = breakdown_rows(profile, estimate)
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     .rstrip() for r in table)
+
+
+@click.command()
+@click.argument("profile_path", metavar="PROFILE.json")
+@click.option("--estimate", "estimate_path", default=None, metavar="ESTIMATE.json",
+              help="An estimate to compare with (`memprof estimate MODEL --format json`).")
+@click.option("--out", default=None, metavar="FILE.png|FILE.html",
+              help="Write the figures (PNG) or a self-contained page with figures and tables (HTML).")
+def report(profile_path: str, estimate_path: str | None, out: str | None) -> None:
+    """Draw a saved profile, predicted beside measured when an estimate is given."""
+    fmt = _out_format(out) if out else None
+    from memprof.comparison import check_same_model
+    from memprof.profiler.profile import Profile, _atomic_write
+    from memprof.reports.data import comparison_bars, measured_timeline
+
+    profile = Profile.load(profile_path).to_dict()
+    estimate = _load_estimate(estimate_path) if estimate_path else None
+    if estimate is not None:
+        check_same_model(estimate, profile)
+    if fmt is None:
+        click.echo(_text(profile, estimate))
+        return
+    if not comparison_bars(profile, estimate)["categories"] and not measured_timeline(profile):
+        raise MemprofUserError(f"{profile_path!r} measured no bytes by category (a stats-mode profile on the "
+                               "CPU): nothing to draw; profile in attribution mode")
+    from memprof.reports.page import report_html, report_png
+
+    payload = report_png(profile, estimate) if fmt == "png" else report_html(profile, estimate).encode()
+    _atomic_write(Path(out), payload)
+    click.echo(f"wrote {out}")

@@ -1,0 +1,414 @@
+"""The validation matrix: predicted vs measured on real training, case by case (`memprof validate`).
+
+Each case builds a tiny real Hugging Face model of one family (memprof.tiny_models: from a config,
+no downloads), a real optimizer implementation, and trains it on the CPU: warm-up steps until the
+optimizer state has its steady size, then one step under `memprof.track` (the batch is created
+inside the region, as a data loader hands it over). The same configuration is estimated with
+`estimate(..., device="cpu")` and both are compared (memprof.compare). A case passes when the
+model states agree to the byte and the peak of live tensor bytes is within PEAK_TOLERANCE_PCT.
+
+The matrix (`full_matrix()`) crosses, without the whole Cartesian product:
+- architectures: every family x attention (eager, sdpa) x precision (32-true, bf16-mixed with
+  every checkpointing mode; bf16-true and 16-mixed without selective) with AdamW;
+- optimizers: every registry optimizer whose implementation runs on the CPU x (gpt2, llama) x
+  (32-true, bf16-mixed), plus bf16-true on gpt2, with eager attention (the Hessian optimizers'
+  double backward goes through plain ops). Left out: sparse-adam (it needs sparse
+  gradients, which no transformers model produces), ga and pso (analytic, no implementation);
+- shapes: batch and sequence from 1 x 16 to 8 x 128 on four families; gradient accumulation 2, 4.
+16-mixed runs CPU float16 autocast without a GradScaler (loss scaling changes no tensor sizes).
+`quick_matrix()` is a representative subset: every family, each attention, precision and
+checkpointing mode, and one optimizer of each implementation package.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib
+import os
+import platform
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from memprof._version import __version__
+
+SCHEMA = "memprof.validation/1"
+PEAK_TOLERANCE_PCT = 3.0
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")   # 16-mixed: CPU fp16 autocast, no GradScaler
+DEFAULT_FILE = "validation-cpu-full.json"      # under profiles/measurements/
+VIT_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training configuration of the matrix."""
+
+    family: str
+    optimizer: str = "adamw"
+    precision: str = "32-true"
+    attention: str = "eager"
+    checkpointing: str = "none"
+    batch_size: int = 2
+    seq_len: int = 32             # ignored for vit (patches + class token)
+    grad_accumulation: int = 1    # micro-batches (forward + backward) per optimizer step
+
+    @property
+    def id(self) -> str:
+        shape = f"b{self.batch_size}" + ("" if self.family == "vit" else f"s{self.seq_len}")
+        if self.grad_accumulation > 1:
+            shape += f"-ga{self.grad_accumulation}"
+        return "-".join((self.family, self.optimizer, self.precision, self.attention, self.checkpointing, shape))
+
+
+# ------------------------------------------------------------------------- real optimizers
+
+@dataclass(frozen=True)
+class RealOptimizer:
+    """How to build and drive the real implementation behind a registry entry."""
+
+    module: str                               # "torch.optim", "pytorch_optimizer", ...
+    cls: str
+    kwargs: dict[str, Any] = field(default_factory=dict)   # constructor arguments
+    estimate_options: dict[str, Any] = field(default_factory=dict)   # the same, in registry terms
+    warm_steps: int = 1                       # steps until the state has its steady size
+    closure: bool = False                     # LBFGS
+    create_graph: bool = False                # Hutchinson Hessian estimates differentiate the gradient
+    train_mode: bool = False                  # schedule-free optimizers
+    build: Callable[..., list] | None = None  # for optimizers that need several param groups
+
+
+def _muon(model: Any, real: RealOptimizer) -> list:
+    """torch.optim.Muon takes 2-D parameters only; an AdamW steps the rest (registry: fallback)."""
+    import torch
+
+    two_d = [p for p in model.parameters() if p.ndim == 2]
+    rest = [p for p in model.parameters() if p.ndim != 2]
+    return [torch.optim.Muon(two_d, lr=0.02)] + ([torch.optim.AdamW(rest)] if rest else [])
+
+
+def _galore(model: Any, real: RealOptimizer) -> list:
+    """GaLoreAdamW with every 2-D parameter in the GaLore group (the registry's default)."""
+    from galore_torch import GaLoreAdamW
+
+    two_d = [p for p in model.parameters() if p.ndim == 2]
+    rest = [p for p in model.parameters() if p.ndim != 2]
+    return [GaLoreAdamW([{"params": rest}, {"params": two_d, "rank": 128, "update_proj_gap": 200,
+                                              "scale": 0.25, "proj_type": "std"}])]
+
+
+_T, _P = "torch.optim", "pytorch_optimizer"
+REAL_OPTIMIZERS: dict[str, RealOptimizer] = {
+    "sgd": RealOptimizer(_T, "SGD", {"lr": 0.01}),
+    "sgd-momentum": RealOptimizer(_T, "SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    "adam": RealOptimizer(_T, "Adam"),
+    "adamw": RealOptimizer(_T, "AdamW"),
+    "adagrad": RealOptimizer(_T, "Adagrad"),
+    "adadelta": RealOptimizer(_T, "Adadelta"),
+    "adamax": RealOptimizer(_T, "Adamax"),
+    "asgd": RealOptimizer(_T, "ASGD"),
+    "nadam": RealOptimizer(_T, "NAdam"),
+    "radam": RealOptimizer(_T, "RAdam"),
+    "rmsprop": RealOptimizer(_T, "RMSprop", {"momentum": 0.9, "centered": True},
+                             {"momentum": 0.9, "centered": True}),
+    "rprop": RealOptimizer(_T, "Rprop"),
+    "adafactor": RealOptimizer(_T, "Adafactor"),
+    "muon": RealOptimizer(_T, "Muon", build=_muon),
+    "lbfgs": RealOptimizer(_T, "LBFGS", {"lr": 0.1, "history_size": 3}, {"history_size": 3}, closure=True),
+    "lion": RealOptimizer(_P, "Lion"),
+    "adabelief": RealOptimizer(_P, "AdaBelief"),
+    "diffgrad": RealOptimizer(_P, "DiffGrad"),
+    "adamw8bit": RealOptimizer("bitsandbytes.optim", "AdamW8bit"),
+    "galore": RealOptimizer("galore_torch", "GaLoreAdamW", build=_galore),
+    "shampoo": RealOptimizer(_P, "Shampoo"),
+    "soap": RealOptimizer(_P, "SOAP", {"precondition_frequency": 1}, warm_steps=2),
+    "sophia": RealOptimizer(_P, "SophiaH", create_graph=True),
+    "adahessian": RealOptimizer(_P, "AdaHessian", create_graph=True),
+    "prodigy": RealOptimizer("prodigyopt", "Prodigy"),
+    "dadapt-adam": RealOptimizer("dadaptation", "DAdaptAdam"),
+    "schedulefree-adamw": RealOptimizer("schedulefree", "AdamWScheduleFree", train_mode=True),
+}
+NOT_RUN = {"sparse-adam": "needs sparse gradients (nn.Embedding(sparse=True)); transformers models have dense ones",
+           "ga": "analytic only: no implementation to run", "pso": "analytic only: no implementation to run"}
+
+
+def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
+    """The real optimizer(s) for registry entry `name` on `model`, and the estimate's options."""
+    real = REAL_OPTIMIZERS[name]
+    if real.build is not None:
+        opts = real.build(model, real)
+    else:
+        cls = getattr(importlib.import_module(real.module), real.cls)
+        opts = [cls(model.parameters(), **real.kwargs)]
+    options = dict(real.estimate_options)
+    if name == "prodigy":   # p0 of a parameter that is all zeros at the first step is a 0-d tensor
+        options["zero_params"] = tuple(n for n, p in model.named_parameters() if not p.detach().any())
+    if real.train_mode:
+        for o in opts:
+            o.train()
+    return opts, options
+
+
+# ---------------------------------------------------------------------------------- matrices
+
+def _shape(family: str, batch_size: int = 2, seq_len: int = 32) -> dict[str, int]:
+    return {"batch_size": VIT_BATCH if family == "vit" else batch_size, "seq_len": seq_len}
+
+
+def full_matrix() -> list[Case]:
+    cases: list[Case] = []
+    for f in FAMILIES:                                        # architectures x precision x attention
+        for attn in ("eager", "sdpa"):
+            for prec in ("32-true", "bf16-mixed"):
+                for ck in ("none", "full", "selective"):
+                    cases.append(Case(f, "adamw", prec, attn, ck, **_shape(f)))
+            for ck in ("none", "full"):
+                cases.append(Case(f, "adamw", "bf16-true", attn, ck, **_shape(f)))
+                cases.append(Case(f, "adamw", "16-mixed", attn, ck, **_shape(f)))
+    for name in REAL_OPTIMIZERS:                              # every optimizer that runs on the CPU
+        for f in ("gpt2", "llama"):
+            for prec in ("32-true", "bf16-mixed"):
+                cases.append(Case(f, name, prec, "eager", "none", **_shape(f)))
+        cases.append(Case("gpt2", name, "bf16-true", "eager", "none", **_shape("gpt2")))
+    for f in ("gpt2", "llama", "opt", "bert"):                 # batch and sequence
+        for b, s in ((1, 16), (4, 64), (8, 128)):
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", b, s))
+    for f in ("gpt2", "llama", "bert"):                        # gradient accumulation
+        for ga in (2, 4):
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=ga))
+    return list(dict.fromkeys(cases))
+
+
+def quick_matrix() -> list[Case]:
+    return [
+        Case("gpt2", "adamw", "32-true", "eager", "none"),
+        Case("gpt2", "adamw", "bf16-mixed", "sdpa", "full"),
+        Case("llama", "adamw", "bf16-mixed", "eager", "selective"),
+        Case("llama", "adamw", "bf16-true", "sdpa", "none"),
+        Case("gpt2", "adam", "bf16-true", "eager", "none"),
+        Case("mistral", "adamw", "32-true", "sdpa", "full"),
+        Case("qwen2", "adamw", "bf16-mixed", "sdpa", "none"),
+        Case("gpt_neox", "adamw", "32-true", "eager", "selective"),
+        Case("opt", "adamw", "bf16-true", "eager", "full"),
+        Case("bert", "adamw", "bf16-mixed", "eager", "none"),
+        Case("vit", "adamw", "32-true", "sdpa", "none", VIT_BATCH),
+        Case("gpt2", "sgd-momentum", "32-true", "eager", "none"),
+        Case("llama", "adafactor", "bf16-mixed", "eager", "none"),
+        Case("gpt2", "muon", "32-true", "eager", "none"),
+        Case("gpt2", "lbfgs", "32-true", "eager", "none"),
+        Case("llama", "lion", "32-true", "eager", "none"),
+        Case("gpt2", "adamw8bit", "32-true", "eager", "none"),
+        Case("llama", "galore", "32-true", "eager", "none"),
+        Case("gpt2", "sophia", "32-true", "eager", "none"),
+        Case("gpt2", "prodigy", "bf16-mixed", "eager", "none"),
+        Case("llama", "dadapt-adam", "32-true", "eager", "none"),
+        Case("llama", "schedulefree-adamw", "32-true", "eager", "none"),
+        Case("gpt2", "adamw", "bf16-mixed", "sdpa", "none", 8, 128),
+        Case("bert", "adamw", "16-mixed", "sdpa", "full"),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=2),
+    ]
+
+
+# ---------------------------------------------------------------------------------- one case
+
+def _train(model: Any, opts: list, real: RealOptimizer, inputs: dict, autocast: Any, micro_batches: int = 1) -> None:
+    """One optimizer step (through a closure for LBFGS) after `micro_batches` forward + backward
+    passes of `inputs`; autocast: the autocast dtype or None."""
+    from memprof.tiny_models import autocast_context
+
+    def closure():
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        with autocast_context(autocast is not None, autocast):
+            out = model(**inputs)
+        out.loss.backward(create_graph=real.create_graph)
+        return out.loss
+
+    if real.closure:
+        for o in opts:
+            o.step(closure)
+    else:
+        for _ in range(micro_batches):
+            out = None   # the previous micro-batch's output dies before the next forward
+            with autocast_context(autocast is not None, autocast):
+                out = model(**inputs)
+            out.loss.backward(create_graph=real.create_graph)
+        for o in opts:
+            o.step()
+        del out
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+
+
+def measure(case: Case) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Train `case` for real under memprof.track: (profile dict, ModelSpec, estimate options)."""
+    import torch
+
+    import memprof
+    from memprof.tiny_models import batch, build, selective_checkpointing
+
+    real = REAL_OPTIMIZERS[case.optimizer]
+    model, spec = build(case.family, case.attention)
+    dtype = torch.bfloat16 if case.precision == "bf16-true" else torch.float32
+    model.to(dtype)
+    if case.checkpointing == "full":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.gradient_checkpointing_enable()
+    opts, options = make_optimizers(case.optimizer, model)
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(case.precision)
+    selective = selective_checkpointing(model) if case.checkpointing == "selective" else contextlib.nullcontext()
+    with selective:
+        for step in range(real.warm_steps):
+            _train(model, opts, real, batch(case.family, case.batch_size, case.seq_len, dtype=dtype), autocast)
+        with memprof.track(model, opts, events=False) as run:
+            inputs = batch(case.family, case.batch_size, case.seq_len, dtype=dtype)
+            _train(model, opts, real, inputs, autocast, case.grad_accumulation)
+            del inputs
+    return run.to_dict(), spec, options
+
+
+def expected_observation(case: Case, spec: Any, options: dict[str, Any]) -> Any:
+    """The estimate's inputs of `case`, as the matrix knows them (not inferred from the profile)."""
+    from memprof.profiler.observed import Observed
+
+    return Observed(model=spec, params=tuple(spec.parameter_tensors()), parameters=spec.num_parameters,
+                    optimizer=case.optimizer, optimizer_options=dict(options), precision=case.precision,
+                    batch_size=case.batch_size, seq_len=None if case.family == "vit" else case.seq_len,
+                    attention=case.attention, checkpointing=case.checkpointing,
+                    grad_accumulation=case.grad_accumulation, device="cpu")
+
+
+_CUDA_ONLY = ("cuda_context", "fragmentation", "reserved", "device_total")
+_INFERRED_KEYS = ("optimizer", "precision", "batch_size", "seq_len", "attention", "checkpointing",
+                  "grad_accumulation", "device")
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Measure, estimate and compare one case; never raises (an error is recorded in the result)."""
+    from memprof.comparison import comparison_frame, frame_records
+    from memprof.profiler.observed import observe, predict
+
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"id": case.id, **asdict(case), "status": "error", "error": None, "notes": [],
+                              "rows": {}, "predicted_phase": None, "measured_phase": None}
+    try:
+        prof, spec, options = measure(case)
+        result["estimate_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+        obs = expected_observation(case, spec, options)
+        est = predict(obs)
+        frame = comparison_frame(est, prof, missing_prediction="; ".join(obs.missing) or "not modelled")
+        for row in frame_records(frame):
+            if row["scope"] == "peak" and row["category"] in _CUDA_ONLY:
+                continue      # a CPU run has none of these
+            result["rows"][f"{row['scope']}.{row['category']}"] = {
+                k: row[k] for k in ("predicted", "measured", "error_bytes", "error_pct")}
+        result["notes"] = list(obs.missing)
+        result["predicted_phase"] = frame.attrs.get("predicted_phase")
+        result["measured_phase"] = frame.attrs.get("measured_phase")
+        inferred = observe(prof).estimate_kwargs()
+        expected = obs.estimate_kwargs()
+        if case.checkpointing == "selective":   # a monkeypatched attention cannot be seen
+            expected["checkpointing"] = "none"
+        result["inferred_mismatch"] = {k: [inferred.get(k), expected.get(k)] for k in _INFERRED_KEYS
+                                       if inferred.get(k) != expected.get(k)}
+        result["status"] = judge(result["rows"])
+    except Exception as exc:   # a case that cannot run is recorded, the matrix goes on
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        result["error"] = (f"{type(exc).__name__}: {str(exc)[:300]} "
+                           f"(at {os.path.basename(where.filename)}:{where.lineno})")
+    result["duration_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def judge(rows: dict[str, dict[str, Any]]) -> str:
+    """"pass": model states to the byte and the peak within tolerance; "fail": either is off;
+    "no peak": model states exact but the peak is not predicted."""
+    for cat in ("parameters", "gradients", "optimizer_states"):
+        r = rows.get(f"model_states.{cat}") or {}
+        if r.get("predicted") is None or r.get("predicted") != r.get("measured"):
+            return "fail"
+    peak = rows.get("peak.allocated") or {}
+    if peak.get("predicted") is None:
+        return "no peak"
+    pct = peak.get("error_pct")
+    return "pass" if pct is not None and abs(pct) <= PEAK_TOLERANCE_PCT else "fail"
+
+
+# ---------------------------------------------------------------------------------- the run
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"memprof": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    peaks = [abs(r["rows"]["peak.allocated"]["error_pct"]) for r in results
+             if (r["rows"].get("peak.allocated") or {}).get("error_pct") is not None]
+    peaks.sort()
+    statuses = [r["status"] for r in results]
+    return {"cases": len(results), "pass": statuses.count("pass"), "fail": statuses.count("fail"),
+            "no_peak": statuses.count("no peak"), "error": statuses.count("error"),
+            "model_states_exact": sum(1 for r in results if r["status"] in ("pass", "no peak")
+                                      or (r["status"] == "fail" and _states_exact(r))),
+            "peak_predicted": len(peaks),
+            "peak_within_tolerance": sum(1 for p in peaks if p <= PEAK_TOLERANCE_PCT),
+            "peak_abs_error_pct_median": round(peaks[len(peaks) // 2], 4) if peaks else None,
+            "peak_abs_error_pct_max": round(peaks[-1], 4) if peaks else None}
+
+
+def _states_exact(r: dict[str, Any]) -> bool:
+    return all((r["rows"].get(f"model_states.{c}") or {}).get("predicted") is not None
+               and r["rows"][f"model_states.{c}"]["predicted"] == r["rows"][f"model_states.{c}"]["measured"]
+               for c in ("parameters", "gradients", "optimizer_states"))
+
+
+def run_matrix(cases: Iterable[Case], subset: str, progress: Callable[[dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
+    """Run every case; the record `memprof validate --out` writes and scripts/render_accuracy.py reads."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for case in cases:
+            results.append(run_case(case))
+            if progress is not None:
+                progress(results[-1])
+    return {"schema": SCHEMA, "subset": subset,
+            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "environment": environment(),
+            "tolerance": {"model_states": "exact (bytes)", "peak_allocated_pct": PEAK_TOLERANCE_PCT},
+            "duration_s": round(time.perf_counter() - t0, 1),
+            "not_run": dict(NOT_RUN), "summary": summarize(results), "cases": results}
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A recorded validation run; anything else raises MemprofUserError."""
+    import json
+
+    from memprof.estimators.errors import MemprofUserError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise MemprofUserError(f"validation record {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MemprofUserError(f"{str(path)!r} is not a validation record (not readable JSON: {exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("cases"), list):
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise MemprofUserError(f"{str(path)!r} is not a memprof validation record: schema is {found!r}, "
+                               f"expected {SCHEMA!r}")
+    return data
