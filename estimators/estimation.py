@@ -309,14 +309,13 @@ def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: 
     result.activations_saved = activation_bytes(spec, act)
 
     placement = result.placement
-    states_on_device = placement.optimizer_states > 0
     impl = (default_implementation(opt, s.device, **optimizer_options) if s.optimizer_impl == "auto"
             else s.optimizer_impl)
     result.optimizer_impl = impl
     caveat = create_graph_caveat(opt, device=s.device, **optimizer_options)
     if caveat:
         result.warnings.append(caveat)
-    if states_on_device or sharding.offload == "none":
+    if sharding.offload == "none":
         # the rank steps its partition of the parameters: temporaries scale with the partition
         temps = step_temporary_bytes(opt, spec.parameter_tensors(), prec.optimizer_dtype, device=s.device,
                                      implementation=impl, **optimizer_options)
@@ -383,7 +382,7 @@ def _allocator_replay(spec: ModelSpec, opt: OptimizerSpec, prec: Precision, act,
     return simulate_training_step(
         spec, act, param_bytes=placement.parameters, grad_bytes=placement.gradients, grad_dtype=prec.grad_dtype,
         optimizer_states=states, optimizer_temporaries=result.optimizer_temporaries,
-        grad_accumulation=s.grad_accumulation, states_at_creation=opt.name == "adagrad" or prec.master_weights,
+        grad_accumulation=s.grad_accumulation, states_at_creation=opt.states_at_init or prec.master_weights,
         workspaces=blas, alloc_conf=s.alloc_conf, create_graph=needs_create_graph(opt))
 
 

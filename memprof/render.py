@@ -91,10 +91,9 @@ def _notes(record: dict[str, Any], result: Any) -> dict[str, str]:
         notes["peak:cuda_context"] = record["cuda_context"]["basis"]
     elif s["device"] == "cpu":
         notes["peak:cuda_context"] = notes["peak:fragmentation"] = "none on the CPU"
-    if record.get("allocator"):
-        a = record["allocator"]
-        notes["peak:fragmentation"] = (f"caching-allocator replay of the step: "
-                                       f"{a['fragmentation']:.1%} of reserved")
+    frag, reserved = record["peak"]["by_category"]["fragmentation"], record["peak"]["reserved"]
+    if record.get("allocator") and frag is not None and reserved:
+        notes["peak:fragmentation"] = f"{frag / reserved:.1%} of reserved, from a caching-allocator replay of the step"
     notes["absent:fragmentation"] = "allocator replay not available"
     return notes
 

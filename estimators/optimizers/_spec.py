@@ -67,6 +67,7 @@ class OptimizerSpec:
     options: Mapping[str, Any]   # defaults of the options that change memory
     build: StateBuilder = field(repr=False, compare=False)
     measured: bool = True        # False: no implementation is run against this model
+    states_at_init: bool = False  # the constructor creates the states (Adagrad), not the first step()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

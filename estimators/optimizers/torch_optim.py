@@ -117,8 +117,8 @@ def _lbfgs(params, dtype, opts):
     return out
 
 
-def _spec(name, aliases, family, cls, summary, options, build) -> OptimizerSpec:
-    return OptimizerSpec(name, tuple(aliases), family, _impl(cls), summary, dict(options), build)
+def _spec(name, aliases, family, cls, summary, options, build, **kw) -> OptimizerSpec:
+    return OptimizerSpec(name, tuple(aliases), family, _impl(cls), summary, dict(options), build, **kw)
 
 
 A, S = Family.FIRST_ORDER_ADAPTIVE, Family.FIRST_ORDER_STOCHASTIC
@@ -138,7 +138,7 @@ SPECS = [
           {"amsgrad": False, "capturable": False, "fused": False}, _adam),
     _spec("adagrad", [], A, "Adagrad",
           "step + sum (1x params); created in __init__ for every parameter given, gradient or not.",
-          {"fused": False}, _per_param("sum")),
+          {"fused": False}, _per_param("sum"), states_at_init=True),
     _spec("adadelta", [], A, "Adadelta", "step + square_avg + acc_delta (2x params).",
           {"capturable": False}, _per_param("square_avg", "acc_delta")),
     _spec("adamax", [], A, "Adamax", "step + exp_avg + exp_inf (2x params).",
