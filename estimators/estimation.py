@@ -290,7 +290,7 @@ def _activation_settings(spec: ModelSpec, prec: Precision, settings: Settings, s
     return ActivationSettings(batch_size=settings.batch_size, seq_len=seq_len, compute_dtype=compute,
                               param_dtype=prec.param_dtype, autocast=prec.autocast,
                               attention=implementation, checkpointing=settings.checkpointing,
-                              training=True, device=settings.device)
+                              training=True, device=settings.device, sharded_params=settings.zero == 3)
 
 
 def _estimate_peak(result: Estimate, spec: ModelSpec, opt: OptimizerSpec, prec: Precision,
@@ -377,8 +377,13 @@ def _allocator_replay(spec: ModelSpec, opt: OptimizerSpec, prec: Precision, act,
         params = spec.parameter_tensors()
         states = states_per_parameter(params, opt.state_tensors(params, prec.optimizer_dtype, **optimizer_options),
                                       master_bytes_per_element=prec.master_bytes, device="cuda")
-    else:       # sharded or offloaded: the partition, spread over the parameters
-        states = placement.optimizer_states
+    else:
+        # ZeRO / FSDP keep a rank's partition of the states as flat buffers: one allocation
+        params = spec.parameter_tensors()
+        states = [(placement.optimizer_states,) if placement.optimizer_states else ()] + [()] * (len(params) - 1)
+        result.warnings.append("the allocator replay lays out the sharded states as one flat buffer and the "
+                               "parameters and gradients tensor by tensor; ZeRO/FSDP flat buffers and "
+                               "communication buckets make reserved memory differ: treat it as approximate")
     return simulate_training_step(
         spec, act, param_bytes=placement.parameters, grad_bytes=placement.gradients, grad_dtype=prec.grad_dtype,
         optimizer_states=states, optimizer_temporaries=result.optimizer_temporaries,

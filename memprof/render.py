@@ -72,8 +72,12 @@ def _notes(record: dict[str, Any], result: Any) -> dict[str, str]:
         return {}
     prec = result.precision
     s = record["settings"]
-    breakdown = record["optimizer_state_breakdown"]
-    parts = ", ".join(f"{key} {format_bytes(value)}" for key, value in breakdown.items())
+    breakdown = record["optimizer_state_breakdown"]            # whole model
+    device, whole = record["model_states"]["optimizer_states"], record["model_states_unsharded"]["optimizer_states"]
+    share = device / whole if whole else 1.0                     # ZeRO partitions / offload: this device's part
+    parts = ", ".join(f"{key} {format_bytes(round(value * share))}" for key, value in breakdown.items())
+    if whole and not device:
+        parts = "offloaded to CPU RAM (below)"
     notes = {"parameters": prec.param_dtype, "gradients": prec.grad_dtype,
              "optimizer_states": parts or "none"}
     ckpt = "" if s["checkpointing"] == "none" else f", {s['checkpointing']} checkpointing"

@@ -127,3 +127,18 @@ def test_impossible_settings_are_user_errors(kwargs, message):
 def test_rotary_model_past_its_positions_warns():
     result = estimate("llama-2-7b", seq_len=8192, device="cpu")
     assert any("longer than the 4096 positions" in w for w in result.warnings)
+
+
+def test_zero3_keeps_no_weight_copies_of_the_whole_model():
+    # GIVEN autocast: unsharded, linear saves the bf16 copy of each weight for backward; under ZeRO-3
+    # / FSDP full-shard the gathered weight (and its cast) is freed after its layer and gathered again
+    from memprof.estimators.activations import saved_tensors
+    full = estimate("gpt2-1.5b", batch_size=1, seq_len=256)
+    sharded = estimate("gpt2-1.5b", batch_size=1, seq_len=256, gpus=8, zero=3)
+    from memprof.estimators.estimation import _activation_settings
+    copies = sum(t.nbytes for t in saved_tensors(full.model, _activation_settings(
+        full.model, full.precision, full.settings, full.seq_len)) if t.op == "linear" and t.name == "weight")
+    assert copies == 2 * (1_557_611_200 - 1024 * 1600 - 2 * 48 * 1600 * 2 - 48 * (3 * 1600 + 1600 + 4 * 1600 + 1600)
+                          - 2 * 1600)                   # every linear weight (lm_head tied to wte), bf16
+    assert full.activations_saved - sharded.activations_saved == copies
+    assert any("flat buffer" in w for w in sharded.warnings)

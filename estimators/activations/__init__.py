@@ -56,6 +56,7 @@ class ActivationSettings:
     checkpointing: str          # "none" | "selective" | "full"
     training: bool = True       # dropout active when the config's dropout probabilities are > 0
     device: str = "cpu"
+    sharded_params: bool = False  # ZeRO-3 / FSDP full-shard: weights gathered layer by layer
 
     def __post_init__(self):
         for field_name in ("batch_size", "seq_len"):
@@ -148,7 +149,7 @@ def build_trace(spec, settings: ActivationSettings) -> Trace:
     kernel = attention_kernel(spec, settings)
     tr = Trace(settings.batch_size, settings.seq_len, settings.param_dtype, settings.compute_dtype,
                settings.autocast, settings.device, settings.training,
-               checkpointing=settings.checkpointing)
+               checkpointing=settings.checkpointing, sharded_params=settings.sharded_params)
     fam.forward(tr, config, kernel)
     _mark_regions(tr, settings.checkpointing)
     return tr

@@ -94,6 +94,7 @@ class Trace:
     module: str = ""
     core: bool = False
     checkpointing: str = "none"
+    sharded_params: bool = False   # ZeRO-3 / FSDP full-shard: weights are gathered per layer (see lowp)
 
     # -- tensors ------------------------------------------------------------------------------
     def act(self, numel: int, dtype: str, name: str, kind: str = "act") -> T:
@@ -129,6 +130,12 @@ class Trace:
         if not self.autocast or x.dtype == self.compute_dtype or x.kind == "index":
             return x
         if x.kind == "param":
+            if self.sharded_params:
+                # the gathered full weight (and its cast) lives for its layer only and is gathered
+                # again in backward: FSDP/ZeRO-3 free it even while autograd refers to it, so the
+                # cast neither stays in autocast's cache nor counts as saved (the gathered layers
+                # are a buffer of the estimate)
+                return T(x.numel, self.compute_dtype, x.name, "param", None)
             if x.name not in self.weight_casts:
                 c = T(x.numel, self.compute_dtype, x.name + "@" + self.compute_dtype, "act", self.layer)
                 self.weight_casts[x.name] = c
