@@ -56,11 +56,10 @@ def forward(tr, config, attn_kernel: str) -> None:
               [("indices", pos_ids)])
     x = tr.add(x, pe)
 
-    def lin(t, name, n_in, n_out):
-        return tr.linear(t, tr.param(name + ".weight", n_in * n_out), n_out, tr.param(name + ".bias", n_out))
+    lin = tr.module_linear
 
     def ln(t, name):
-        return tr.layer_norm(t, h, tr.param(name + ".weight", h), tr.param(name + ".bias", h))
+        return tr.module_layer_norm(t, name, h)
 
     x = ln(x, "bert.embeddings.LayerNorm")
     x = tr.dropout(x, p)

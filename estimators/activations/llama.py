@@ -78,9 +78,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     tr.record("rotary", [pos], [cos, sin])
     mask = make_mask(tr, attn_kernel)
 
-    def lin(t, name, n_in, n_out, bias):
-        return tr.linear(t, tr.param(name + ".weight", n_in * n_out), n_out,
-                         tr.param(name + ".bias", n_out) if bias else None)
+    lin = tr.module_linear
 
     for i in range(layers):
         tr.layer = i

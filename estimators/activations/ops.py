@@ -171,6 +171,15 @@ class Trace:
         self.record("linear", ins, [out], saved)
         return out
 
+    def module_linear(self, x: T, name: str, n_in: int, n_out: int, bias: bool = True) -> T:
+        """The nn.Linear(n_in, n_out) at module path `name`: its parameters named as in the model."""
+        return self.linear(x, self.param(name + ".weight", n_in * n_out), n_out,
+                           self.param(name + ".bias", n_out) if bias else None)
+
+    def module_layer_norm(self, x: T, name: str, hidden: int) -> T:
+        """The nn.LayerNorm(hidden) at module path `name` (weight and bias)."""
+        return self.layer_norm(x, hidden, self.param(name + ".weight", hidden), self.param(name + ".bias", hidden))
+
     def matmul(self, a: T, b: T, out_numel: int, autocast: bool = True) -> T:
         """A batched matmul of two activations (both saved). autocast=False inside composite
         kernels (sdpa's math backend), where autocast no longer applies."""

@@ -59,8 +59,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     x = tr.add(x, pe)
 
     def lin(t, name, n_in, n_out):
-        return tr.linear(t, tr.param(name + ".weight", n_in * n_out), n_out,
-                         tr.param(name + ".bias", n_out) if bias else None)
+        return tr.module_linear(t, name, n_in, n_out, bias)
 
     def ln(t, name):
         w = tr.param(name + ".weight", h) if affine else tr.act(h, tr.param_dtype, "ones", "const")

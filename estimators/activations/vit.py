@@ -60,12 +60,10 @@ def forward(tr, config, attn_kernel: str) -> None:
     x = tr.add(x, tr.param("vit.embeddings.position_embeddings", s * h))
     x = tr.dropout(x, p)
 
-    def lin(t, name, n_in, n_out, with_bias=True):
-        return tr.linear(t, tr.param(name + ".weight", n_in * n_out), n_out,
-                         tr.param(name + ".bias", n_out) if with_bias else None)
+    lin = tr.module_linear
 
     def ln(t, name):
-        return tr.layer_norm(t, h, tr.param(name + ".weight", h), tr.param(name + ".bias", h))
+        return tr.module_layer_norm(t, name, h)
 
     for i in range(layers):
         tr.layer = i
