@@ -20,7 +20,7 @@ from .errors import MemprofUserError, unknown_name
 from .tensors import ParamTensor
 
 __all__ = ["ModelSpec", "SUPPORTED_MODEL_TYPES", "TASKS", "load_model", "normalize_config", "preset_aliases",
-           "preset_info", "preset_names", "spec_from_config_file"]
+           "preset_info", "preset_names", "spec_from_config", "spec_from_config_file"]
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 TASKS = ("causal-lm", "masked-lm", "image-classification")
@@ -96,13 +96,18 @@ class ModelSpec:
 
 
 def load_model(ref: str) -> ModelSpec:
-    """A preset name or alias (case-insensitive), a path to a config.json, or a folder holding one."""
+    """A preset name or alias (case-insensitive), a path to a config.json, a folder holding one, or
+    `package.module:factory`, a function returning a Hugging Face model (memprof.factory)."""
     if not isinstance(ref, str) or not ref.strip():
         raise MemprofUserError(f"model must be a preset name or a config.json path, got {ref!r}")
     ref = ref.strip()
     key = ref.lower()
     aliases = preset_aliases()
     path = Path(ref).expanduser()
+    if ":" in ref and not path.exists():
+        from memprof.factory import is_factory_ref, spec_from_factory   # imports torch: only this path
+        if is_factory_ref(ref):
+            return spec_from_factory(ref)
     # an existing config file or model folder wins over a preset of the same spelling
     if path.is_file():
         return spec_from_config_file(path, name=ref)
@@ -135,13 +140,17 @@ def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpe
         ) from None
     if not isinstance(raw, dict):
         raise MemprofUserError(f"{path}: a config.json must hold a JSON object, found {type(raw).__name__}")
-    model_type = raw.get("model_type")
-    if model_type is None:
-        raise MemprofUserError(f"{path}: no 'model_type' field; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    config = normalize_config(raw, where=str(path))
+    return spec_from_config(raw, name=name or str(path), where=str(path), source=f"config file {path}")
+
+
+def spec_from_config(raw: Mapping[str, Any], *, name: str, where: str, source: str) -> ModelSpec:
+    """A ModelSpec from a Hugging Face config as a dict (config.json's fields, `config.to_dict()`)."""
+    if raw.get("model_type") is None:
+        raise MemprofUserError(f"{where}: no 'model_type' field; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    config = normalize_config(raw, where=where)
     family = FAMILIES[config["model_type"]]
-    return ModelSpec(name=name or str(path), model_type=family.model_type, config=config, task=family.task,
-                     hf_id=raw.get("_name_or_path") or None, source=f"config file {path}")
+    return ModelSpec(name=name, model_type=family.model_type, config=config, task=family.task,
+                     hf_id=raw.get("_name_or_path") or None, source=source)
 
 
 def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
