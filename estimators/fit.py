@@ -175,7 +175,7 @@ def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
             rows.append((f"--gpus {n} --zero 3", "sharding", {"gpus": n, "zero": 3}))
         rows.append(("--gpus 8 --zero 2", "sharding", {"gpus": 8, "zero": 2}))
     elif s.zero < 3:
-        rows.append((f"--zero 3", "sharding", {"zero": 3}))
+        rows.append(("--zero 3", "sharding", {"zero": 3}))
     return rows
 
 

@@ -94,3 +94,26 @@ def test_bad_input(capsys, args, message):
 def test_fit_requires_a_gpu(capsys):
     assert main(["fit", "gpt2-1.5b"]) == 2
     assert "--gpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("curve", ["convex", "concave", "step"])
+def test_the_search_finds_the_exact_boundary_whatever_the_curve(curve):
+    # GIVEN peaks that are not a line in the batch size (the linear guess is off), a budget of 1000
+    from types import SimpleNamespace
+
+    from memprof.estimators.fit import Budget, _Search
+    peak = {"convex": lambda b: 100 + b * b, "concave": lambda b: 100 + 200 * b ** 0.5,
+            "step": lambda b: 100 + 10 * b + (500 if b > 37 else 0)}[curve]
+
+    class Curve(_Search):
+        def run(self, **changes):
+            self.count += 1
+            return SimpleNamespace(device_total=peak(changes["batch_size"]))
+
+    search = Curve(None, {}, Budget("test", usable=1000, headroom=0))
+    best, fits_e, first_over = search.largest("batch_size", 10_000)
+    # THEN it is the largest batch whose peak is within the budget, and the next one is not
+    expected = max(b for b in range(1, 10_001) if peak(b) <= 1000)
+    assert best == expected and fits_e.device_total == peak(expected)
+    assert first_over.device_total == peak(expected + 1) > 1000
+    assert search.count < 40

@@ -15,6 +15,28 @@ def get(config, *names, default=None):
     raise MemprofUserError(f"model config lacks {' / '.join(names)}; add it to config.json")
 
 
+def token_inputs(tr):
+    """The batch of a language model: input_ids and labels, (b, s) int64, held by the loop."""
+    bs = tr.batch_size * tr.seq_len
+    ids = tr.act(bs, "int64", "input_ids", "index")
+    labels = tr.act(bs, "int64", "labels", "index")
+    tr.inputs(ids, labels)
+    return ids, labels
+
+
+def rotary(tr, module: str, rotary_dim: int, dtype: str):
+    """The rotary embedding module: its inv_freq buffers, then position ids and the (1, s, rotary_dim)
+    cos and sin computed once per forward in the activation dtype and shared by all layers."""
+    tr.buffer(module + ".inv_freq", rotary_dim // 2, "float32")
+    tr.buffer(module + ".original_inv_freq", rotary_dim // 2, "float32")
+    pos = tr.act(tr.seq_len, "int64", "position_ids", "index")
+    tr.record("arange", [], [pos])
+    cos = tr.act(tr.seq_len * rotary_dim, dtype, "rope_cos", "const")
+    sin = tr.act(tr.seq_len * rotary_dim, dtype, "rope_sin", "const")
+    tr.record("rotary", [pos], [cos, sin])
+    return pos, cos, sin
+
+
 def kv_cache(tr, config, k, v, numel: int):
     """transformers' DynamicCache in a training forward: with `use_cache` (the config default for
     most decoders) each layer's k and v are concatenated into the cache, i.e. copied contiguous;

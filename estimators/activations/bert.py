@@ -8,7 +8,7 @@ CrossEntropyLoss.
 """
 from __future__ import annotations
 
-from ._common import activation, attention, get
+from ._common import activation, attention, get, token_inputs
 
 MODEL_TYPES = ("bert",)
 
@@ -31,9 +31,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     b, s = tr.batch_size, tr.seq_len
     bs = b * s
 
-    ids = tr.act(bs, "int64", "input_ids", "index")
-    labels = tr.act(bs, "int64", "labels", "index")
-    tr.inputs(ids, labels)
+    ids, labels = token_inputs(tr)
     tr.module = "bert.embeddings"
     max_pos = get(config, "max_position_embeddings")
     tr.buffer("bert.embeddings.position_ids", max_pos, "int64")

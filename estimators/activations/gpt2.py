@@ -7,7 +7,7 @@ lm_head (tied to wte) -> ForCausalLMLoss.
 from __future__ import annotations
 
 from ..errors import MemprofUserError
-from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask
+from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask, token_inputs
 
 MODEL_TYPES = ("gpt2",)
 
@@ -33,9 +33,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     b, s = tr.batch_size, tr.seq_len
     bs = b * s
 
-    ids = tr.act(bs, "int64", "input_ids", "index")
-    labels = tr.act(bs, "int64", "labels", "index")
-    tr.inputs(ids, labels)
+    ids, labels = token_inputs(tr)
     tr.module = "transformer"
     wte = tr.param("transformer.wte.weight", vocab * h)
     x = tr.embedding(wte, ids, h)

@@ -9,7 +9,7 @@ x + attn + mlp) -> final_layer_norm -> lm_head -> ForCausalLMLoss.
 from __future__ import annotations
 
 from ..architectures.gpt_neox import OUTPUT_NAME
-from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask
+from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask, rotary, token_inputs
 from .ops import promote
 
 MODEL_TYPES = ("gpt_neox",)
@@ -69,19 +69,11 @@ def forward(tr, config, attn_kernel: str) -> None:
     bs = b * s
     nq = bs * h
 
-    ids = tr.act(bs, "int64", "input_ids", "index")
-    labels = tr.act(bs, "int64", "labels", "index")
-    tr.inputs(ids, labels)
+    ids, labels = token_inputs(tr)
     tr.module = "gpt_neox.embed_in"
     x = tr.embedding(tr.param("gpt_neox.embed_in.weight", vocab * h), ids, h)
     x = tr.dropout(x, p_hidden)
-    tr.buffer("gpt_neox.rotary_emb.inv_freq", rd // 2, "float32")
-    tr.buffer("gpt_neox.rotary_emb.original_inv_freq", rd // 2, "float32")
-    pos = tr.act(s, "int64", "position_ids", "index")
-    tr.record("arange", [], [pos])
-    cos = tr.act(s * rd, x.dtype, "rope_cos", "const")
-    sin = tr.act(s * rd, x.dtype, "rope_sin", "const")
-    tr.record("rotary", [pos], [cos, sin])
+    pos, cos, sin = rotary(tr, "gpt_neox.rotary_emb", rd, x.dtype)
     mask = make_mask(tr, attn_kernel)
 
     lin = tr.module_linear

@@ -7,7 +7,7 @@ add) -> norm -> lm_head -> ForCausalLMLoss.
 """
 from __future__ import annotations
 
-from ._common import kv_cache, activation, attention, causal_lm_head, get, make_mask
+from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask, rotary, token_inputs
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -58,24 +58,13 @@ def forward(tr, config, attn_kernel: str) -> None:
     o_bias = config.get("attention_bias", False) if model_type != "qwen2" else False
     mlp_bias = config.get("mlp_bias", False)
     p_attn = attention_dropout(config) if tr.training else 0.0
-    b, s = tr.batch_size, tr.seq_len
-    bs = b * s
 
-    ids = tr.act(bs, "int64", "input_ids", "index")
-    labels = tr.act(bs, "int64", "labels", "index")
-    tr.inputs(ids, labels)
+    ids, labels = token_inputs(tr)
     tr.module = "model.embed_tokens"
     emb = tr.param("model.embed_tokens.weight", vocab * h)
     x = tr.embedding(emb, ids, h)
     tr.module = "model.rotary_emb"
-    # cos and sin: (1, s, head_dim) in the activation dtype, computed once and shared by all layers
-    tr.buffer("model.rotary_emb.inv_freq", d // 2, "float32")
-    tr.buffer("model.rotary_emb.original_inv_freq", d // 2, "float32")
-    pos = tr.act(s, "int64", "position_ids", "index")
-    tr.record("arange", [], [pos])
-    cos = tr.act(s * d, x.dtype, "rope_cos", "const")
-    sin = tr.act(s * d, x.dtype, "rope_sin", "const")
-    tr.record("rotary", [pos], [cos, sin])
+    pos, cos, sin = rotary(tr, "model.rotary_emb", d, x.dtype)
     mask = make_mask(tr, attn_kernel)
 
     lin = tr.module_linear

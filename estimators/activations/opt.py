@@ -8,7 +8,7 @@ when do_layer_norm_before is false) -> final_layer_norm -> project_out -> lm_hea
 """
 from __future__ import annotations
 
-from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask
+from ._common import activation, attention, causal_lm_head, get, kv_cache, make_mask, token_inputs
 
 MODEL_TYPES = ("opt",)
 
@@ -36,9 +36,7 @@ def forward(tr, config, attn_kernel: str) -> None:
     b, s = tr.batch_size, tr.seq_len
     bs = b * s
 
-    ids = tr.act(bs, "int64", "input_ids", "index")
-    labels = tr.act(bs, "int64", "labels", "index")
-    tr.inputs(ids, labels)
+    ids, labels = token_inputs(tr)
     tr.module = "model.decoder.embed_tokens"
     emb_w = tr.param("model.decoder.embed_tokens.weight", vocab * proj)
     x = tr.embedding(emb_w, ids, proj)
