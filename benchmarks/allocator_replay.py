@@ -11,6 +11,7 @@ With --model, the cost `memprof estimate` pays instead: simulate_training_step f
 (AdamW, bf16-mixed, flash attention on CUDA: step_timeline's events, composition and replay, timed
 as a whole, then the what-if over allocator settings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,23 +55,34 @@ def training_step(model: str, batch_size: int, seq_len: int, alloc_conf: str) ->
     spec = load_model(model)
     params = spec.parameter_tensors()
     n = spec.num_parameters
-    settings = ActivationSettings(batch_size, seq_len, "bfloat16", "float32", True, "flash", "none",
-                                  device="cuda")
+    settings = ActivationSettings(batch_size, seq_len, "bfloat16", "float32", True, "flash", "none", device="cuda")
     states = states_per_parameter(params, get_optimizer("adamw").state_tensors(params, "float32"))
     start = time.perf_counter()
-    sim = simulate_training_step(spec, settings, param_bytes=4 * n, grad_bytes=4 * n, grad_dtype="float32",
-                                 optimizer_states=states, optimizer_temporaries=4 * n, alloc_conf=alloc_conf)
+    sim = simulate_training_step(
+        spec,
+        settings,
+        param_bytes=4 * n,
+        grad_bytes=4 * n,
+        grad_dtype="float32",
+        optimizer_states=states,
+        optimizer_temporaries=4 * n,
+        alloc_conf=alloc_conf,
+    )
     elapsed = time.perf_counter() - start
     events = len(sim.run.events)
     start = time.perf_counter()
     report = sim.what_if()
     what_if_s = time.perf_counter() - start
-    print(f"{model} batch {batch_size} x seq {seq_len}: {events:,} events simulated in {elapsed * 1e3:.0f} ms "
-          f"({events / elapsed:,.0f} events/s end to end); what-if over {len(report.rows)} settings "
-          f"{what_if_s * 1e3:.0f} ms")
-    print(f"  measured step: allocated {format_bytes(sim.peak_allocated)} (tensors "
-          f"{format_bytes(sim.peak_requested)}), reserved {format_bytes(sim.peak_reserved)}, fragmentation "
-          f"{sim.fragmentation:.1%}, retries {sim.num_alloc_retries}; {report.recommendation}")
+    print(
+        f"{model} batch {batch_size} x seq {seq_len}: {events:,} events simulated in {elapsed * 1e3:.0f} ms "
+        f"({events / elapsed:,.0f} events/s end to end); what-if over {len(report.rows)} settings "
+        f"{what_if_s * 1e3:.0f} ms"
+    )
+    print(
+        f"  measured step: allocated {format_bytes(sim.peak_allocated)} (tensors "
+        f"{format_bytes(sim.peak_requested)}), reserved {format_bytes(sim.peak_reserved)}, fragmentation "
+        f"{sim.fragmentation:.1%}, retries {sim.num_alloc_retries}; {report.recommendation}"
+    )
 
 
 def main() -> None:
@@ -89,10 +101,12 @@ def main() -> None:
     start, start_cpu = time.perf_counter(), time.process_time()
     result = simulate(events, args.alloc_conf)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    print(f"{len(events):,} events in {elapsed:.2f} s: {len(events) / elapsed:,.0f} events/s "
-          f"({len(events) / cpu:,.0f} per CPU-second; conf {args.alloc_conf or 'default'!r}; "
-          f"peak allocated {format_bytes(result.peak_allocated)}, "
-          f"peak reserved {format_bytes(result.peak_reserved)})")
+    print(
+        f"{len(events):,} events in {elapsed:.2f} s: {len(events) / elapsed:,.0f} events/s "
+        f"({len(events) / cpu:,.0f} per CPU-second; conf {args.alloc_conf or 'default'!r}; "
+        f"peak allocated {format_bytes(result.peak_allocated)}, "
+        f"peak reserved {format_bytes(result.peak_reserved)})"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the median of --runs runs is reported (after one warm-up run each, so the file c
 
     python benchmarks/cold_start.py [--runs 7] [--model gpt2-1.5b]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,11 @@ def main() -> int:
     args = parser.parse_args()
     memprof = shutil.which("memprof")
     estimate_cmd = ([memprof] if memprof else [sys.executable, "-m", "memprof"]) + [
-        "estimate", args.model, "--optimizer", "adamw"]
+        "estimate",
+        args.model,
+        "--optimizer",
+        "adamw",
+    ]
     torch_cmd = [sys.executable, "-c", "import torch"]
     t_estimate = _median_seconds(estimate_cmd, args.runs)
     t_torch = _median_seconds(torch_cmd, args.runs)

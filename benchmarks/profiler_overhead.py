@@ -7,9 +7,11 @@ once plain, once under `track(mode="stats")`, once under `track(mode="attributio
 with a decorated step (a session per step, as `@memprof.profile` does). Rounds interleave the
 variants so that machine noise hits them alike; the figure per variant is the median over rounds
 of the mean step time. "bare TorchDispatchMode" is a mode that only forwards every operator:
-the cost of Python dispatch itself, which no per-operator tracker can go below. Goals (issue 4): stats <= 1.03x, attribution <= 1.5x on the CPU.
+the cost of Python dispatch itself, which no per-operator tracker can go below. Goals (issue 4):
+stats <= 1.03x, attribution <= 1.5x on the CPU.
 This is a benchmark, not a test: it reports, it does not assert.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             with memprof.track(model, opt, mode=mode, events=False):
                 for _ in range(args.steps):
                     step()
+
         return run
 
     def bare() -> None:
@@ -99,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             decorated()
         decorated.profiles.clear()
 
-    variants = {"plain": plain, "stats": in_session("stats"),
-                "bare TorchDispatchMode (floor)": bare, "attribution": in_session("attribution"),
-                "attribution, session per step": per_call}
-    for fn in variants.values():          # warm up every path (states, caches, first-call costs)
+    variants = {
+        "plain": plain,
+        "stats": in_session("stats"),
+        "bare TorchDispatchMode (floor)": bare,
+        "attribution": in_session("attribution"),
+        "attribution, session per step": per_call,
+    }
+    for fn in variants.values():  # warm up every path (states, caches, first-call costs)
         fn()
     sync()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -115,9 +122,17 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append((time.perf_counter() - t0) / args.steps)
     base = statistics.median(times["plain"])
     result = {
-        "device": str(dev), "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
-        "model": {"d_model": args.d_model, "layers": args.layers, "batch": args.batch, "seq": args.seq,
-                  "parameters": sum(p.numel() for p in model.parameters())},
+        "device": str(dev),
+        "threads": args.threads,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "model": {
+            "d_model": args.d_model,
+            "layers": args.layers,
+            "batch": args.batch,
+            "seq": args.seq,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "torch": torch.__version__,
         "step_s": {k: statistics.median(v) for k, v in times.items()},
         "ratio": {k: statistics.median(v) / base for k, v in times.items()},
@@ -126,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
     else:
         m = result["model"]
-        print(f"TinyLM d_model={m['d_model']} layers={m['layers']} batch={m['batch']} seq={m['seq']} "
-              f"({m['parameters']:,} parameters), {dev}, {args.threads} thread(s), "
-              f"median of {args.rounds} rounds x {args.steps} steps")
+        print(
+            f"TinyLM d_model={m['d_model']} layers={m['layers']} batch={m['batch']} seq={m['seq']} "
+            f"({m['parameters']:,} parameters), {dev}, {args.threads} thread(s), "
+            f"median of {args.rounds} rounds x {args.steps} steps"
+        )
         for k in variants:
             print(f"  {k:<32} {result['step_s'][k] * 1e3:9.2f} ms/step   {result['ratio'][k]:.3f}x")
         print("  goals: stats <= 1.03x, attribution <= 1.5x (CPU)")

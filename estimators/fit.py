@@ -11,14 +11,17 @@ a lower-memory optimizer family (8-bit Adam, Adafactor, Lion, SGD), ZeRO stage a
 offload, the allocator's expandable segments — and shows the peak it gives, the bytes it saves and
 whether it fits.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MemprofUserError
-from .estimation import MAX_BATCH_SIZE, Estimate, estimate
+from .errors import MemprofUserError, ParameterError
+from .estimation import MAX_BATCH_SIZE, estimate
+from .precision import get_precision
+from .records import EstimateRecord
 from .units import format_bytes, parse_size
 
 DEFAULT_HEADROOM = "5%"
@@ -41,58 +44,92 @@ class Budget:
 class KnobRow:
     """One knob applied to the reference configuration."""
 
-    label: str                 # the CLI flags that apply it: "--checkpointing full"
-    family: str                # what kind of knob: "activations", "precision", "optimizer", "sharding"
-    changes: dict[str, Any]    # the estimate() arguments it changes
-    peak: int                  # device total with the knob
-    saves: int                 # reference peak minus this peak (negative: costs memory)
+    label: str  # the CLI flags that apply it: "--checkpointing full"
+    family: str  # what kind of knob: "activations", "precision", "optimizer", "sharding"
+    changes: dict[str, Any]  # the estimate() arguments it changes
+    peak: int  # device total with the knob
+    saves: int  # reference peak minus this peak (negative: costs memory)
     fits: bool
 
 
 @dataclass
 class FitResult:
     budget: Budget
-    knobs: dict[str, Any]               # the estimate() arguments of the search (batch/seq excluded)
-    searched: str                       # "batch_size" or "seq_len"
-    max_batch_size: int | None          # None: not even batch 1 fits
-    max_seq_len: int | None             # with seq_len="auto": the longest sequence that fits
-    best: Estimate | None               # the estimate at the answer
-    next_up: Estimate | None            # the first configuration that does not fit (batch + 1)
-    reference: Estimate                 # the configuration the knob table starts from
+    knobs: dict[str, Any]  # the estimate() arguments of the search (batch/seq excluded)
+    searched: str  # "batch_size" or "seq_len"
+    max_batch_size: int | None  # None: not even batch 1 fits
+    max_seq_len: int | None  # with seq_len="auto": the longest sequence that fits
+    best: EstimateRecord | None  # the estimate at the answer
+    next_up: EstimateRecord | None  # the first configuration that does not fit (batch + 1)
+    reference: EstimateRecord  # the configuration the knob table starts from
     rows: list[KnobRow] = field(default_factory=list)
     estimates_run: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        def peak(e: Estimate | None) -> dict[str, Any] | None:
-            return None if e is None else {"batch_size": e.settings.batch_size, "seq_len": e.seq_len,
-                                           "device_total": e.device_total, "phase": e.peak_phase}
+        def peak(e: EstimateRecord | None) -> dict[str, Any] | None:
+            return (
+                None
+                if e is None
+                else {
+                    "batch_size": e.settings.batch_size,
+                    "seq_len": e.settings.seq_len,
+                    "device_total": e.device_total,
+                    "phase": e.peak.phase,
+                }
+            )
+
         return {
-            "model": self.reference.model.name, "gpu": self.budget.gpu, "usable": self.budget.usable,
-            "headroom": self.budget.headroom, "budget": self.budget.limit,
-            "settings": {k: v for k, v in self.knobs.items() if k != "gpu"}, "searched": self.searched,
-            "max_batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len,
-            "best": peak(self.best), "next_up": peak(self.next_up),
+            "model": self.reference.model,
+            "gpu": self.budget.gpu,
+            "usable": self.budget.usable,
+            "headroom": self.budget.headroom,
+            "budget": self.budget.limit,
+            "settings": {k: v for k, v in self.knobs.items() if k != "gpu"},
+            "searched": self.searched,
+            "max_batch_size": self.max_batch_size,
+            "max_seq_len": self.max_seq_len,
+            "best": peak(self.best),
+            "next_up": peak(self.next_up),
             "reference": peak(self.reference),
-            "knobs": [{"knob": r.label, "family": r.family, "changes": r.changes, "peak": r.peak,
-                       "saves": r.saves, "fits": r.fits} for r in self.rows],
+            "knobs": [
+                {
+                    "knob": r.label,
+                    "family": r.family,
+                    "changes": r.changes,
+                    "peak": r.peak,
+                    "saves": r.saves,
+                    "fits": r.fits,
+                }
+                for r in self.rows
+            ],
             "estimates_run": self.estimates_run,
         }
 
 
 def parse_headroom(text: str | int, usable: int) -> int:
-    """"5%" of the usable memory, or a size such as "2GiB" / a byte count."""
+    """ "5%" of the usable memory, or a size such as "2GiB" / a byte count."""
     if isinstance(text, str) and text.strip().endswith("%"):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
         if not m or not 0 <= float(m.group(1)) < 100:
-            raise MemprofUserError(f"--headroom {text!r} must be a percentage from 0% to 99%, or a size like 2GiB")
+            raise ParameterError(
+                f"{{headroom}} {text!r} must be a percentage from 0% to 99%, or a size like 2GiB", "headroom"
+            )
         return int(usable * float(m.group(1)) / 100)
     try:
         value = parse_size(text)
     except MemprofUserError:
-        raise MemprofUserError(f"--headroom {text!r} must be a percentage like 5% or a size like 2GiB") from None
+        raise ParameterError(
+            f"{{headroom}} {text!r} must be a percentage like 5% or a size like 2GiB", "headroom"
+        ) from None
     if value >= usable:
-        raise MemprofUserError(f"--headroom {text} leaves nothing of the {format_bytes(usable)} usable")
+        raise ParameterError(f"{{headroom}} {text} leaves nothing of the {format_bytes(usable)} usable", "headroom")
     return value
+
+
+def _device_total(e: EstimateRecord) -> int:
+    """The device total of an estimate of the search (on CUDA, so never None)."""
+    assert e.device_total is not None
+    return e.device_total
 
 
 class _Search:
@@ -102,14 +139,16 @@ class _Search:
         self.model, self.knobs, self.budget = model, knobs, budget
         self.count = 0
 
-    def run(self, **changes: Any) -> Estimate:
+    def run(self, **changes: Any) -> EstimateRecord:
         self.count += 1
-        return estimate(self.model, **{**self.knobs, **changes})
+        return estimate(self.model, **{**self.knobs, **changes}).record
 
-    def fits(self, e: Estimate) -> bool:
+    def fits(self, e: EstimateRecord) -> bool:
         return e.device_total is not None and e.device_total <= self.budget.limit
 
-    def largest(self, key: str, high: int, **fixed: Any) -> tuple[int | None, Estimate | None, Estimate | None]:
+    def largest(
+        self, key: str, high: int, **fixed: Any
+    ) -> tuple[int | None, EstimateRecord | None, EstimateRecord | None]:
         """The largest value of `key` in 1..high that fits, its estimate and the first that does not."""
         first = self.run(**fixed, **{key: 1})
         if not self.fits(first):
@@ -119,10 +158,10 @@ class _Search:
         second = self.run(**fixed, **{key: 2})
         if not self.fits(second):
             return 1, first, second
-        lo, lo_e = 2, second          # lo fits
-        slope = second.device_total - first.device_total
-        guess = high if slope <= 0 else min(high, 2 + (self.budget.limit - second.device_total) // slope)
-        hi, hi_e = None, None         # hi does not fit
+        lo, lo_e = 2, second  # lo fits
+        slope = _device_total(second) - _device_total(first)
+        guess = high if slope <= 0 else min(high, 2 + (self.budget.limit - _device_total(second)) // slope)
+        hi, hi_e = None, None  # hi does not fit
         if guess > lo:
             e = self.run(**fixed, **{key: guess})
             if self.fits(e):
@@ -130,7 +169,7 @@ class _Search:
             else:
                 hi, hi_e = guess, e
         step = 1
-        while hi is None and lo < high:   # walk up from lo, doubling, until something does not fit
+        while hi is None and lo < high:  # walk up from lo, doubling, until something does not fit
             probe = min(high, lo + step)
             e = self.run(**fixed, **{key: probe})
             if self.fits(e):
@@ -148,27 +187,26 @@ class _Search:
         return lo, lo_e, hi_e
 
 
-def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
+def _knob_candidates(ref: EstimateRecord) -> list[tuple[str, str, dict[str, Any]]]:
     s = ref.settings
-    prec = ref.precision
+    prec = get_precision(s.precision or "bf16-mixed")
     rows: list[tuple[str, str, dict[str, Any]]] = []
     for mode in ("selective", "full"):
         if s.checkpointing != mode:
             rows.append((f"--checkpointing {mode}", "activations", {"checkpointing": mode}))
-    if ref.attention == "eager":
+    if s.attention == "eager":
         rows.append(("--attention sdpa", "activations", {"attention": "sdpa"}))
-    if ref.attention_kernel != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
+    if s.attention_kernel != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
         rows.append(("--attention flash", "activations", {"attention": "flash"}))
     if prec.name == "32-true":
         rows.append(("--precision bf16-mixed", "precision", {"precision": "bf16-mixed"}))
     if prec.name not in ("bf16-true", "16-true"):
         rows.append(("--precision bf16-true", "precision", {"precision": "bf16-true"}))
     for name in ("adamw8bit", "adafactor", "lion", "sgd"):
-        if ref.optimizer.name != name:
+        if s.optimizer != name:
             rows.append((f"--optimizer {name}", "optimizer", {"optimizer": name}))
     if not s.alloc_conf:
-        rows.append(("--alloc-conf expandable_segments:True", "allocator",
-                     {"alloc_conf": "expandable_segments:True"}))
+        rows.append(("--alloc-conf expandable_segments:True", "allocator", {"alloc_conf": "expandable_segments:True"}))
     if s.gpus == 1 and s.zero == 0:
         rows.append(("--zero 2 --offload optimizer", "sharding", {"zero": 2, "offload": "optimizer"}))
         for n in (2, 8):
@@ -179,8 +217,15 @@ def _knob_candidates(ref: Estimate) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
-def fit(model: Any, gpu: str, *, headroom: str | int = DEFAULT_HEADROOM, batch_size: int | None = None,
-        seq_len: int | str | None = None, **knobs: Any) -> FitResult:
+def fit(
+    model: Any,
+    gpu: str,
+    *,
+    headroom: str | int = DEFAULT_HEADROOM,
+    batch_size: int | None = None,
+    seq_len: int | str | None = None,
+    **knobs: Any,
+) -> FitResult:
     """The largest batch size (or, with seq_len="auto", sequence length) of `model` that fits `gpu`.
 
     batch_size: with seq_len="auto", the batch the sequence search uses (default 1); otherwise the
@@ -199,26 +244,31 @@ def fit(model: Any, gpu: str, *, headroom: str | int = DEFAULT_HEADROOM, batch_s
     max_batch = max_seq = None
     if seq_len == "auto":
         if spec.model_type == "vit":
-            raise MemprofUserError(f"{spec.name} has a fixed sequence (its patches); drop --seq-len auto")
+            raise ParameterError(f"{spec.name} has a fixed sequence (its patches); drop {{seq_len}} auto", "seq_len")
         b = batch_size or 1
+        assert spec.max_positions is not None  # None only for ViT, refused above
         max_seq, best, next_up = search.largest("seq_len", spec.max_positions, batch_size=b)
         reference = best or next_up
+        assert reference is not None  # largest() returns the estimate that fits, or the first that does not
     else:
         max_batch, best, next_up = search.largest("batch_size", MAX_BATCH_SIZE, seq_len=seq_len)
         reference = best or next_up
+        assert reference is not None  # largest() returns the estimate that fits, or the first that does not
         if batch_size is not None and batch_size != reference.settings.batch_size:
             reference = search.run(batch_size=batch_size, seq_len=seq_len)
-    result = FitResult(budget, knobs, "seq_len" if seq_len == "auto" else "batch_size", max_batch, max_seq,
-                       best, next_up, reference)
-    ref_peak = reference.device_total
-    fixed = {"batch_size": reference.settings.batch_size, "seq_len": reference.seq_len}
+    result = FitResult(
+        budget, knobs, "seq_len" if seq_len == "auto" else "batch_size", max_batch, max_seq, best, next_up, reference
+    )
+    ref_peak = _device_total(reference)
+    fixed = {"batch_size": reference.settings.batch_size, "seq_len": reference.settings.seq_len}
     for label, family, changes in _knob_candidates(reference):
         try:
             e = search.run(**fixed, **changes)
         except MemprofUserError:
-            continue     # a knob this model or device cannot take (e.g. flash on an unsupported dtype)
-        result.rows.append(KnobRow(label, family, changes, e.device_total, ref_peak - e.device_total,
-                                   search.fits(e)))
+            continue  # a knob this model or device cannot take (e.g. flash on an unsupported dtype)
+        result.rows.append(
+            KnobRow(label, family, changes, _device_total(e), ref_peak - _device_total(e), search.fits(e))
+        )
     result.rows.sort(key=lambda r: -r.saves)
     result.estimates_run = search.count
     return result

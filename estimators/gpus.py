@@ -7,11 +7,14 @@ underscores read as dashes, against the preset name, its aliases and the NVML de
 card it runs on. A family name shared by several presets (`a100`, `v100`) is ambiguous unless an
 entry claims it as an explicit alias (`h100` -> `h100-80gb`).
 """
+
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import MemprofUserError, unknown_name
 
@@ -20,22 +23,22 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class GPUSpec:
-    name: str                              # preset name, lowercase: "h100-80gb"
-    aliases: tuple[str, ...]               # other names that resolve here, NVML device names included
-    memory_bytes: int                      # total as NVML / nvidia-smi reports it (MiB figure * 2**20)
-    memory_source: str                     # where that figure was verified
-    verified: bool                         # memory_bytes confirmed by the cited source(s)
-    torch_total_memory: int | None         # torch.cuda.get_device_properties().total_memory, one driver
-    compute_capability: tuple[int, int]    # (major, minor): (9, 0) is sm_90
-    architecture: str                      # "Hopper"
-    nominal_gb: int                        # marketing size: 80 for an "80 GB" card
-    notes: str                             # variants by driver / ECC, caveats
-    nvml_names: tuple[str, ...] = ()       # exact NVML device name strings
-    family: str = ""                       # shared by sizes of one card ("a100")
-    torch_total_memory_source: str = ""    # where torch_total_memory was seen, or why it is None
-    memory_bandwidth_gb_s: float | None = None     # datasheet memory bandwidth
+    name: str  # preset name, lowercase: "h100-80gb"
+    aliases: tuple[str, ...]  # other names that resolve here, NVML device names included
+    memory_bytes: int  # total as NVML / nvidia-smi reports it (MiB figure * 2**20)
+    memory_source: str  # where that figure was verified
+    verified: bool  # memory_bytes confirmed by the cited source(s)
+    torch_total_memory: int | None  # torch.cuda.get_device_properties().total_memory, one driver
+    compute_capability: tuple[int, int]  # (major, minor): (9, 0) is sm_90
+    architecture: str  # "Hopper"
+    nominal_gb: int  # marketing size: 80 for an "80 GB" card
+    notes: str  # variants by driver / ECC, caveats
+    nvml_names: tuple[str, ...] = ()  # exact NVML device name strings
+    family: str = ""  # shared by sizes of one card ("a100")
+    torch_total_memory_source: str = ""  # where torch_total_memory was seen, or why it is None
+    memory_bandwidth_gb_s: float | None = None  # datasheet memory bandwidth
     fp16_tensor_dense_tflops: float | None = None  # datasheet fp16 tensor-core peak, dense
-    perf_source: str | None = None         # source of the two figures above
+    perf_source: str | None = None  # source of the two figures above
 
     @property
     def memory_mib(self) -> int:
@@ -61,30 +64,40 @@ def _strip_vendor(key: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
-def _spec(entry: dict) -> GPUSpec:
+def _spec(entry: dict[str, Any]) -> GPUSpec:
     mib, total = entry["memory_mib"], entry["memory_bytes"]
     if total != mib * MIB:
         raise ValueError(f"gpus.json: {entry['name']}: memory_bytes {total} != memory_mib {mib} * 2**20")
     extra = tuple(a for a in (*entry["aliases"], *entry["nvml_names"]) if a != entry["name"])
     return GPUSpec(
-        name=entry["name"], aliases=extra, memory_bytes=total, memory_source=entry["memory_source"],
-        verified=entry["verified"], torch_total_memory=entry["torch_total_memory"],
-        compute_capability=tuple(entry["compute_capability"]), architecture=entry["architecture"],
-        nominal_gb=entry["nominal_gb"], notes=entry["notes"], nvml_names=tuple(entry["nvml_names"]),
-        family=entry["family"], torch_total_memory_source=entry["torch_total_memory_source"],
+        name=entry["name"],
+        aliases=extra,
+        memory_bytes=total,
+        memory_source=entry["memory_source"],
+        verified=entry["verified"],
+        torch_total_memory=entry["torch_total_memory"],
+        compute_capability=tuple(entry["compute_capability"]),
+        architecture=entry["architecture"],
+        nominal_gb=entry["nominal_gb"],
+        notes=entry["notes"],
+        nvml_names=tuple(entry["nvml_names"]),
+        family=entry["family"],
+        torch_total_memory_source=entry["torch_total_memory_source"],
         memory_bandwidth_gb_s=entry["memory_bandwidth_gb_s"],
-        fp16_tensor_dense_tflops=entry["fp16_tensor_dense_tflops"], perf_source=entry["perf_source"],
+        fp16_tensor_dense_tflops=entry["fp16_tensor_dense_tflops"],
+        perf_source=entry["perf_source"],
     )
 
 
-def load_gpus(path=None) -> dict[str, GPUSpec]:
+def load_gpus(path: str | os.PathLike[str] | None = None) -> dict[str, GPUSpec]:
     """Read and check gpus.json (default: the copy shipped in memprof.profiles)."""
     if path is None:
         from memprof.profiles import data_path
+
         path = data_path("gpus.json")
     with open(path, encoding="utf-8") as f:
         entries = json.load(f)

@@ -2,28 +2,37 @@
 
 A `ModelSpec` knows the exact parameter tensors of the Hugging Face head class training uses
 (names, shapes and order of `model.named_parameters()`, tied weights listed once), derived without
-importing torch or transformers. `load_model` accepts a preset name or alias, a config.json path, or a
-folder holding one.
+importing torch or transformers from its family's description (memprof.estimators.families).
+`load_model` accepts a preset name or alias, a config.json path, or a folder holding one.
 """
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from ..profiles import data_path
-from .architectures import FAMILIES, Dims
 from .errors import MemprofUserError, unknown_name
+from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Dims
 from .tensors import ParamTensor
 
-__all__ = ["ModelSpec", "SUPPORTED_MODEL_TYPES", "TASKS", "load_model", "normalize_config", "preset_aliases",
-           "preset_info", "preset_names", "spec_from_config", "spec_from_config_file"]
+__all__ = ["ModelSpec", "SUPPORTED_MODEL_TYPES", "TASKS", "FACTORY_REF", "is_factory_ref", "load_model",
+           "normalize_config", "preset_aliases", "preset_info", "preset_names", "spec_from_config",
+           "spec_from_config_file"]
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 TASKS = ("causal-lm", "masked-lm", "image-classification")
+# MODEL as `package.module:factory` (memprof.factory builds it; that needs torch, so not here)
+FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_factory_ref(ref: str) -> bool:
+    """Whether `ref` reads as `package.module:factory` (whether or not such a module exists)."""
+    return bool(FACTORY_REF.match(ref))
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,9 @@ class ModelSpec:
         # idempotent: a raw config.json dict and an already normalized one give the same result
         config = normalize_config(config, where=self.name)
         object.__setattr__(self, "config", MappingProxyType(config))
-        object.__setattr__(self, "_dims", family.dims(self.config))
-        object.__setattr__(self, "_params", tuple(family.tensors(self.config)))
+        dims = family.describe(self.config)       # one description feeds the parameters and the replay
+        object.__setattr__(self, "_dims", dims)
+        object.__setattr__(self, "_params", tuple(family.tensors(dims)))
 
     def __hash__(self) -> int:
         return hash((self.name, self.model_type, self.num_parameters))
@@ -74,21 +84,75 @@ class ModelSpec:
     def num_parameters(self) -> int:
         return sum(t.numel for t in self._params)
 
+    @property
+    def dims(self) -> Dims:
+        """The family's description record (a `Dims` subclass): what `parameter_tensors` and the
+        activation replay are both derived from."""
+        return self._dims
+
     # Derived sizes in one vocabulary across families (used by the activation estimator).
-    hidden_size = property(lambda self: self._dims.hidden_size)
-    num_layers = property(lambda self: self._dims.num_layers)
-    num_heads = property(lambda self: self._dims.num_heads)
-    num_kv_heads = property(lambda self: self._dims.num_kv_heads)
-    head_dim = property(lambda self: self._dims.head_dim)
-    intermediate_size = property(lambda self: self._dims.intermediate_size)
-    vocab_size = property(lambda self: self._dims.vocab_size, doc="None for ViT")
-    max_positions = property(lambda self: self._dims.max_positions, doc="None for ViT")
-    tie_word_embeddings = property(lambda self: self._dims.tie_word_embeddings)
-    activation = property(lambda self: self._dims.activation, doc="hidden_act / activation_function")
-    gated_mlp = property(lambda self: self._dims.gated_mlp, doc="SwiGLU gate_proj * up_proj MLP")
-    norm = property(lambda self: self._dims.norm, doc='"layernorm" or "rmsnorm"')
-    num_patches = property(lambda self: self._dims.num_patches, doc="ViT: patches per image; else None")
-    num_labels = property(lambda self: self._dims.num_labels, doc="ViT: classifier width; else None")
+    @property
+    def hidden_size(self) -> int:
+        return self._dims.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self._dims.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self._dims.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self._dims.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self._dims.head_dim
+
+    @property
+    def intermediate_size(self) -> int:
+        return self._dims.intermediate_size
+
+    @property
+    def vocab_size(self) -> int | None:
+        """None for ViT."""
+        return self._dims.vocab_size
+
+    @property
+    def max_positions(self) -> int | None:
+        """None for ViT."""
+        return self._dims.max_positions
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return self._dims.tie_word_embeddings
+
+    @property
+    def activation(self) -> str:
+        """hidden_act / activation_function."""
+        return self._dims.activation
+
+    @property
+    def gated_mlp(self) -> bool:
+        """SwiGLU gate_proj * up_proj MLP."""
+        return self._dims.gated_mlp
+
+    @property
+    def norm(self) -> str:
+        """"layernorm" or "rmsnorm"."""
+        return self._dims.norm
+
+    @property
+    def num_patches(self) -> int | None:
+        """ViT: patches per image; else None."""
+        return self._dims.num_patches
+
+    @property
+    def num_labels(self) -> int | None:
+        """ViT: classifier width; else None."""
+        return self._dims.num_labels
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,18 +160,19 @@ class ModelSpec:
 
 
 def load_model(ref: str) -> ModelSpec:
-    """A preset name or alias (case-insensitive), a path to a config.json, a folder holding one, or
-    `package.module:factory`, a function returning a Hugging Face model (memprof.factory)."""
+    """A preset name or alias (case-insensitive), a path to a config.json, or a folder holding one.
+
+    `package.module:factory` references need torch (memprof.factory builds the model): they are
+    resolved by memprof.estimate and the memprof CLI, not here."""
     if not isinstance(ref, str) or not ref.strip():
         raise MemprofUserError(f"model must be a preset name or a config.json path, got {ref!r}")
     ref = ref.strip()
     key = ref.lower()
     aliases = preset_aliases()
     path = Path(ref).expanduser()
-    if ":" in ref and not path.exists():
-        from memprof.factory import is_factory_ref, spec_from_factory   # imports torch: only this path
-        if is_factory_ref(ref):
-            return spec_from_factory(ref)
+    if is_factory_ref(ref) and not path.exists():
+        raise MemprofUserError(f"model {ref!r} is a factory reference: it needs torch, so resolve it with "
+                               "memprof.estimate(...) or the memprof CLI, not memprof.estimators")
     # an existing config file or model folder wins over a preset of the same spelling
     if path.is_file():
         return spec_from_config_file(path, name=ref)
@@ -207,7 +272,7 @@ def _unsupported(model_type: Any, where: str) -> MemprofUserError:
 _PRESET_KEYS = {"name", "aliases", "hf_id", "task", "source", "notes", "config"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _preset_files() -> dict[str, Path]:
     folder = data_path("models")
     files: dict[str, Path] = {}
@@ -219,7 +284,7 @@ def _preset_files() -> dict[str, Path]:
 
 def _read_preset_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MemprofUserError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     missing = _PRESET_KEYS - set(data)
@@ -233,7 +298,7 @@ def preset_names() -> list[str]:
     return sorted(_preset_files())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _aliases() -> dict[str, str]:
     table: dict[str, str] = {}
     for name, path in _preset_files().items():
@@ -251,7 +316,7 @@ def preset_aliases() -> dict[str, str]:
     return dict(_aliases())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_preset(name: str) -> ModelSpec:
     path = _preset_files()[name]
     data = _read_preset_json(path)

@@ -13,12 +13,13 @@
 - Allocator rounding: every request is rounded to a multiple of 512 bytes (at least 512); this
   reuses the allocator simulator's rounding rather than restating it.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from .allocator.simulator import K_MIN_BLOCK, CachingAllocatorSimulator
@@ -29,7 +30,7 @@ KIB = 2**10
 
 # ---------------------------------------------------------------------------- allocator rounding
 
-ALLOCATOR_ROUNDING = K_MIN_BLOCK          # kMinBlockSize = 512 B in CUDACachingAllocator.cpp
+ALLOCATOR_ROUNDING = K_MIN_BLOCK  # kMinBlockSize = 512 B in CUDACachingAllocator.cpp
 _DEFAULT_ALLOCATOR = CachingAllocatorSimulator()
 
 
@@ -48,9 +49,18 @@ def round_allocation(nbytes: int) -> int:
 # ---------------------------------------------------------------------------- compute capability
 
 # Compute capability major (and 7.5 / 8.9 by minor) -> architecture name, lowercase.
-_ARCH_BY_MAJOR = {3: "kepler", 5: "maxwell", 6: "pascal", 7: "volta", 8: "ampere", 9: "hopper",
-                  10: "blackwell", 11: "blackwell", 12: "blackwell"}
-_ARCH_BY_CC = {(7, 5): "turing", (8, 9): "ada"}
+_ARCH_BY_MAJOR = {
+    3: "kepler",
+    5: "maxwell",
+    6: "pascal",
+    7: "volta",
+    8: "ampere",
+    9: "hopper",
+    10: "blackwell",
+    11: "blackwell",
+    12: "blackwell",
+}
+_ARCH_BY_CC: dict[tuple[int, ...], str] = {(7, 5): "turing", (8, 9): "ada"}
 _ARCH_ALIASES = {"ada lovelace": "ada", "ada-lovelace": "ada", "ada_lovelace": "ada", "lovelace": "ada"}
 
 
@@ -71,8 +81,11 @@ def parse_compute_capability(value: Any) -> tuple[int, int]:
     """(major, minor) from (8, 0), [8, 0], "8.0", "sm_80", "sm80" or an object with `.compute_capability`."""
     if hasattr(value, "compute_capability"):
         value = value.compute_capability
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
         return int(value[0]), int(value[1])
     if isinstance(value, str):
         text = value.strip().lower()
@@ -82,22 +95,21 @@ def parse_compute_capability(value: Any) -> tuple[int, int]:
         m = re.fullmatch(r"sm_?(\d+)(\d)a?", text)
         if m:
             return int(m.group(1)), int(m.group(2))
-    raise MemprofUserError(
-        f"bad compute capability {value!r}; give (major, minor) like (8, 0), '8.0' or 'sm_80'")
+    raise MemprofUserError(f"bad compute capability {value!r}; give (major, minor) like (8, 0), '8.0' or 'sm_80'")
 
 
 # ---------------------------------------------------------------------------- cuBLAS workspaces
 
-CUBLAS_DEFAULT_WORKSPACE = 4096 * KIB * 2 + 16 * KIB * 8   # ":4096:2:16:8" = 8,519,680 B
-CUBLAS_LARGE_WORKSPACE = 4096 * 8 * KIB                    # 32 MiB
+CUBLAS_DEFAULT_WORKSPACE = 4096 * KIB * 2 + 16 * KIB * 8  # ":4096:2:16:8" = 8,519,680 B
+CUBLAS_LARGE_WORKSPACE = 4096 * 8 * KIB  # 32 MiB
 # Compute-capability majors that get the 32 MiB default in torch 2.13: Hopper (sm_90) since
 # pytorch#91564 (2023), datacenter and GeForce Blackwell (sm_100, sm_120) since pytorch#175344
 # (main 2026-02-19). sm_110 (Thor) joined in pytorch#189312 (2026-07), after the 2.13 branch cut.
 CUBLAS_LARGE_WORKSPACE_MAJORS = frozenset({9, 10, 12})
-CUBLASLT_DEFAULT_KIB_SEPARATE = 1024   # default Lt size when workspaces are not unified (#73328)
+CUBLASLT_DEFAULT_KIB_SEPARATE = 1024  # default Lt size when workspaces are not unified (#73328)
 
-_CONFIG_PAIR = re.compile(r":([0-9]+):([0-9]+)")          # the regex in parseChosenWorkspaceSize
-_STOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")         # what std::stoi accepts as a prefix
+_CONFIG_PAIR = re.compile(r":([0-9]+):([0-9]+)")  # the regex in parseChosenWorkspaceSize
+_STOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")  # what std::stoi accepts as a prefix
 _INT_MAX = 2**31 - 1
 
 
@@ -139,19 +151,24 @@ def _stoi_kib(value: str, default_kib: int) -> int:
         raise MemprofUserError(f"CUBLASLT_WORKSPACE_SIZE must be a string of KiB like '1024', got {value!r}")
     m = _STOI.match(value)
     if m is None:
-        return default_kib                       # std::invalid_argument: torch warns, keeps default
+        return default_kib  # std::invalid_argument: torch warns, keeps default
     kib = int(m.group(1))
     if kib > _INT_MAX or kib < -_INT_MAX - 1:
-        return default_kib                       # std::out_of_range: torch warns, keeps default
+        return default_kib  # std::out_of_range: torch warns, keeps default
     if kib < 0:
         raise MemprofUserError(
             f"CUBLASLT_WORKSPACE_SIZE={value!r} is negative; torch would wrap it to a huge size. "
-            "Give a size in KiB, e.g. '1024'")
+            "Give a size in KiB, e.g. '1024'"
+        )
     return kib
 
 
-def cublaslt_workspace_bytes(compute_capability: Any, cublaslt_workspace_size: str | None = None,
-                             cublas_workspace_config: str | None = None, unified: bool = True) -> int:
+def cublaslt_workspace_bytes(
+    compute_capability: Any,
+    cublaslt_workspace_size: str | None = None,
+    cublas_workspace_config: str | None = None,
+    unified: bool = True,
+) -> int:
     """Size of the cuBLASLt workspace, as torch 2.13's getCUDABlasLtWorkspaceSize computes it.
 
     `unified` is TORCH_CUBLASLT_UNIFIED_WORKSPACE, on by default in open-source CUDA builds
@@ -167,9 +184,13 @@ def cublaslt_workspace_bytes(compute_capability: Any, cublaslt_workspace_size: s
     return min(size, cublas) if unified else size
 
 
-def blas_workspace_allocations(compute_capability: Any, cublas_workspace_config: str | None = None,
-                               cublaslt_workspace_size: str | None = None, unified: bool = True,
-                               uses_cublaslt: bool = True) -> tuple[int, ...]:
+def blas_workspace_allocations(
+    compute_capability: Any,
+    cublas_workspace_config: str | None = None,
+    cublaslt_workspace_size: str | None = None,
+    unified: bool = True,
+    uses_cublaslt: bool = True,
+) -> tuple[int, ...]:
     """Caching-allocator requests for BLAS workspaces of one (thread, device, stream), torch 2.13.
 
     Unified workspaces (the default): one cuBLAS-sized block shared by cuBLAS and cuBLASLt.
@@ -184,9 +205,11 @@ def blas_workspace_allocations(compute_capability: Any, cublas_workspace_config:
 
 # ---------------------------------------------------------------------------- CUDA context
 
+
 @dataclass(frozen=True)
 class ContextObservation:
     """One measured CUDA-context figure from profiles/cuda_context.json."""
+
     id: str
     gpu: str | None
     compute_capability: tuple[int, int] | None
@@ -196,9 +219,9 @@ class ContextObservation:
     lazy_loading: bool | None
     context_bytes: int
     measured: str
-    quality: str                # direct | derived | approximate | upper_bound (see cuda_context.md)
+    quality: str  # direct | derived | approximate | upper_bound (see cuda_context.md)
     source_url: str
-    use_in_estimate: bool = True   # False: documented, but contaminated by tensors, NCCL, ...
+    use_in_estimate: bool = True  # False: documented, but contaminated by tensors, NCCL, ...
 
     @property
     def cuda_major(self) -> int | None:
@@ -208,11 +231,12 @@ class ContextObservation:
 @dataclass(frozen=True)
 class ContextEstimate:
     """Predicted CUDA-context bytes with the observations behind it."""
+
     bytes: int
-    low: int                    # smallest observation used
-    high: int                   # largest observation used
+    low: int  # smallest observation used
+    high: int  # largest observation used
     observations: tuple[ContextObservation, ...]
-    basis: str                  # one line: which figures, e.g. "median of 2 measured Ampere figures, ..."
+    basis: str  # one line: which figures, e.g. "median of 2 measured Ampere figures, ..."
 
     @property
     def mib(self) -> float:
@@ -236,17 +260,18 @@ def parse_cuda_major(cuda_version: str) -> int:
         return int(m.group(1))
     m = re.fullmatch(r"cu(\d{2,4})", text)
     if m:
-        return int(m.group(1)[:-1])        # cu92 -> 9, cu118 -> 11, cu130 -> 13
+        return int(m.group(1)[:-1])  # cu92 -> 9, cu118 -> 11, cu130 -> 13
     raise MemprofUserError(f"bad CUDA version {cuda_version!r}; give e.g. '12.4', '13.0' or 'cu124'")
 
 
-def _observation(entry: dict) -> ContextObservation:
+def _observation(entry: dict[str, Any]) -> ContextObservation:
     cc = entry.get("compute_capability")
     cc = tuple(cc) if cc is not None else None
     arch = _normalise_architecture(entry.get("architecture"))
     if cc is not None and arch != architecture_of(cc):
-        raise ValueError(f"cuda_context.json: {entry['id']}: architecture {arch!r} does not match "
-                         f"compute capability {cc}")
+        raise ValueError(
+            f"cuda_context.json: {entry['id']}: architecture {arch!r} does not match compute capability {cc}"
+        )
     source = entry.get("source") or {}
     if not source.get("url"):
         raise ValueError(f"cuda_context.json: {entry['id']}: no source url")
@@ -256,16 +281,26 @@ def _observation(entry: dict) -> ContextObservation:
     if not use and not entry.get("excluded_because"):
         raise ValueError(f"cuda_context.json: {entry['id']}: excluded without excluded_because")
     return ContextObservation(
-        id=entry["id"], gpu=entry.get("gpu"), compute_capability=cc, architecture=arch,
-        cuda=entry.get("cuda"), torch=entry.get("torch"), lazy_loading=entry.get("lazy_loading"),
-        context_bytes=entry["context_bytes"], measured=entry["measured"], quality=entry["quality"],
-        source_url=source["url"], use_in_estimate=use)
+        id=entry["id"],
+        gpu=entry.get("gpu"),
+        compute_capability=cc,
+        architecture=arch,
+        cuda=entry.get("cuda"),
+        torch=entry.get("torch"),
+        lazy_loading=entry.get("lazy_loading"),
+        context_bytes=entry["context_bytes"],
+        measured=entry["measured"],
+        quality=entry["quality"],
+        source_url=source["url"],
+        use_in_estimate=use,
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def context_observations() -> tuple[ContextObservation, ...]:
     """Every observation in profiles/cuda_context.json, excluded ones too (loaded and checked once)."""
     from memprof.profiles import data_path
+
     with open(data_path("cuda_context.json"), encoding="utf-8") as f:
         entries = json.load(f)["observations"]
     obs = tuple(_observation(e) for e in entries)
@@ -332,5 +367,6 @@ def cuda_context_bytes(gpu: Any = None, cuda_version: str | None = None, lazy: b
         basis = f"median of all {_figures(len(chosen))} with {mode} (GPU architecture not given)"
 
     values = [o.context_bytes for o in chosen]
-    return ContextEstimate(bytes=_median(values), low=min(values), high=max(values),
-                           observations=tuple(chosen), basis=basis)
+    return ContextEstimate(
+        bytes=_median(values), low=min(values), high=max(values), observations=tuple(chosen), basis=basis
+    )

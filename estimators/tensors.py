@@ -13,6 +13,8 @@ class ParamTensor:
 
     name: str
     shape: tuple[int, ...]
+    dtype: str | None = None     # torch's name; None: the training precision's parameter dtype
+    trainable: bool = True       # False: frozen (requires_grad=False: no gradient, no optimizer state)
 
     @property
     def numel(self) -> int:

@@ -22,18 +22,27 @@ the engine's pending parameter gradients (("grad_acc", name)). Model states and 
 events (the caller owns them); parameter gradients and what the caller holds (batch, logits, loss)
 are still live when the stream ends, as when optimizer.step() starts.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .activations import ActivationSettings, build_trace, region_inputs
-from .activations.ops import T
+from .autograd import Op, Region, T, Trace
 from .dtypes import dtype_bytes
 from .errors import MemprofUserError
 from .vocabulary import CATEGORIES, Category, Phase
 
+if TYPE_CHECKING:
+    from .models import ModelSpec
+
 __all__ = ["Timeline", "TimelinePoint", "Peak", "step_timeline"]
+
+# an allocator event, ("alloc", id, nbytes, 0) or ("free", id): allocator.simulator.Event, spelled out
+# here because the allocator package imports this module (and not the other way round)
+Event: TypeAlias = tuple[Any, ...]
 
 _P, _G, _S = Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value
 _A, _TMP = Category.ACTIVATIONS.value, Category.TEMPORARY.value
@@ -62,7 +71,7 @@ class Peak(NamedTuple):
 class Timeline:
     points: list[TimelinePoint] = field(default_factory=list)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[TimelinePoint]:
         return iter(self.points)
 
     def __len__(self) -> int:
@@ -83,9 +92,10 @@ class _Segment:
 
     def __init__(self, timeline: Timeline):
         self.timeline = timeline
-        self.phase = self.label = None
+        self.phase: str | None = None
+        self.label: str | None = None
         self.best: dict[str, int] | None = None
-        self.current = None          # the operation being simulated (for debugging a mismatch)
+        self.current: Op | None = None  # the operation being simulated (for debugging a mismatch)
 
     def start(self, phase: str, label: str) -> None:
         self.flush()
@@ -97,21 +107,33 @@ class _Segment:
 
     def flush(self) -> None:
         if self.best is not None:
+            assert self.phase is not None and self.label is not None  # see() comes after start()
             self.timeline.points.append(TimelinePoint(self.phase, self.label, self.best))
         self.best = None
 
 
-def _check_nonneg(**kw) -> None:
+def _check_nonneg(**kw: object) -> None:
     for k, v in kw.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise MemprofUserError(f"{k} must be a non-negative integer number of bytes, got {v!r}")
 
 
-def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_bytes: int,
-                  grad_dtype: str, optimizer_state_bytes: int, optimizer_temporaries_bytes: int,
-                  grad_accumulation: int = 1, held_outputs: bool = True,
-                  states_exist: bool = True, events: list | None = None,
-                  event_phases: list | None = None, create_graph: bool = False) -> Timeline:
+def step_timeline(
+    spec: ModelSpec,
+    settings: ActivationSettings,
+    *,
+    param_bytes: int,
+    grad_bytes: int,
+    grad_dtype: str,
+    optimizer_state_bytes: int,
+    optimizer_temporaries_bytes: int,
+    grad_accumulation: int = 1,
+    held_outputs: bool = True,
+    states_exist: bool = True,
+    events: list[Event] | None = None,
+    event_phases: list[str | None] | None = None,
+    create_graph: bool = False,
+) -> Timeline:
     """The live bytes of one optimizer step (all its micro-batches) by phase and category.
 
     param_bytes, grad_bytes, optimizer_state_bytes: full steady-state sizes (what stays resident).
@@ -126,9 +148,12 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     the graph is retained and the backward records its own (module docstring), so the forward's saved
     tensors and the activation gradients the double backward needs stay live through step().
     """
-    _check_nonneg(param_bytes=param_bytes, grad_bytes=grad_bytes,
-                  optimizer_state_bytes=optimizer_state_bytes,
-                  optimizer_temporaries_bytes=optimizer_temporaries_bytes)
+    _check_nonneg(
+        param_bytes=param_bytes,
+        grad_bytes=grad_bytes,
+        optimizer_state_bytes=optimizer_state_bytes,
+        optimizer_temporaries_bytes=optimizer_temporaries_bytes,
+    )
     if not isinstance(grad_accumulation, int) or grad_accumulation < 1:
         raise MemprofUserError(f"grad_accumulation must be a positive integer, got {grad_accumulation!r}")
     gbytes = dtype_bytes(grad_dtype)
@@ -155,9 +180,15 @@ def step_timeline(spec, settings: ActivationSettings, *, param_bytes: int, grad_
     seg.start(Phase.OPTIMIZER_STEP.value, "optimizer step")
     inputs = sum(t.nbytes for t in tr.held if getattr(t, "is_input", False)) if held_outputs else 0
     outputs = sim.held_bytes() - inputs
-    seg.see({_P: param_bytes, _G: grad_bytes, _S: optimizer_state_bytes,
-             _A: outputs + sim.retained_bytes() + sim.carried[_A],
-             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP]})
+    seg.see(
+        {
+            _P: param_bytes,
+            _G: grad_bytes,
+            _S: optimizer_state_bytes,
+            _A: outputs + sim.retained_bytes() + sim.carried[_A],
+            _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP],
+        }
+    )
     seg.flush()
     for p in timeline.points:
         for c in CATEGORIES:
@@ -189,9 +220,16 @@ _PASS_THROUGH = frozenset({"add", "copy"})
 # product with a constant (rotary cos / sin) saves no gradient.
 _BINARY = frozenset({"mul", "matmul"})
 _DOUBLE_BACKWARD_KEEPS = {
-    "linear": (True, 0), "matmul": (True, 0), "mul": (True, 0), "layer_norm": (True, 0),
-    "softmax": (True, 0), "log_softmax": (True, 0), "tanh": (True, 0),
-    "pow": (True, 1), "rsqrt": (False, 2), "silu": (True, 4),
+    "linear": (True, 0),
+    "matmul": (True, 0),
+    "mul": (True, 0),
+    "layer_norm": (True, 0),
+    "softmax": (True, 0),
+    "log_softmax": (True, 0),
+    "tanh": (True, 0),
+    "pow": (True, 1),
+    "rsqrt": (False, 2),
+    "silu": (True, 4),
 }
 
 
@@ -207,19 +245,19 @@ class _GradBuf:
 class _Sim:
     """Replays the trace tensor by tensor, keeping running byte totals by category."""
 
-    def __init__(self, tr, pgrad, held_outputs: bool, create_graph: bool = False):
+    def __init__(self, tr: Trace, pgrad: Callable[[T], int], held_outputs: bool, create_graph: bool = False):
         self.tr, self.pgrad = tr, pgrad
         self.create_graph = create_graph
-        self.graph_grad_bytes = 0     # create_graph: tensors of the backward's own graph (module docstring)
-        self.carried = {_A: 0, _TMP: 0}   # create_graph: the graphs of earlier micro-batches
+        self.graph_grad_bytes = 0  # create_graph: tensors of the backward's own graph (module docstring)
+        self.carried = {_A: 0, _TMP: 0}  # create_graph: the graphs of earlier micro-batches
         self.ops = tr.ops
         self.held = {id(t): t for t in tr.held} if held_outputs else {}
         self.regions = region_inputs(tr)
-        self.region_ops: dict[object, list] = {}
+        self.region_ops: dict[Region, list[Op]] = {}
         for op in self.ops:
             if op.region is not None:
                 self.region_ops.setdefault(op.region, []).append(op)
-        self.region_of_input: dict[int, list] = {}
+        self.region_of_input: dict[int, list[Region]] = {}
         for r, ts in self.regions.items():
             for t in ts:
                 self.region_of_input.setdefault(id(t), []).append(r)
@@ -238,18 +276,20 @@ class _Sim:
         self.buffer_bytes = sum(tr.buffers.values())
         self.live: dict[int, tuple[T, str]] = {}
         self.totals = {_A: 0, _TMP: 0}
-        self.recomputed: dict[int, int] = {}     # recomputed saved tensor -> saves still pending
-        self.events: list | None = None          # allocation-event sink (see the module docstring)
-        self.event_phases: list | None = None
+        self.recomputed: dict[int, int] = {}  # recomputed saved tensor -> saves still pending
+        self.events: list[Event] | None = None  # allocation-event sink (see the module docstring)
+        self.event_phases: list[str | None] | None = None
         self.seg: _Segment | None = None
         self.grad_ids = 0
 
-    def emit(self, event: tuple) -> None:
-        self.events.append(event)
+    def emit(self, event: Event) -> None:
+        events, seg = self.events, self.seg
+        assert events is not None and seg is not None  # emit() only runs with an event sink
+        events.append(event)
         if self.event_phases is not None:
-            self.event_phases.append(self.seg.phase)
+            self.event_phases.append(seg.phase)
 
-    def new_grad(self, nbytes: int) -> "_GradBuf":
+    def new_grad(self, nbytes: int) -> _GradBuf:
         g = _GradBuf(nbytes)
         if self.events is not None:
             self.grad_ids -= 1
@@ -257,7 +297,7 @@ class _Sim:
             self.emit(("alloc", g.eid, nbytes, 0))
         return g
 
-    def release_grad(self, g: "_GradBuf") -> None:
+    def release_grad(self, g: _GradBuf) -> None:
         if self.events is not None:
             self.emit(("free", g.eid))
 
@@ -284,13 +324,13 @@ class _Sim:
         self.carried[_TMP] += self.graph_grad_bytes
         self.graph_grad_bytes = 0
 
-    def keep_for_double_backward(self, op, g: "_GradBuf") -> None:
+    def keep_for_double_backward(self, op: Op, g: _GradBuf) -> None:
         """create_graph: what the recorded backward of `op` saves of its output gradient `g`."""
         saves_grad, extra = _DOUBLE_BACKWARD_KEEPS.get(op.op, (False, 0))
         if op.op in _BINARY and not all(t.requires_grad for t in op.inputs[:2]):
-            saves_grad = False    # `grad * other` keeps grad only to differentiate w.r.t. other
+            saves_grad = False  # `grad * other` keeps grad only to differentiate w.r.t. other
         if saves_grad:
-            g.pinned = True       # counted in graph_grad_bytes once no activation refers to it
+            g.pinned = True  # counted in graph_grad_bytes once no activation refers to it
         self.graph_grad_bytes += extra * g.nbytes
         if extra and self.events is not None:
             # alive until the graph goes after the step (the allocator replay frees what a step leaves)
@@ -301,7 +341,7 @@ class _Sim:
         if id(t) in self.live:
             return
         if getattr(t, "is_input", False):
-            cat = _TMP       # the batch: the profiler files inputs under temporary
+            cat = _TMP  # the batch: the profiler files inputs under temporary
         elif self.kept(t) or id(t) in self.recomputed:
             cat = _A
         else:
@@ -318,7 +358,7 @@ class _Sim:
             if self.events is not None:
                 self.emit(("free", id(t)))
 
-    def snapshot(self, base, extra_grads: int = 0, act_grads: int = 0) -> dict[str, int]:
+    def snapshot(self, base: dict[str, int], extra_grads: int = 0, act_grads: int = 0) -> dict[str, int]:
         out = dict(base)
         out[_A] = self.totals[_A] + self.carried[_A]
         out[_TMP] = self.totals[_TMP] + self.buffer_bytes + act_grads + self.carried[_TMP]
@@ -326,14 +366,14 @@ class _Sim:
         return out
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, seg: _Segment, base, suffix: str) -> None:
-        layer = "start"
+    def forward(self, seg: _Segment, base: dict[str, int], suffix: str) -> None:
+        layer: int | str | None = "start"  # no layer seen yet
         seg.start(Phase.FORWARD.value, "forward: embeddings" + suffix)
         for i, op in enumerate(self.ops):
             if op.layer != layer:
                 layer = op.layer
                 label = f"forward: layer {layer}" if layer is not None else "forward: head and loss"
-                if op.layer is not None or i > 0 and self.ops[i - 1].layer is not None:
+                if op.layer is not None or (i > 0 and self.ops[i - 1].layer is not None):
                     seg.start(Phase.FORWARD.value, label + suffix)
             for t in op.outputs:
                 self.add(t)
@@ -350,23 +390,24 @@ class _Sim:
         seg.see(self.snapshot(base))
 
     # -- backward -------------------------------------------------------------------------------
-    def backward(self, seg: _Segment, base, suffix: str, *, accumulate: bool, grad_bytes: int) -> None:
+    def backward(self, seg: _Segment, base: dict[str, int], suffix: str, *, accumulate: bool, grad_bytes: int) -> None:
         refs = dict(self.saved_refs)
         # a region's inputs are released once every operation of it that runs in backward has run
-        region_refs = {r: sum(1 for op in ops if any(t.kind == "act" for t in op.outputs))
-                       for r, ops in self.region_ops.items()}
-        grads: dict[int, _GradBuf] = {}     # activation gradients alive, by tensor (shared buffers)
-        grad_total = 0                      # bytes of distinct live gradient buffers
+        region_refs = {
+            r: sum(1 for op in ops if any(t.kind == "act" for t in op.outputs)) for r, ops in self.region_ops.items()
+        }
+        grads: dict[int, _GradBuf] = {}  # activation gradients alive, by tensor (shared buffers)
+        grad_total = 0  # bytes of distinct live gradient buffers
         param_done: set[str] = set()
-        pgrads = 0                          # parameter gradients produced so far (this micro-batch)
-        pending: dict[str, int] = {}        # accumulation: parameter gradients awaiting other uses
+        pgrads = 0  # parameter gradients produced so far (this micro-batch)
+        pending: dict[str, int] = {}  # accumulation: parameter gradients awaiting other uses
         uses: dict[str, int] = {}
         for op in self.ops:
             if any(t.kind == "act" for t in op.outputs):
                 for t in op.inputs:
                     if t.kind == "param":
                         uses[t.name] = uses.get(t.name, 0) + 1
-        recomputed_regions: set = set()
+        recomputed_regions: set[Region] = set()
         loss = self.tr.held[-1] if self.tr.held else None
         seg.start(Phase.BACKWARD.value, "backward: loss and head" + suffix)
         if loss is not None:
@@ -429,7 +470,7 @@ class _Sim:
                     # tensor, and the old one lives on if the recorded graph saved it
                     if old.refs > 1 or old.pinned:
                         old.refs -= 1
-                        if old.refs == 0:              # pinned: now only the graph holds it
+                        if old.refs == 0:  # pinned: now only the graph holds it
                             grad_total -= old.nbytes
                             self.graph_grad_bytes += old.nbytes
                         grads[id(t)] = self.new_grad(nbytes)
@@ -437,15 +478,20 @@ class _Sim:
                     elif self.create_graph:
                         transient += nbytes
                     continue
-                if (op.op in _PASS_THROUGH and out_buf is not None and t.numel == out.numel
-                        and t.dtype == out.dtype):
-                    out_buf.refs += 1                  # add / clone pass the same gradient on
+                if (
+                    op.op in _PASS_THROUGH
+                    and out_buf is not None
+                    and out is not None
+                    and t.numel == out.numel
+                    and t.dtype == out.dtype
+                ):
+                    out_buf.refs += 1  # add / clone pass the same gradient on
                     grads[id(t)] = out_buf
                 else:
                     grads[id(t)] = self.new_grad(nbytes)
                     grad_total += nbytes
             seg.current = op
-            if transient and self.events is not None:   # the out-of-place sum, freed within the op
+            if transient and self.events is not None:  # the out-of-place sum, freed within the op
                 self.grad_ids -= 1
                 self.emit(("alloc", self.grad_ids, transient, 0))
                 self.emit(("free", self.grad_ids))
@@ -460,7 +506,7 @@ class _Sim:
                             self.graph_grad_bytes += g.nbytes
                         else:
                             self.release_grad(g)
-            for _, t in ([] if self.create_graph else op.saved):   # create_graph retains the graph
+            for _, t in [] if self.create_graph else op.saved:  # create_graph retains the graph
                 if t.kind == "param":
                     continue
                 if op.region is None:
@@ -474,8 +520,7 @@ class _Sim:
                 for t in op.inputs:
                     if t.kind == "param":
                         uses[t.name] -= 1
-                        if uses[t.name] == 0 and pending.pop(t.name, None) is not None \
-                                and self.events is not None:
+                        if uses[t.name] == 0 and pending.pop(t.name, None) is not None and self.events is not None:
                             self.emit(("free", ("grad_acc", t.name)))
             if op.region is not None:
                 region_refs[op.region] -= 1
@@ -495,7 +540,7 @@ class _Sim:
             for name in pending:
                 self.emit(("free", ("grad_acc", name)))
 
-    def _recompute(self, region, seg, state) -> None:
+    def _recompute(self, region: Region, seg: _Segment, state: Callable[[], dict[str, int]]) -> None:
         """Re-run a checkpointed region's forward: its saved tensors come back for its backward.
 
         Like torch.utils.checkpoint (non-reentrant, early stop), the recomputation stops as soon as
@@ -505,7 +550,7 @@ class _Sim:
         saving = [j for j, op in enumerate(ops) if any(t.kind != "param" for _, t in op.saved)]
         if not saving:
             return
-        ops = ops[:saving[-1] + 1]
+        ops = ops[: saving[-1] + 1]
         produced = {id(t) for op in ops for t in op.outputs}
         last: dict[int, int] = {}
         for j, op in enumerate(ops):

@@ -4,6 +4,7 @@ Binary units (KiB, MiB, GiB, TiB) are powers of 1024; SI units (KB, MB, GB, TB) 
 as their names say. Units are matched case-insensitively and may follow a space; a plain integer
 is a number of bytes. Output always uses binary units, like PyTorch's own OOM messages.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,14 @@ from .errors import MemprofUserError
 
 _UNITS: dict[str, int] = {
     "b": 1,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
 }
 _VALID = "B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)"
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
@@ -36,7 +43,8 @@ def parse_size(text: str | int) -> int:
         raise MemprofUserError(
             f"invalid size {text!r}; expected a number with a unit, e.g. 80GiB or 512MiB; units: {_VALID}"
         )
-    number, unit = match.groups()
+    number: str = match.group(1)
+    unit: str = match.group(2)  # "" when there is none
     factor = _UNITS.get(unit.lower() if unit else "b")
     if factor is None:
         raise MemprofUserError(f"unknown size unit {unit!r} in {text!r}; valid units: {_VALID}")
@@ -45,7 +53,7 @@ def parse_size(text: str | int) -> int:
             raise MemprofUserError(f"invalid size {text!r}; a size without a unit is a whole number of bytes")
         # exact decimal arithmetic: "1.1GB" must be 1100000000, not a float approximation
         whole, _, frac = number.partition(".")
-        scale = 10 ** len(frac)
+        scale: int = 10 ** len(frac)
         return (int(whole or "0") * scale + int(frac or "0")) * factor // scale
     return int(number) * factor
 
@@ -56,9 +64,9 @@ def format_bytes(n: int) -> str:
     value = abs(int(n))
     if value < 1024:
         return f"{sign}{value} B"
+    scaled = float(value)
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value_f = value / 1024.0
-        if value_f < 1024 or unit == "PiB":
-            return f"{sign}{value_f:.2f} {unit}"
-        value = value_f  # type: ignore[assignment]
+        scaled /= 1024.0
+        if scaled < 1024 or unit == "PiB":
+            return f"{sign}{scaled:.2f} {unit}"
     raise AssertionError("unreachable")

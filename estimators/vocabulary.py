@@ -1,7 +1,7 @@
 """Categories and phases: the vocabulary shared by estimates, profiles and reports.
 
 Predicted and measured figures line up by construction because both sides key their bytes by these
-strings (see DESIGN.md). They are `str` enums so that JSON and DataFrames carry the plain values.
+strings (see docs/architecture.md). They are `str` enums so that JSON and DataFrames carry the plain values.
 """
 from __future__ import annotations
 
@@ -34,3 +34,14 @@ CATEGORIES: tuple[str, ...] = tuple(c.value for c in Category)
 MODEL_STATE_CATEGORIES: tuple[str, ...] = (
     Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value)
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
+TENSOR_CATEGORIES: tuple[str, ...] = (
+    Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
+    Category.ACTIVATIONS.value, Category.TEMPORARY.value)
+
+# The training knobs' vocabularies, defined once for the estimator, the CLI and the activation replay.
+CHECKPOINTING: tuple[str, ...] = ("none", "selective", "full")
+# transformers' attn_implementation values memprof replays; "auto" (the setting) resolves to "sdpa",
+# transformers' default, before the replay sees it.
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa", "flash")
+ATTENTION: tuple[str, ...] = ("auto", *ATTENTION_IMPLEMENTATIONS)
+DEVICES: tuple[str, ...] = ("cuda", "cpu")

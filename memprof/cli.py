@@ -12,7 +12,12 @@ import sys
 import click
 
 from memprof._version import __version__
-from memprof.estimators.errors import MemprofUserError
+from memprof.estimators.errors import MemprofError
+
+# Parameters whose flag is not `--` + the name with dashes (the model is the MODEL argument).
+FLAGS: dict[str, str] = {"model": "MODEL"}
+
+USAGE_ERROR = 2     # what a user's mistake exits with (click's own usage errors use it too)
 
 # name -> module under memprof.commands exposing a click command of the same name
 COMMANDS: dict[str, str] = {
@@ -47,13 +52,18 @@ def cli() -> None:
     """Estimate and measure the GPU memory of PyTorch training."""
 
 
+def flag_of(parameter: str) -> str:
+    """The command-line spelling of a library parameter: batch_size -> --batch-size."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; a MemprofUserError becomes one line on stderr and exit code 2."""
+    """Entry point: run the CLI; a MemprofError becomes one line on stderr and exit code 2."""
     try:
         cli.main(args=argv, prog_name="memprof", standalone_mode=False)
-    except MemprofUserError as exc:
-        click.echo(f"memprof: error: {exc}", err=True)
-        return exc.exit_code
+    except MemprofError as exc:
+        click.echo(f"memprof: error: {exc.cli_message(flag_of)}", err=True)
+        return USAGE_ERROR
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

@@ -5,6 +5,7 @@ import csv
 import io
 from typing import Any
 
+from memprof.estimators.records import EstimateRecord
 from memprof.estimators.units import format_bytes
 from memprof.estimators.vocabulary import CATEGORIES
 
@@ -22,81 +23,84 @@ def _per_param(value: int | None, parameters: int) -> str:
     return ABSENT if value is None else f"{value / parameters:.2f}"
 
 
-def estimate_table(record: dict[str, Any], result: Any = None) -> str:
-    """The human table of `memprof estimate`, from the JSON record (and the Estimate for notes)."""
-    s = record["settings"]
-    n = record["parameters"]
-    lines = [f"{record['model']} · {n:,} parameters · {s['optimizer']} · {s['precision']}",
-             f"batch {s['batch_size']} × seq {s['seq_len']} · {s['device']}"
-             + (f" · {s['gpus']} GPU{'s' if s['gpus'] != 1 else ''} · ZeRO {s['zero']}" if s["device"] == "cuda" else "")
-             + (f" · offload {s['offload']}" if s["offload"] != "none" else "")
-             + (f" · {s['grad_accumulation']} micro-batches per step" if s.get("grad_accumulation", 1) > 1 else "")]
-    if result is not None:
-        opt = result.optimizer
-        lines.append(f"optimizer: {opt.implementation} ({opt.family.value})")
-        lines.append(f"precision: {result.precision.description}")
-    notes = _notes(record, result)
+def estimate_table(record: EstimateRecord) -> str:
+    """The human table of `memprof estimate`, from the estimate record alone."""
+    s = record.settings
+    n = record.parameters or 0
+    lines = [
+        f"{record.model} · {n:,} parameters · {s.optimizer} · {s.precision}",
+        f"batch {s.batch_size} × seq {s.seq_len} · {s.device}"
+        + (f" · {s.gpus} GPU{'s' if s.gpus != 1 else ''} · ZeRO {s.zero}" if s.device == "cuda" else "")
+        + (f" · offload {s.offload}" if s.offload != "none" else "")
+        + (f" · {s.grad_accumulation} micro-batches per step" if s.grad_accumulation > 1 else ""),
+    ]
+    labels = record.labels
+    if labels.optimizer_implementation is not None:
+        lines.append(f"optimizer: {labels.optimizer_implementation} ({labels.optimizer_family})")
+    if labels.precision_description is not None:
+        lines.append(f"precision: {labels.precision_description}")
+    notes = _notes(record)
     rows = [("", "bytes/param", "per device", "")]
-    states = record["model_states"]
+    states = record.model_states.to_dict()
     for cat in ("parameters", "gradients", "optimizer_states"):
         rows.append((_LABELS[cat], _per_param(states[cat], n), _bytes(states[cat]), notes.get(cat, "")))
-    total = sum(states.values())
+    total = record.model_states.total
     rows.append(("model states", _per_param(total, n), _bytes(total), ""))
-    peak = record["peak"]
+    peak = record.peak
     rows.append(("", "", "", ""))
-    phase = f" ({peak['phase']})" if peak["phase"] else ""
+    phase = f" ({peak.phase})" if peak.phase else ""
     rows.append((f"at the peak{phase}", "", "", ""))
     for cat in CATEGORIES:
-        value = peak["by_category"][cat]
-        rows.append(("  " + _LABELS[cat], _per_param(value, n), _bytes(value),
-                     notes.get("peak:" + cat, "") if value is not None else notes.get("absent:" + cat,
-                                                                                  "not modelled")))
-    rows.append(("peak allocated", "", _bytes(peak["allocated"]), "tensors (max_memory_allocated)"))
-    rows.append(("peak reserved", "", _bytes(peak["reserved"]), "+ fragmentation (max_memory_reserved)"))
-    rows.append(("device total", "", _bytes(peak["device_total"]), "+ CUDA context (nvidia-smi)"
-                 if record["settings"]["device"] == "cuda" else ""))
+        value = peak.by_category.get(cat)
+        note = notes.get("peak:" + cat, "") if value is not None else notes.get("absent:" + cat, "not modelled")
+        rows.append(("  " + _LABELS[cat], _per_param(value, n), _bytes(value), note))
+    rows.append(("peak allocated", "", _bytes(peak.allocated), "tensors (max_memory_allocated)"))
+    rows.append(("peak reserved", "", _bytes(peak.reserved), "+ fragmentation (max_memory_reserved)"))
+    rows.append(
+        ("device total", "", _bytes(peak.device_total), "+ CUDA context (nvidia-smi)" if s.device == "cuda" else "")
+    )
     lines.append("")
     lines.extend(_align(rows))
-    for warning in record.get("warnings") or ():
+    for warning in record.warnings:
         lines.append(f"warning: {warning}")
-    if record.get("cpu_offload"):
-        lines.append(f"CPU RAM for offloaded states: {format_bytes(record['cpu_offload'])}")
+    if record.cpu_offload:
+        lines.append(f"CPU RAM for offloaded states: {format_bytes(record.cpu_offload)}")
     verdict = _verdict(record)
     if verdict:
         lines.append(verdict)
     return "\n".join(lines)
 
 
-def _notes(record: dict[str, Any], result: Any) -> dict[str, str]:
-    if result is None:
+def _notes(record: EstimateRecord) -> dict[str, str]:
+    labels, s = record.labels, record.settings
+    if labels.param_dtype is None or record.model_states_unsharded is None:
         return {}
-    prec = result.precision
-    s = record["settings"]
-    breakdown = record["optimizer_state_breakdown"]            # whole model
-    device, whole = record["model_states"]["optimizer_states"], record["model_states_unsharded"]["optimizer_states"]
-    share = device / whole if whole else 1.0                     # ZeRO partitions / offload: this device's part
-    parts = ", ".join(f"{key} {format_bytes(round(value * share))}" for key, value in breakdown.items())
+    device = record.model_states.optimizer_states
+    whole = record.model_states_unsharded.optimizer_states
+    share = device / whole if whole and device is not None else 1.0  # ZeRO partitions / offload: this device's part
+    parts = ", ".join(
+        f"{key} {format_bytes(round(value * share))}" for key, value in record.optimizer_state_breakdown.items()
+    )
     if whole and not device:
         parts = "offloaded to CPU RAM (below)"
-    notes = {"parameters": prec.param_dtype, "gradients": prec.grad_dtype,
-             "optimizer_states": parts or "none"}
-    ckpt = "" if s["checkpointing"] == "none" else f", {s['checkpointing']} checkpointing"
-    notes["peak:activations"] = (f"{s['attention']} attention ({s['attention_kernel']} kernel){ckpt}; "
-                                 f"{format_bytes(record['activations_saved'])} saved at forward end")
-    temps = dict(record["temporary_breakdown"])
+    notes = {"parameters": labels.param_dtype, "gradients": labels.grad_dtype or "", "optimizer_states": parts or "none"}
+    ckpt = "" if s.checkpointing == "none" else f", {s.checkpointing} checkpointing"
+    saved = "-" if record.activations_saved is None else format_bytes(record.activations_saved)
+    notes["peak:activations"] = f"{s.attention} attention ({s.attention_kernel} kernel){ckpt}; {saved} saved at forward end"
+    temps = dict(record.temporary_breakdown)
     step = temps.pop("optimizer_step", None)
-    parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in temps.items() if v]
+    temp_parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in temps.items() if v]
     if step is not None:
-        impl = (s["optimizer_impl"] or "").replace("_", "-")
-        where = "at the peak" if record["peak"]["phase"] == "optimizer_step" else "in step()"
-        parts.append(f"{impl} optimizer scratch {format_bytes(step)} {where}")
-    notes["peak:temporary"] = "; ".join(parts)
-    if record.get("cuda_context"):
-        notes["peak:cuda_context"] = record["cuda_context"]["basis"]
-    elif s["device"] == "cpu":
+        impl = (s.optimizer_impl or "").replace("_", "-")
+        where = "at the peak" if record.peak.phase == "optimizer_step" else "in step()"
+        temp_parts.append(f"{impl} optimizer scratch {format_bytes(step)} {where}")
+    notes["peak:temporary"] = "; ".join(temp_parts)
+    if record.cuda_context is not None:
+        notes["peak:cuda_context"] = record.cuda_context.basis
+    elif s.device == "cpu":
         notes["peak:cuda_context"] = notes["peak:fragmentation"] = "none on the CPU"
-    frag, reserved = record["peak"]["by_category"]["fragmentation"], record["peak"]["reserved"]
-    if record.get("allocator") and frag is not None and reserved:
+    frag, reserved = record.peak.by_category.get("fragmentation"), record.peak.reserved
+    if record.allocator and frag is not None and reserved:
         notes["peak:fragmentation"] = f"{frag / reserved:.1%} of reserved, from a caching-allocator replay of the step"
     notes["absent:fragmentation"] = "allocator replay not available"
     return notes
@@ -110,35 +114,37 @@ def _align(rows: list[tuple[str, str, str, str]]) -> list[str]:
     return out
 
 
-def _verdict(record: dict[str, Any]) -> str:
-    gpu = record["gpu"]
+def _verdict(record: EstimateRecord) -> str:
+    gpu = record.gpu
     if gpu is None:
         return ""
-    capacity = f"{format_bytes(gpu['usable'])} usable"
-    total = record["peak"]["device_total"]
-    states = sum(record["model_states"].values())
-    if gpu["fits"] is True:
-        return f"fits {gpu['name']} ({capacity}): peak {format_bytes(total)}, {total / gpu['usable']:.0%} of it"
-    if gpu["fits"] is False:
+    capacity = f"{format_bytes(gpu.usable)} usable"
+    total = record.peak.device_total
+    states = record.model_states.total or 0
+    if gpu.fits is True and total is not None:
+        return f"fits {gpu.name} ({capacity}): peak {format_bytes(total)}, {total / gpu.usable:.0%} of it"
+    if gpu.fits is False:
         if total is None:
-            return (f"does not fit {gpu['name']} ({capacity}): model states alone need "
-                    f"{format_bytes(states)}")
-        return f"does not fit {gpu['name']} ({capacity}): peak {format_bytes(total)}"
-    missing = [c for c, v in record["peak"]["by_category"].items() if v is None]
-    return (f"{gpu['name']} ({capacity}): model states take {format_bytes(states)} "
-            f"({states / gpu['usable']:.0%}); whether the whole step fits is not known "
-            f"({', '.join(missing)} not estimated)")
+            return f"does not fit {gpu.name} ({capacity}): model states alone need {format_bytes(states)}"
+        return f"does not fit {gpu.name} ({capacity}): peak {format_bytes(total)}"
+    missing = [c for c, v in record.peak.by_category.items() if v is None]
+    return (
+        f"{gpu.name} ({capacity}): model states take {format_bytes(states)} "
+        f"({states / gpu.usable:.0%}); whether the whole step fits is not known "
+        f"({', '.join(missing)} not estimated)"
+    )
 
 
-def estimate_csv(record: dict[str, Any]) -> str:
+def estimate_csv(record: EstimateRecord) -> str:
     """One row per category: category, model_state_bytes, peak_bytes (empty where absent)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "category", "model_state_bytes", "peak_bytes"])
+    states = record.model_states.to_dict()
     for cat in CATEGORIES:
-        state = record["model_states"].get(cat)
-        peak = record["peak"]["by_category"].get(cat)
-        writer.writerow([record["model"], cat, "" if state is None else state, "" if peak is None else peak])
+        state = states.get(cat)
+        peak = record.peak.by_category.get(cat)
+        writer.writerow([record.model, cat, "" if state is None else state, "" if peak is None else peak])
     return buffer.getvalue()
 
 
@@ -172,4 +178,82 @@ def fit_table(record: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+    return "\n".join(lines)
+
+
+def optimizers_table(rows: list[dict[str, Any]]) -> str:
+    """The human table of `memprof optimizers`: one line per optimizer, a blank line between families."""
+    lines: list[str] = []
+    header = ("family", "optimizer", "state B/param", "optimizer states", "model states", "peak", "fits")
+    table = [header]
+    for row in rows:
+        fits = {True: "yes", False: "no", None: ""}[row["fits"]]
+        peak = "—" if row["peak"] is None else format_bytes(row["peak"])
+        table.append((row["family"], row["optimizer"], f"{row['state_bytes_per_param']:.2f}",
+                      format_bytes(row["optimizer_states"]), format_bytes(row["model_states"]), peak, fits))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    previous_family = None
+    for i, r in enumerate(table):
+        if i > 0 and r[0] != previous_family:
+            lines.append("")
+        previous_family = r[0] if i > 0 else None
+        family = r[0] if i == 0 or r[0] != table[i - 1][0] else ""
+        cells = [f"{family:<{widths[0]}}", f"{r[1]:<{widths[1]}}"] + [
+            f"{c:>{w}}" for c, w in zip(r[2:], widths[2:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def replay_table(out: dict[str, Any]) -> str:
+    """The replay report as aligned text lines (plain records in, lines out)."""
+    def size(n: int | None) -> str:
+        return "-" if n is None else f"{format_bytes(n)} ({n:,} B)"
+
+    conf = out["config"] or "(defaults)"
+    profile = out.get("source") == "profile"
+    lines = []
+    if profile and out["as_if_cuda"]:
+        lines.append(f"profile of a {out['device']} run replayed as if on CUDA: what the caching allocator "
+                     f"would reserve for the same tensors on a GPU")
+    lines += [
+        f"device {out['device']}   PYTORCH_CUDA_ALLOC_CONF {conf}   [{out['config_source']}]",
+        f"capacity               {size(out['capacity']) if out['capacity'] is not None else 'unlimited'}",
+        f"events replayed        {out['events']:,}",
+        f"peak allocated         {size(out['peak']['allocated'])}",
+        f"peak reserved          {size(out['peak']['reserved'])}",
+        f"reserved at the peak   {size(out['at_peak']['reserved'])}",
+        f"inactive split at peak {size(out['inactive_split'])}",
+        f"fragmentation at peak  {out['fragmentation']:.1%}   (1 - allocated/reserved)",
+        f"alloc retries          {out['num_alloc_retries']}",
+    ]
+    oom = out["oom"]
+    if oom:
+        lines.append(f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
+                     f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
+                     f"(the figures above stop there)")
+    if profile:
+        measured = out["profile"]
+        lines.append(f"profiled peak          {size(measured['peak_allocated'])} of live tensors (unrounded)"
+                     + (f", {size(measured['measured_reserved'])} reserved as measured"
+                        if measured["measured_reserved"] is not None else ""))
+    else:
+        trace = out["trace"]
+        if not trace["complete"]:
+            lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
+                         f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
+        agreement = out["segment_agreement"]
+        if agreement["trace_events"]:
+            lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
+                         f"trace reproduced ({agreement['simulated_events']} simulated)")
+        lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
+                     f"{size(out['snapshot']['reserved'])} reserved")
+    whatif = out.get("what_if")
+    if whatif:
+        lines.append("")
+        lines.append(f"{'what if':<52} {'peak reserved':>14} {'frag':>6} {'retries':>7} {'oom':>4}")
+        for row in [whatif["baseline"], *whatif["candidates"]]:
+            label = row["change"] or "current settings"
+            lines.append(f"{label:<52} {format_bytes(row['peak_reserved']):>14} {row['fragmentation']:>6.1%} "
+                         f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}")
+        lines.append(whatif["recommendation"])
     return "\n".join(lines)

@@ -4,7 +4,7 @@ Each case builds a tiny real Hugging Face model of one family (memprof.tiny_mode
 no downloads), a real optimizer implementation, and trains it on the CPU: warm-up steps until the
 optimizer state has its steady size, then one step under `memprof.track` (the batch is created
 inside the region, as a data loader hands it over). The same configuration is estimated with
-`estimate(..., device="cpu")` and both are compared (memprof.compare). A case passes when the
+`estimate(..., device="cpu")` and both are compared (memprof.comparison). A case passes when the
 model states agree to the byte and the peak of live tensor bytes is within PEAK_TOLERANCE_PCT.
 
 The matrix (`full_matrix()`) crosses, without the whole Cartesian product:
@@ -19,6 +19,7 @@ The matrix (`full_matrix()`) crosses, without the whole Cartesian product:
 `quick_matrix()` is a representative subset: every family, each attention, precision and
 checkpointing mode, and one optimizer of each implementation package.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,16 +30,17 @@ import platform
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from memprof._version import __version__
 
 SCHEMA = "memprof.validation/1"
 PEAK_TOLERANCE_PCT = 3.0
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit")
-PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")   # 16-mixed: CPU fp16 autocast, no GradScaler
-DEFAULT_FILE = "validation-cpu-full.json"      # under profiles/measurements/
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed: CPU fp16 autocast, no GradScaler
+DEFAULT_FILE = "validation-cpu-full.json"  # under profiles/measurements/
 VIT_BATCH = 4
 
 
@@ -52,8 +54,8 @@ class Case:
     attention: str = "eager"
     checkpointing: str = "none"
     batch_size: int = 2
-    seq_len: int = 32             # ignored for vit (patches + class token)
-    grad_accumulation: int = 1    # micro-batches (forward + backward) per optimizer step
+    seq_len: int = 32  # ignored for vit (patches + class token)
+    grad_accumulation: int = 1  # micro-batches (forward + backward) per optimizer step
 
     @property
     def id(self) -> str:
@@ -65,18 +67,19 @@ class Case:
 
 # ------------------------------------------------------------------------- real optimizers
 
+
 @dataclass(frozen=True)
 class RealOptimizer:
     """How to build and drive the real implementation behind a registry entry."""
 
-    module: str                               # "torch.optim", "pytorch_optimizer", ...
+    module: str  # "torch.optim", "pytorch_optimizer", ...
     cls: str
-    kwargs: dict[str, Any] = field(default_factory=dict)   # constructor arguments
-    estimate_options: dict[str, Any] = field(default_factory=dict)   # the same, in registry terms
-    warm_steps: int = 1                       # steps until the state has its steady size
-    closure: bool = False                     # LBFGS
-    create_graph: bool = False                # Hutchinson Hessian estimates differentiate the gradient
-    train_mode: bool = False                  # schedule-free optimizers
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
+    estimate_options: dict[str, Any] = field(default_factory=dict)  # the same, in registry terms
+    warm_steps: int = 1  # steps until the state has its steady size
+    closure: bool = False  # LBFGS
+    create_graph: bool = False  # Hutchinson Hessian estimates differentiate the gradient
+    train_mode: bool = False  # schedule-free optimizers
     build: Callable[..., list] | None = None  # for optimizers that need several param groups
 
 
@@ -95,8 +98,14 @@ def _galore(model: Any, real: RealOptimizer) -> list:
 
     two_d = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim != 2]
-    return [GaLoreAdamW([{"params": rest}, {"params": two_d, "rank": 128, "update_proj_gap": 200,
-                                              "scale": 0.25, "proj_type": "std"}])]
+    return [
+        GaLoreAdamW(
+            [
+                {"params": rest},
+                {"params": two_d, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"},
+            ]
+        )
+    ]
 
 
 _T, _P = "torch.optim", "pytorch_optimizer"
@@ -111,8 +120,7 @@ REAL_OPTIMIZERS: dict[str, RealOptimizer] = {
     "asgd": RealOptimizer(_T, "ASGD"),
     "nadam": RealOptimizer(_T, "NAdam"),
     "radam": RealOptimizer(_T, "RAdam"),
-    "rmsprop": RealOptimizer(_T, "RMSprop", {"momentum": 0.9, "centered": True},
-                             {"momentum": 0.9, "centered": True}),
+    "rmsprop": RealOptimizer(_T, "RMSprop", {"momentum": 0.9, "centered": True}, {"momentum": 0.9, "centered": True}),
     "rprop": RealOptimizer(_T, "Rprop"),
     "adafactor": RealOptimizer(_T, "Adafactor"),
     "muon": RealOptimizer(_T, "Muon", build=_muon),
@@ -130,8 +138,11 @@ REAL_OPTIMIZERS: dict[str, RealOptimizer] = {
     "dadapt-adam": RealOptimizer("dadaptation", "DAdaptAdam"),
     "schedulefree-adamw": RealOptimizer("schedulefree", "AdamWScheduleFree", train_mode=True),
 }
-NOT_RUN = {"sparse-adam": "needs sparse gradients (nn.Embedding(sparse=True)); transformers models have dense ones",
-           "ga": "analytic only: no implementation to run", "pso": "analytic only: no implementation to run"}
+NOT_RUN = {
+    "sparse-adam": "needs sparse gradients (nn.Embedding(sparse=True)); transformers models have dense ones",
+    "ga": "analytic only: no implementation to run",
+    "pso": "analytic only: no implementation to run",
+}
 
 
 def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
@@ -143,7 +154,7 @@ def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
         cls = getattr(importlib.import_module(real.module), real.cls)
         opts = [cls(model.parameters(), **real.kwargs)]
     options = dict(real.estimate_options)
-    if name == "prodigy":   # p0 of a parameter that is all zeros at the first step is a 0-d tensor
+    if name == "prodigy":  # p0 of a parameter that is all zeros at the first step is a 0-d tensor
         options["zero_params"] = tuple(n for n, p in model.named_parameters() if not p.detach().any())
     if real.train_mode:
         for o in opts:
@@ -153,13 +164,14 @@ def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------- matrices
 
+
 def _shape(family: str, batch_size: int = 2, seq_len: int = 32) -> dict[str, int]:
     return {"batch_size": VIT_BATCH if family == "vit" else batch_size, "seq_len": seq_len}
 
 
 def full_matrix() -> list[Case]:
     cases: list[Case] = []
-    for f in FAMILIES:                                        # architectures x precision x attention
+    for f in FAMILIES:  # architectures x precision x attention
         for attn in ("eager", "sdpa"):
             for prec in ("32-true", "bf16-mixed"):
                 for ck in ("none", "full", "selective"):
@@ -167,15 +179,15 @@ def full_matrix() -> list[Case]:
             for ck in ("none", "full"):
                 cases.append(Case(f, "adamw", "bf16-true", attn, ck, **_shape(f)))
                 cases.append(Case(f, "adamw", "16-mixed", attn, ck, **_shape(f)))
-    for name in REAL_OPTIMIZERS:                              # every optimizer that runs on the CPU
+    for name in REAL_OPTIMIZERS:  # every optimizer that runs on the CPU
         for f in ("gpt2", "llama"):
             for prec in ("32-true", "bf16-mixed"):
                 cases.append(Case(f, name, prec, "eager", "none", **_shape(f)))
         cases.append(Case("gpt2", name, "bf16-true", "eager", "none", **_shape("gpt2")))
-    for f in ("gpt2", "llama", "opt", "bert"):                 # batch and sequence
+    for f in ("gpt2", "llama", "opt", "bert"):  # batch and sequence
         for b, s in ((1, 16), (4, 64), (8, 128)):
             cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", b, s))
-    for f in ("gpt2", "llama", "bert"):                        # gradient accumulation
+    for f in ("gpt2", "llama", "bert"):  # gradient accumulation
         for ga in (2, 4):
             cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=ga))
     return list(dict.fromkeys(cases))
@@ -213,6 +225,7 @@ def quick_matrix() -> list[Case]:
 
 # ---------------------------------------------------------------------------------- one case
 
+
 def _train(model: Any, opts: list, real: RealOptimizer, inputs: dict, autocast: Any, micro_batches: int = 1) -> None:
     """One optimizer step (through a closure for LBFGS) after `micro_batches` forward + backward
     passes of `inputs`; autocast: the autocast dtype or None."""
@@ -230,8 +243,9 @@ def _train(model: Any, opts: list, real: RealOptimizer, inputs: dict, autocast: 
         for o in opts:
             o.step(closure)
     else:
+        out = None
         for _ in range(micro_batches):
-            out = None   # the previous micro-batch's output dies before the next forward
+            out = None  # the previous micro-batch's output dies before the next forward
             with autocast_context(autocast is not None, autocast):
                 out = model(**inputs)
             out.loss.backward(create_graph=real.create_graph)
@@ -261,7 +275,7 @@ def measure(case: Case) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(case.precision)
     selective = selective_checkpointing(model) if case.checkpointing == "selective" else contextlib.nullcontext()
     with selective:
-        for step in range(real.warm_steps):
+        for _step in range(real.warm_steps):
             _train(model, opts, real, batch(case.family, case.batch_size, case.seq_len, dtype=dtype), autocast)
         with memprof.track(model, opts, events=False) as run:
             inputs = batch(case.family, case.batch_size, case.seq_len, dtype=dtype)
@@ -272,28 +286,52 @@ def measure(case: Case) -> tuple[dict[str, Any], Any, dict[str, Any]]:
 
 def expected_observation(case: Case, spec: Any, options: dict[str, Any]) -> Any:
     """The estimate's inputs of `case`, as the matrix knows them (not inferred from the profile)."""
-    from memprof.profiler.observed import Observed
+    from memprof.comparison import Observed
 
-    return Observed(model=spec, params=tuple(spec.parameter_tensors()), parameters=spec.num_parameters,
-                    optimizer=case.optimizer, optimizer_options=dict(options), precision=case.precision,
-                    batch_size=case.batch_size, seq_len=None if case.family == "vit" else case.seq_len,
-                    attention=case.attention, checkpointing=case.checkpointing,
-                    grad_accumulation=case.grad_accumulation, device="cpu")
+    return Observed(
+        model=spec,
+        params=tuple(spec.parameter_tensors()),
+        parameters=spec.num_parameters,
+        optimizer=case.optimizer,
+        optimizer_options=dict(options),
+        precision=case.precision,
+        batch_size=case.batch_size,
+        seq_len=None if case.family == "vit" else case.seq_len,
+        attention=case.attention,
+        checkpointing=case.checkpointing,
+        grad_accumulation=case.grad_accumulation,
+        device="cpu",
+    )
 
 
 _CUDA_ONLY = ("cuda_context", "fragmentation", "reserved", "device_total")
-_INFERRED_KEYS = ("optimizer", "precision", "batch_size", "seq_len", "attention", "checkpointing",
-                  "grad_accumulation", "device")
+_INFERRED_KEYS = (
+    "optimizer",
+    "precision",
+    "batch_size",
+    "seq_len",
+    "attention",
+    "checkpointing",
+    "grad_accumulation",
+    "device",
+)
 
 
 def run_case(case: Case) -> dict[str, Any]:
     """Measure, estimate and compare one case; never raises (an error is recorded in the result)."""
-    from memprof.comparison import comparison_frame, frame_records
-    from memprof.profiler.observed import observe, predict
+    from memprof.comparison import comparison_frame, frame_records, observe, predict
 
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"id": case.id, **asdict(case), "status": "error", "error": None, "notes": [],
-                              "rows": {}, "predicted_phase": None, "measured_phase": None}
+    result: dict[str, Any] = {
+        "id": case.id,
+        **asdict(case),
+        "status": "error",
+        "error": None,
+        "notes": [],
+        "rows": {},
+        "predicted_phase": None,
+        "measured_phase": None,
+    }
     try:
         prof, spec, options = measure(case)
         result["estimate_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
@@ -302,29 +340,32 @@ def run_case(case: Case) -> dict[str, Any]:
         frame = comparison_frame(est, prof, missing_prediction="; ".join(obs.missing) or "not modelled")
         for row in frame_records(frame):
             if row["scope"] == "peak" and row["category"] in _CUDA_ONLY:
-                continue      # a CPU run has none of these
+                continue  # a CPU run has none of these
             result["rows"][f"{row['scope']}.{row['category']}"] = {
-                k: row[k] for k in ("predicted", "measured", "error_bytes", "error_pct")}
+                k: row[k] for k in ("predicted", "measured", "error_bytes", "error_pct")
+            }
         result["notes"] = list(obs.missing)
         result["predicted_phase"] = frame.attrs.get("predicted_phase")
         result["measured_phase"] = frame.attrs.get("measured_phase")
         inferred = observe(prof).estimate_kwargs()
         expected = obs.estimate_kwargs()
-        if case.checkpointing == "selective":   # a monkeypatched attention cannot be seen
+        if case.checkpointing == "selective":  # a monkeypatched attention cannot be seen
             expected["checkpointing"] = "none"
-        result["inferred_mismatch"] = {k: [inferred.get(k), expected.get(k)] for k in _INFERRED_KEYS
-                                       if inferred.get(k) != expected.get(k)}
+        result["inferred_mismatch"] = {
+            k: [inferred.get(k), expected.get(k)] for k in _INFERRED_KEYS if inferred.get(k) != expected.get(k)
+        }
         result["status"] = judge(result["rows"])
-    except Exception as exc:   # a case that cannot run is recorded, the matrix goes on
+    except Exception as exc:  # a case that cannot run is recorded, the matrix goes on
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        result["error"] = (f"{type(exc).__name__}: {str(exc)[:300]} "
-                           f"(at {os.path.basename(where.filename)}:{where.lineno})")
+        result["error"] = (
+            f"{type(exc).__name__}: {str(exc)[:300]} (at {os.path.basename(where.filename)}:{where.lineno})"
+        )
     result["duration_s"] = round(time.perf_counter() - t0, 3)
     return result
 
 
 def judge(rows: dict[str, dict[str, Any]]) -> str:
-    """"pass": model states to the byte and the peak within tolerance; "fail": either is off;
+    """ "pass": model states to the byte and the peak within tolerance; "fail": either is off;
     "no peak": model states exact but the peak is not predicted."""
     for cat in ("parameters", "gradients", "optimizer_states"):
         r = rows.get(f"model_states.{cat}") or {}
@@ -339,39 +380,60 @@ def judge(rows: dict[str, dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------------------------- the run
 
+
 def environment() -> dict[str, Any]:
     import torch
     import transformers
 
-    return {"memprof": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "processor": platform.processor() or None,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"}
+    return {
+        "memprof": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    peaks = [abs(r["rows"]["peak.allocated"]["error_pct"]) for r in results
-             if (r["rows"].get("peak.allocated") or {}).get("error_pct") is not None]
+    peaks = [
+        abs(r["rows"]["peak.allocated"]["error_pct"])
+        for r in results
+        if (r["rows"].get("peak.allocated") or {}).get("error_pct") is not None
+    ]
     peaks.sort()
     statuses = [r["status"] for r in results]
-    return {"cases": len(results), "pass": statuses.count("pass"), "fail": statuses.count("fail"),
-            "no_peak": statuses.count("no peak"), "error": statuses.count("error"),
-            "model_states_exact": sum(1 for r in results if r["status"] in ("pass", "no peak")
-                                      or (r["status"] == "fail" and _states_exact(r))),
-            "peak_predicted": len(peaks),
-            "peak_within_tolerance": sum(1 for p in peaks if p <= PEAK_TOLERANCE_PCT),
-            "peak_abs_error_pct_median": round(peaks[len(peaks) // 2], 4) if peaks else None,
-            "peak_abs_error_pct_max": round(peaks[-1], 4) if peaks else None}
+    return {
+        "cases": len(results),
+        "pass": statuses.count("pass"),
+        "fail": statuses.count("fail"),
+        "no_peak": statuses.count("no peak"),
+        "error": statuses.count("error"),
+        "model_states_exact": sum(
+            1 for r in results if r["status"] in ("pass", "no peak") or (r["status"] == "fail" and _states_exact(r))
+        ),
+        "peak_predicted": len(peaks),
+        "peak_within_tolerance": sum(1 for p in peaks if p <= PEAK_TOLERANCE_PCT),
+        "peak_abs_error_pct_median": round(peaks[len(peaks) // 2], 4) if peaks else None,
+        "peak_abs_error_pct_max": round(peaks[-1], 4) if peaks else None,
+    }
 
 
 def _states_exact(r: dict[str, Any]) -> bool:
-    return all((r["rows"].get(f"model_states.{c}") or {}).get("predicted") is not None
-               and r["rows"][f"model_states.{c}"]["predicted"] == r["rows"][f"model_states.{c}"]["measured"]
-               for c in ("parameters", "gradients", "optimizer_states"))
+    return all(
+        (r["rows"].get(f"model_states.{c}") or {}).get("predicted") is not None
+        and r["rows"][f"model_states.{c}"]["predicted"] == r["rows"][f"model_states.{c}"]["measured"]
+        for c in ("parameters", "gradients", "optimizer_states")
+    )
 
 
-def run_matrix(cases: Iterable[Case], subset: str, progress: Callable[[dict[str, Any]], None] | None = None
-               ) -> dict[str, Any]:
+def run_matrix(
+    cases: Iterable[Case], subset: str, progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Run every case; the record `memprof validate --out` writes and scripts/render_accuracy.py reads."""
     import torch
     import transformers
@@ -386,12 +448,17 @@ def run_matrix(cases: Iterable[Case], subset: str, progress: Callable[[dict[str,
             results.append(run_case(case))
             if progress is not None:
                 progress(results[-1])
-    return {"schema": SCHEMA, "subset": subset,
-            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "environment": environment(),
-            "tolerance": {"model_states": "exact (bytes)", "peak_allocated_pct": PEAK_TOLERANCE_PCT},
-            "duration_s": round(time.perf_counter() - t0, 1),
-            "not_run": dict(NOT_RUN), "summary": summarize(results), "cases": results}
+    return {
+        "schema": SCHEMA,
+        "subset": subset,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "environment": environment(),
+        "tolerance": {"model_states": "exact (bytes)", "peak_allocated_pct": PEAK_TOLERANCE_PCT},
+        "duration_s": round(time.perf_counter() - t0, 1),
+        "not_run": dict(NOT_RUN),
+        "summary": summarize(results),
+        "cases": results,
+    }
 
 
 def load_record(path: str | os.PathLike) -> dict[str, Any]:
@@ -409,6 +476,7 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
         raise MemprofUserError(f"{str(path)!r} is not a validation record (not readable JSON: {exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("cases"), list):
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise MemprofUserError(f"{str(path)!r} is not a memprof validation record: schema is {found!r}, "
-                               f"expected {SCHEMA!r}")
+        raise MemprofUserError(
+            f"{str(path)!r} is not a memprof validation record: schema is {found!r}, expected {SCHEMA!r}"
+        )
     return data

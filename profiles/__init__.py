@@ -1,4 +1,5 @@
 """Data shipped with memprof: model presets, GPU presets, recorded measurement profiles."""
+
 from __future__ import annotations
 
 from importlib import resources

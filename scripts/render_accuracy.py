@@ -6,12 +6,14 @@
 
 Replaces what lies between `<!-- accuracy:start -->` and `<!-- accuracy:end -->`.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from memprof.estimators.errors import MemprofUserError
 from memprof.profiles import data_path
@@ -37,14 +39,18 @@ def _table(title: str, cases: list[dict[str, Any]], *keys: Callable[[dict[str, A
     for key in keys:
         for c in cases:
             groups.setdefault(key(c), []).append(c)
-    lines = [f"| {title} | cases | model states exact | peak predicted | peak within tolerance | "
-             f"median abs. peak error | max abs. peak error |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| {title} | cases | model states exact | peak predicted | peak within tolerance | "
+        f"median abs. peak error | max abs. peak error |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, group in groups.items():
         s = summarize(group)
-        lines.append(f"| {name} | {s['cases']} | {s['model_states_exact']} | {s['peak_predicted']} | "
-                     f"{s['peak_within_tolerance']} | {_pct(s['peak_abs_error_pct_median'])} | "
-                     f"{_pct(s['peak_abs_error_pct_max'])} |")
+        lines.append(
+            f"| {name} | {s['cases']} | {s['model_states_exact']} | {s['peak_predicted']} | "
+            f"{s['peak_within_tolerance']} | {_pct(s['peak_abs_error_pct_median'])} | "
+            f"{_pct(s['peak_abs_error_pct_max'])} |"
+        )
     return lines
 
 
@@ -54,8 +60,10 @@ def _beyond(cases: Iterable[dict[str, Any]]) -> list[str]:
         if c["status"] == "fail":
             peak = c["rows"].get("peak.allocated") or {}
             pct = peak.get("error_pct")
-            rows.append(f"- `{c['id']}`: peak {'-' if pct is None else f'{pct:+.2f} %'} "
-                        f"({_bytes(peak.get('predicted'))} predicted vs {_bytes(peak.get('measured'))} measured)")
+            rows.append(
+                f"- `{c['id']}`: peak {'-' if pct is None else f'{pct:+.2f} %'} "
+                f"({_bytes(peak.get('predicted'))} predicted vs {_bytes(peak.get('measured'))} measured)"
+            )
         elif c["status"] == "error":
             rows.append(f"- `{c['id']}`: did not run ({c['error']})")
     return rows
@@ -80,11 +88,15 @@ def render(record: dict[str, Any]) -> str:
         "",
         *_table("optimizer", cases, lambda c: c["optimizer"]),
         "",
-        *_table("setting (all cases)", cases, lambda c: f"precision {c['precision']}",
-                lambda c: f"attention {c['attention']}", lambda c: f"checkpointing {c['checkpointing']}",
-                lambda c: f"grad accumulation {c.get('grad_accumulation', 1)}",
-                lambda c: f"batch {c['batch_size']}" + (" (ViT)" if c["family"] == "vit"
-                                                        else f" x seq {c['seq_len']}")),
+        *_table(
+            "setting (all cases)",
+            cases,
+            lambda c: f"precision {c['precision']}",
+            lambda c: f"attention {c['attention']}",
+            lambda c: f"checkpointing {c['checkpointing']}",
+            lambda c: f"grad accumulation {c.get('grad_accumulation', 1)}",
+            lambda c: f"batch {c['batch_size']}" + (" (ViT)" if c["family"] == "vit" else f" x seq {c['seq_len']}"),
+        ),
     ]
     beyond = _beyond(cases)
     if beyond:
@@ -117,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if new != readme:
-            print(f"render_accuracy: {args.readme} is out of date; run python scripts/render_accuracy.py",
-                  file=sys.stderr)
+            print(
+                f"render_accuracy: {args.readme} is out of date; run python scripts/render_accuracy.py", file=sys.stderr
+            )
             return 1
         return 0
     if new != readme:

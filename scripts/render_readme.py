@@ -7,6 +7,7 @@ Each block lies between `<!-- gallery:NAME:start -->` and `<!-- gallery:NAME:end
 `<!-- seed:start -->` / `<!-- seed:end -->`) and is produced by running memprof itself, so the README
 shows what the code prints, never typed-in figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GALLERY = {
     "estimate": "memprof estimate gpt2-1.5b --optimizer adamw",
     "estimate-gpu": "memprof estimate llama-3.1-8b --precision bf16-true --batch-size 4 --seq-len 4096 "
-                    "--checkpointing full --gpu h100-80gb",
+    "--checkpointing full --gpu h100-80gb",
     "fit": "memprof fit gpt2-1.5b --gpu a100-80gb",
 }
 
@@ -65,37 +66,64 @@ def seed_block() -> str:
     psi = eager.parameters
     h, L, b, s = 1600, 48, 32, 1024
     korthikanti = L * s * b * h * (34 + 5 * 25 * s / h)
-    head = b * s * 50257 * (2 + 4 + 4)     # fp16 logits, their fp32 upcast, fp32 log-softmax
+    head = b * s * 50257 * (2 + 4 + 4)  # fp16 logits, their fp32 upcast, fp32 log-softmax
     rows = [
-        ("model states (16Ψ)", "24 GB", _gb(eager.model_state_bytes),
-         f"Ψ = {psi:,}, not 1.5 × 10⁹; fp16 weights and gradients (2 + 2 B) and fp32 master weights, "
-         f"momentum and variance (12 B): `--precision 16-master`"),
-        ("activations, eager attention", "~60 GB", _gb(eager.activations_saved),
-         f"~60 GB is 12·h·b·s·L fp16 elements, the layers' matmul inputs only; autograd also keeps the "
-         f"attention scores, softmax and dropout masks (Korthikanti et al.'s s·b·h·(34 + 5·a·s/h) per layer = "
-         f"{_gb(korthikanti)}), GPT-2's `gelu_new` formula (four 4h tensors instead of one), the k/v copies of "
-         f"transformers' `use_cache` and the LM head's logits with their fp32 cross-entropy ({_gb(head)})"),
-        ("activations, FlashAttention", "—", _gb(flash.activations_saved),
-         "the s² scores, softmax and dropout mask go: flash keeps q, k, v, the output and a log-sum-exp"),
-        ("activations, full checkpointing", "about half", f"{_gb(ckpt.activations_saved)} "
-         f"({_gb(ckpt_flash.activations_saved)} with flash)",
-         "each layer keeps only its input (2·b·s·h bytes); the head, the loss and one layer's recomputation "
-         "remain — far below half at this batch"),
-        ("peak, eager / flash / checkpointed", "—", f"{_gb(eager.device_total)} / {_gb(flash.device_total)} / "
-         f"{_gb(ckpt_flash.device_total)}",
-         f"the largest moment of the step ({eager.peak_phase}): model states + live activations + temporaries "
-         "+ fragmentation + CUDA context"),
-        ("temporary buffers", "6 GB (fused fp32 buffer)",
-         f"{_gb(eager.optimizer_temporaries)} optimizer scratch",
-         "memprof assumes no whole-model fused buffer; the same 4Ψ appears as foreach AdamW's "
-         "`exp_avg_sq.sqrt()` list inside `step()`, itemized with the cuBLAS workspace"),
-        ("fragmentation", "> 30 % in some cases", f"{_share_cached(eager)} (batch 32), "
-         f"{_share_cached(estimate('gpt2-1.5b', 'adamw', precision='16-master'))} (batch 1)",
-         "what the allocator holds beyond the live tensors at its peak, as a share of reserved memory, from "
-         "replaying the step through the caching-allocator simulator"),
+        (
+            "model states (16Ψ)",
+            "24 GB",
+            _gb(eager.model_state_bytes),
+            f"Ψ = {psi:,}, not 1.5 × 10⁹; fp16 weights and gradients (2 + 2 B) and fp32 master weights, "
+            f"momentum and variance (12 B): `--precision 16-master`",
+        ),
+        (
+            "activations, eager attention",
+            "~60 GB",
+            _gb(eager.activations_saved),
+            f"~60 GB is 12·h·b·s·L fp16 elements, the layers' matmul inputs only; autograd also keeps the "
+            f"attention scores, softmax and dropout masks (Korthikanti et al.'s s·b·h·(34 + 5·a·s/h) per layer = "
+            f"{_gb(korthikanti)}), GPT-2's `gelu_new` formula (four 4h tensors instead of one), the k/v copies of "
+            f"transformers' `use_cache` and the LM head's logits with their fp32 cross-entropy ({_gb(head)})",
+        ),
+        (
+            "activations, FlashAttention",
+            "—",
+            _gb(flash.activations_saved),
+            "the s² scores, softmax and dropout mask go: flash keeps q, k, v, the output and a log-sum-exp",
+        ),
+        (
+            "activations, full checkpointing",
+            "about half",
+            f"{_gb(ckpt.activations_saved)} ({_gb(ckpt_flash.activations_saved)} with flash)",
+            "each layer keeps only its input (2·b·s·h bytes); the head, the loss and one layer's recomputation "
+            "remain — far below half at this batch",
+        ),
+        (
+            "peak, eager / flash / checkpointed",
+            "—",
+            f"{_gb(eager.device_total)} / {_gb(flash.device_total)} / {_gb(ckpt_flash.device_total)}",
+            f"the largest moment of the step ({eager.peak_phase}): model states + live activations + temporaries "
+            "+ fragmentation + CUDA context",
+        ),
+        (
+            "temporary buffers",
+            "6 GB (fused fp32 buffer)",
+            f"{_gb(eager.optimizer_temporaries)} optimizer scratch",
+            "memprof assumes no whole-model fused buffer; the same 4Ψ appears as foreach AdamW's "
+            "`exp_avg_sq.sqrt()` list inside `step()`, itemized with the cuBLAS workspace",
+        ),
+        (
+            "fragmentation",
+            "> 30 % in some cases",
+            f"{_share_cached(eager)} (batch 32), "
+            f"{_share_cached(estimate('gpt2-1.5b', 'adamw', precision='16-master'))} (batch 1)",
+            "what the allocator holds beyond the live tensors at its peak, as a share of reserved memory, from "
+            "replaying the step through the caching-allocator simulator",
+        ),
     ]
-    lines = ["| GPT-2 1.5B, sequence 1024, batch 32, fp16 | the seed | memprof | why they differ |",
-             "|---|---:|---:|---|"]
+    lines = [
+        "| GPT-2 1.5B, sequence 1024, batch 32, fp16 | the seed | memprof | why they differ |",
+        "|---|---:|---:|---|",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
 

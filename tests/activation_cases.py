@@ -10,6 +10,7 @@ Shared by tests/test_activations.py and tests/test_timeline.py:
   backward, AdamW step, zero_grad) measured by torch.distributed._tools.mem_tracker.MemTracker,
   which counts CPU storages exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,16 +21,23 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 from memprof.estimators.activations import ActivationSettings
 from memprof.estimators.dtypes import dtype_bytes
-from memprof.tiny_models import (FAMILIES, TASKS, VOCAB, batch, build,  # noqa: F401 (re-exported)
-                                 selective_checkpointing, train_step)
+from memprof.tiny_models import FAMILIES, TASKS, VOCAB, batch, build, selective_checkpointing, train_step  # noqa: F401 (re-exported)
 from memprof.tiny_models import autocast_context as _autocast
 
 
-def settings(batch_size: int, seq_len: int, autocast: bool, attention: str, checkpointing: str = "none",
-             **kw) -> ActivationSettings:
-    return ActivationSettings(batch_size=batch_size, seq_len=seq_len,
-                              compute_dtype="bfloat16" if autocast else "float32", param_dtype="float32",
-                              autocast=autocast, attention=attention, checkpointing=checkpointing, **kw)
+def settings(
+    batch_size: int, seq_len: int, autocast: bool, attention: str, checkpointing: str = "none", **kw
+) -> ActivationSettings:
+    return ActivationSettings(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        compute_dtype="bfloat16" if autocast else "float32",
+        param_dtype="float32",
+        autocast=autocast,
+        attention=attention,
+        checkpointing=checkpointing,
+        **kw,
+    )
 
 
 def measure_saved(model, inputs: dict, autocast: bool) -> list[tuple[str, str, int]]:
@@ -62,9 +70,18 @@ def measure_saved(model, inputs: dict, autocast: bool) -> list[tuple[str, str, i
     return rows
 
 
-def measure_step(family: str, attention: str, autocast: bool, checkpointing: str, batch_size: int,
-                 seq_len: int, micro_batches: int = 1, warm: bool = True, hold_output: bool = True,
-                 dtype: torch.dtype = torch.float32):
+def measure_step(
+    family: str,
+    attention: str,
+    autocast: bool,
+    checkpointing: str,
+    batch_size: int,
+    seq_len: int,
+    micro_batches: int = 1,
+    warm: bool = True,
+    hold_output: bool = True,
+    dtype: torch.dtype = torch.float32,
+):
     """Peak live tensor bytes (MemTracker) of one AdamW training step on a tiny model.
 
     warm: run one step first so the optimizer states exist (steady state); the batch is created
@@ -101,5 +118,10 @@ def adamw_bytes(spec, dtype: str = "float32") -> dict:
     n = sum(sizes)
     temps = max(2 * size + (sizes[i - 1] if i else 0) for i, size in enumerate(sizes))
     e = dtype_bytes(dtype)
-    return dict(param_bytes=e * n, grad_bytes=e * n, grad_dtype=dtype,
-                optimizer_state_bytes=2 * e * n + 4 * len(sizes), optimizer_temporaries_bytes=e * temps)
+    return dict(
+        param_bytes=e * n,
+        grad_bytes=e * n,
+        grad_dtype=dtype,
+        optimizer_state_bytes=2 * e * n + 4 * len(sizes),
+        optimizer_temporaries_bytes=e * temps,
+    )

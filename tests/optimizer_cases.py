@@ -8,11 +8,13 @@ Shared by tests/test_optimizers.py and the predicted-vs-measured validation matr
 - `run_case` -> (ParamTensor list, Measured): steps the real optimizer with real loss.backward();
 - `measure_state`: bytes held by tensors in `optimizer.state`, de-duplicated by storage.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,6 +61,7 @@ def _tiny_net() -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
     def loss(model: nn.Module) -> torch.Tensor:
         logits = model(ids)
         return nn.functional.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1))
+
     return TinyNet(), loss
 
 
@@ -74,27 +77,39 @@ def _hf_loss(vocab: int):
 
 def _gpt2():
     import transformers
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32,
-                                  bos_token_id=0, eos_token_id=0)
+
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     cfg._attn_implementation = "eager"  # double backward (Hessian optimizers) through plain ops
     return transformers.GPT2LMHeadModel(cfg), _hf_loss(128)
 
 
 def _llama():
     import transformers
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=32)
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     cfg._attn_implementation = "eager"
     return transformers.LlamaForCausalLM(cfg), _hf_loss(128)
 
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]]] = {
-    "tiny": _tiny_net, "gpt2": _gpt2, "llama": _llama,
+    "tiny": _tiny_net,
+    "gpt2": _gpt2,
+    "llama": _llama,
 }
 
 
 # ---------------------------------------------------------------------------------------- measuring
+
 
 @dataclass
 class Measured:
@@ -164,10 +179,10 @@ Factory = Callable[[nn.Module, dict], list[torch.optim.Optimizer]]
 class Case:
     make: Factory
     steps: int = 1
-    create_graph: bool = False       # Hutchinson Hessian optimizers differentiate the gradient
-    closure: bool = False            # LBFGS
-    train_mode: bool = False         # schedule-free optimizers must be put in train mode
-    sparse: bool = False             # SparseAdam needs sparse gradients
+    create_graph: bool = False  # Hutchinson Hessian optimizers differentiate the gradient
+    closure: bool = False  # LBFGS
+    train_mode: bool = False  # schedule-free optimizers must be put in train mode
+    sparse: bool = False  # SparseAdam needs sparse gradients
     models: tuple[str, ...] = ("tiny", "gpt2", "llama")
     # options measured per case beyond the defaults: list of option dicts
     variants: list[dict] = field(default_factory=lambda: [{}])
@@ -188,6 +203,7 @@ def _muon(model: nn.Module, opts: dict) -> list[torch.optim.Optimizer]:
 
 def _galore(model: nn.Module, opts: dict) -> list[torch.optim.Optimizer]:
     from galore_torch import GaLoreAdamW
+
     opts = dict(opts)
     chosen = opts.pop("galore_params", None)
     named = list(model.named_parameters())
@@ -195,20 +211,28 @@ def _galore(model: nn.Module, opts: dict) -> list[torch.optim.Optimizer]:
         chosen = {n for n, p in named if p.ndim == 2}
     galore = [p for n, p in named if n in chosen]
     regular = [p for n, p in named if n not in chosen]
-    group = {"params": galore, "rank": opts.pop("rank", 128), "update_proj_gap": 200, "scale": 0.25,
-             "proj_type": opts.pop("proj_type", "std")}
+    group = {
+        "params": galore,
+        "rank": opts.pop("rank", 128),
+        "update_proj_gap": 200,
+        "scale": 0.25,
+        "proj_type": opts.pop("proj_type", "std"),
+    }
     return [GaLoreAdamW([{"params": regular}, group], **opts)]
 
 
 def _pyopt(name: str) -> Factory:
     def make(model, opts):
         import pytorch_optimizer
+
         return [getattr(pytorch_optimizer, name)(model.parameters(), **opts)]
+
     return make
 
 
 def _prodigy(model, opts):
     from prodigyopt import Prodigy
+
     opts = dict(opts)
     opts.pop("zero_params", None)  # a description of the model for the estimate, not an argument
     return [Prodigy(model.parameters(), **opts)]
@@ -216,23 +240,27 @@ def _prodigy(model, opts):
 
 def _dadapt(model, opts):
     from dadaptation import DAdaptAdam
+
     return [DAdaptAdam(model.parameters(), **opts)]
 
 
 def _schedulefree(model, opts):
     from schedulefree import AdamWScheduleFree
+
     return [AdamWScheduleFree(model.parameters(), **opts)]
 
 
 def _adamw8bit(model, opts):
     import bitsandbytes as bnb
+
     return [bnb.optim.AdamW8bit(model.parameters(), **opts)]
 
 
 CASES: dict[str, Case] = {
     "sgd": Case(_one(torch.optim.SGD, lr=0.01), variants=[{}, {"momentum": 0.9}]),
-    "sgd-momentum": Case(_one(torch.optim.SGD, lr=0.01), variants=[
-        {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}]),
+    "sgd-momentum": Case(
+        _one(torch.optim.SGD, lr=0.01), variants=[{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}]
+    ),
     "adam": Case(_one(torch.optim.Adam), variants=[{}, {"amsgrad": True}]),
     "adamw": Case(_one(torch.optim.AdamW), variants=[{}, {"amsgrad": True}]),
     "adagrad": Case(_one(torch.optim.Adagrad)),
@@ -241,22 +269,28 @@ CASES: dict[str, Case] = {
     "asgd": Case(_one(torch.optim.ASGD)),
     "nadam": Case(_one(torch.optim.NAdam)),
     "radam": Case(_one(torch.optim.RAdam)),
-    "rmsprop": Case(_one(torch.optim.RMSprop), variants=[
-        {}, {"momentum": 0.9}, {"centered": True}, {"momentum": 0.9, "centered": True}]),
+    "rmsprop": Case(
+        _one(torch.optim.RMSprop),
+        variants=[{}, {"momentum": 0.9}, {"centered": True}, {"momentum": 0.9, "centered": True}],
+    ),
     "rprop": Case(_one(torch.optim.Rprop)),
     "sparse-adam": Case(_one(torch.optim.SparseAdam), sparse=True, models=("sparse",)),
     "adafactor": Case(_one(torch.optim.Adafactor)),
     "muon": Case(_muon),
-    "lbfgs": Case(_one(torch.optim.LBFGS, lr=0.1), closure=True, steps=10,
-                  variants=[{"history_size": 3}, {"history_size": 7}]),
+    "lbfgs": Case(
+        _one(torch.optim.LBFGS, lr=0.1), closure=True, steps=10, variants=[{"history_size": 3}, {"history_size": 7}]
+    ),
     "lion": Case(_pyopt("Lion")),
     "adabelief": Case(_pyopt("AdaBelief"), variants=[{}, {"ams_bound": True}, {"adanorm": True}]),
     "diffgrad": Case(_pyopt("DiffGrad"), variants=[{}, {"ams_bound": True}]),
     "adamw8bit": Case(_adamw8bit, variants=[{}, {"min_8bit_size": 5000}]),
     "galore": Case(_galore, variants=[{}, {"rank": 8}]),
     "shampoo": Case(_pyopt("Shampoo"), variants=[{}, {"momentum": 0.9}]),
-    "soap": Case(_pyopt("SOAP"), steps=2, variants=[
-        {"precondition_frequency": 1}, {"precondition_1d": True, "max_precondition_dim": 100}]),
+    "soap": Case(
+        _pyopt("SOAP"),
+        steps=2,
+        variants=[{"precondition_frequency": 1}, {"precondition_1d": True, "max_precondition_dim": 100}],
+    ),
     "sophia": Case(_pyopt("SophiaH"), create_graph=True),
     "adahessian": Case(_pyopt("AdaHessian"), create_graph=True),
     "prodigy": Case(_prodigy, variants=[{}, {"slice_p": 11}, {"betas": (0.0, 0.999)}]),
@@ -280,7 +314,7 @@ def build_model(name: str, dtype: torch.dtype = torch.float32):
     key = (name, dtype)
     if key not in _PRISTINE:
         torch.manual_seed(0)
-        model, loss = (_sparse() if name == "sparse" else MODELS[name]())
+        model, loss = _sparse() if name == "sparse" else MODELS[name]()
         _PRISTINE[key] = (model.to(dtype), loss)
     model, loss = _PRISTINE[key]
     return copy.deepcopy(model), loss
@@ -318,8 +352,7 @@ def run_case(name: str, model_name: str, options: dict, dtype: torch.dtype = tor
             closure()
             for o in opts:
                 o.step()
-    stepped = list(model.parameters()) if name == "adagrad" else [
-        p for p in model.parameters() if p.grad is not None]
+    stepped = list(model.parameters()) if name == "adagrad" else [p for p in model.parameters() if p.grad is not None]
     if case.create_graph:  # drop the double-backward graph hanging off the gradients
         for p in model.parameters():
             p.grad = None

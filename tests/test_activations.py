@@ -4,6 +4,7 @@ Ground truth: the forward of a tiny transformers model of each family (built fro
 and the autograd graph walked from the loss; every tensor a node keeps (`_saved_*`) is collected, each
 storage once, parameters and buffers excluded. The prediction must list exactly those sizes.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,15 +14,21 @@ import torch
 
 from activation_cases import FAMILIES, batch, build, measure_saved, settings
 from memprof.estimators.activations import (
-    SUPPORTED_MODEL_TYPES, ActivationSettings, activation_bytes, resolve_attention, saved_tensors)
+    ActivationSettings,
+    activation_bytes,
+    resolve_attention,
+    saved_tensors,
+)
 from memprof.estimators.errors import MemprofUserError
+from memprof.estimators.families import SUPPORTED_MODEL_TYPES
 from memprof.estimators.models import ModelSpec
 
 CASES = [(f, a, ac) for f in FAMILIES for a in ("eager", "sdpa") for ac in (False, True)]
 
 
-@pytest.mark.parametrize("family,attention,autocast", CASES,
-                         ids=[f"{f}-{a}-{'bf16mixed' if ac else 'fp32'}" for f, a, ac in CASES])
+@pytest.mark.parametrize(
+    "family,attention,autocast", CASES, ids=[f"{f}-{a}-{'bf16mixed' if ac else 'fp32'}" for f, a, ac in CASES]
+)
 def test_saved_tensors_match_autograd(family, attention, autocast):
     # GIVEN a tiny real model and its spec
     model, spec = build(family, attention)
@@ -33,8 +40,10 @@ def test_saved_tensors_match_autograd(family, attention, autocast):
     assert activation_bytes(spec, settings(2, 32, autocast, attention)) == sum(n for _, _, n in measured)
 
 
-@pytest.mark.parametrize("family,b,s", [("gpt2", 3, 17), ("llama", 1, 40), ("opt", 4, 9), ("bert", 3, 21),
-                                        ("gpt_neox", 2, 13), ("vit", 5, 0)])
+@pytest.mark.parametrize(
+    "family,b,s",
+    [("gpt2", 3, 17), ("llama", 1, 40), ("opt", 4, 9), ("bert", 3, 21), ("gpt_neox", 2, 13), ("vit", 5, 0)],
+)
 def test_saved_tensors_other_shapes(family, b, s):
     model, spec = build(family, "eager")
     measured = measure_saved(model, batch(family, b, s), autocast=False)
@@ -63,8 +72,17 @@ def test_eval_mode_has_no_dropout_masks():
 
 
 def _gpt2_spec(n_layer=2, h=64, a=4, **kw):
-    cfg = dict(model_type="gpt2", n_layer=n_layer, n_embd=h, n_head=a, vocab_size=128, n_positions=512,
-               activation_function="gelu", use_cache=False, **kw)
+    cfg = dict(
+        model_type="gpt2",
+        n_layer=n_layer,
+        n_embd=h,
+        n_head=a,
+        vocab_size=128,
+        n_positions=512,
+        activation_function="gelu",
+        use_cache=False,
+        **kw,
+    )
     return ModelSpec("gpt2-test", "gpt2", cfg, "causal-lm")
 
 
@@ -87,9 +105,9 @@ def test_korthikanti_breakdown_by_block():
     by_module = Counter()
     for t in layer0:
         by_module[t.module.rsplit(".", 1)[-1]] += t.nbytes
-    assert by_module["attn"] == 11 * s * b * h + 5 * a * s * s * b      # attention block
-    assert by_module["mlp"] == 19 * s * b * h                           # MLP block
-    assert by_module["ln_1"] + by_module["ln_2"] == 4 * s * b * h + 16 * s * b   # LayerNorm inputs
+    assert by_module["attn"] == 11 * s * b * h + 5 * a * s * s * b  # attention block
+    assert by_module["mlp"] == 19 * s * b * h  # MLP block
+    assert by_module["ln_1"] + by_module["ln_2"] == 4 * s * b * h + 16 * s * b  # LayerNorm inputs
 
 
 def test_flash_attention_drops_the_quadratic_term():
@@ -102,7 +120,7 @@ def test_flash_attention_drops_the_quadratic_term():
     # affine in s (the constant: autocast's weight copies and the philox seed): no a*s^2 scores
     assert per_layer(384) - per_layer(256) == per_layer(256) - per_layer(128)
     st = ActivationSettings(2, 128, "bfloat16", "float32", True, "eager", "none", device="cuda")
-    assert sum(t.nbytes for t in saved_tensors(spec, st) if t.layer == 0) > per_layer(128) + 2 * 4 * 128 ** 2
+    assert sum(t.nbytes for t in saved_tensors(spec, st) if t.layer == 0) > per_layer(128) + 2 * 4 * 128**2
 
 
 def test_cpu_dropout_keeps_noise_in_the_input_dtype_cuda_keeps_bool():
@@ -120,7 +138,7 @@ def test_full_checkpointing_keeps_layer_inputs_only():
     inside = [t for t in saved_tensors(spec, st) if t.layer is not None]
     assert {t.op for t in inside} == {"checkpoint"}
     hidden = [t for t in inside if t.name == "embedding" or t.name == "add"]
-    assert [t.nbytes for t in hidden] == [2 * 32 * 64 * 4] * 2      # one (b, s, h) input per layer
+    assert [t.nbytes for t in hidden] == [2 * 32 * 64 * 4] * 2  # one (b, s, h) input per layer
 
 
 def test_selective_checkpointing_drops_scores_and_keeps_qkv():
@@ -141,25 +159,38 @@ def test_resolve_attention_picks_pytorch_backends():
     assert resolve_attention("flash", "cuda", "float16") == "flash"
 
 
-@pytest.mark.parametrize("args,match", [
-    (("flash", "cpu", "bfloat16"), "needs a CUDA device"),
-    (("flash", "cuda", "float32"), "float16/bfloat16 only"),
-    (("xformers", "cuda", "float16"), "unknown attention implementation 'xformers'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("flash", "cpu", "bfloat16"), "needs a CUDA device"),
+        (("flash", "cuda", "float32"), "float16/bfloat16 only"),
+        (("xformers", "cuda", "float16"), "unknown attention implementation 'xformers'"),
+    ],
+)
 def test_resolve_attention_rejects_impossible_combinations(args, match):
     with pytest.raises(MemprofUserError, match=match):
         resolve_attention(*args)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(compute_dtype="fp8"), "unknown compute dtype 'fp8'"),
-    (dict(checkpointing="some"), "unknown checkpointing mode 'some'"),
-    (dict(attention="flash2"), "unknown attention implementation 'flash2'; did you mean flash"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(compute_dtype="fp8"), "unknown compute dtype 'fp8'"),
+        (dict(checkpointing="some"), "unknown checkpointing mode 'some'"),
+        (dict(attention="flash2"), "unknown attention implementation 'flash2'; did you mean flash"),
+    ],
+)
 def test_settings_validation(kw, match):
-    base = dict(batch_size=1, seq_len=8, compute_dtype="float32", param_dtype="float32", autocast=False,
-                attention="eager", checkpointing="none")
+    base = dict(
+        batch_size=1,
+        seq_len=8,
+        compute_dtype="float32",
+        param_dtype="float32",
+        autocast=False,
+        attention="eager",
+        checkpointing="none",
+    )
     with pytest.raises(MemprofUserError, match=match):
         ActivationSettings(**{**base, **kw})
 
@@ -167,6 +198,7 @@ def test_settings_validation(kw, match):
 def test_unknown_model_type_names_the_supported_ones():
     class Spec:
         model_type, config = "t5", {}
+
     with pytest.raises(MemprofUserError, match="unknown model type for activation accounting 't5'"):
         saved_tensors(Spec(), settings(1, 8, False, "eager"))
     assert set(SUPPORTED_MODEL_TYPES) == {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit"}

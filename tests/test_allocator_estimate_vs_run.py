@@ -11,6 +11,7 @@ reserved peak within 2.4 % (the real backward makes transient allocations the ti
 list one by one - several per layer, and a third vocabulary-sized buffer where a tied embedding's
 two gradients are summed - which the allocator packs a little differently). Tolerance: 3 %.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -32,11 +33,26 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def _config(family: str):
     if family == "gpt2":
-        return transformers.GPT2Config(n_layer=2, n_embd=256, n_head=4, n_positions=256, vocab_size=4096,
-                                       bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-    return transformers.LlamaConfig(num_hidden_layers=2, hidden_size=256, num_attention_heads=4,
-                                    num_key_value_heads=2, intermediate_size=512, max_position_embeddings=256,
-                                    vocab_size=4096, attn_implementation="sdpa")
+        return transformers.GPT2Config(
+            n_layer=2,
+            n_embd=256,
+            n_head=4,
+            n_positions=256,
+            vocab_size=4096,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="eager",
+        )
+    return transformers.LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=256,
+        vocab_size=4096,
+        attn_implementation="sdpa",
+    )
 
 
 CASES = [("gpt2", 2, True), ("gpt2", 8, True), ("gpt2", 2, False), ("llama", 2, True), ("llama", 8, False)]
@@ -66,9 +82,19 @@ def test_estimate_replay_matches_the_real_timeline(family, batch_size, foreach):
     temporaries = 4 * n if foreach else 4 * max(2 * x + (sizes[i - 1] if i else 0) for i, x in enumerate(sizes))
     states = states_per_parameter(params, get_optimizer("adamw").state_tensors(params, "float32"), device="cpu")
     settings = ActivationSettings(batch_size, seq, "float32", "float32", False, cfg._attn_implementation, "none")
-    sim = simulate_training_step(spec, settings, param_bytes=4 * n, grad_bytes=4 * n, grad_dtype="float32",
-                                 optimizer_states=states, optimizer_temporaries=temporaries, warmup_steps=1)
+    sim = simulate_training_step(
+        spec,
+        settings,
+        param_bytes=4 * n,
+        grad_bytes=4 * n,
+        grad_dtype="float32",
+        optimizer_states=states,
+        optimizer_temporaries=temporaries,
+        warmup_steps=1,
+    )
     # THEN the same peak of tensor bytes, and reserved memory within 3 %
     assert abs(sim.peak_requested - real.peak_requested) <= 16, (sim.peak_requested, real.peak_requested)
-    assert abs(sim.peak_reserved - real.peak_reserved) / real.peak_reserved < 0.03, \
-        (sim.peak_reserved, real.peak_reserved)
+    assert abs(sim.peak_reserved - real.peak_reserved) / real.peak_reserved < 0.03, (
+        sim.peak_reserved,
+        real.peak_reserved,
+    )

@@ -6,6 +6,7 @@ here from the saved events independently of the simulator: the peak of live byte
 live bytes with every allocation rounded up to 512 B (what the small pool hands out: all tensors of
 this model are below 1 MiB, so the allocator adds nothing else).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,8 @@ def test_cli_replays_a_cpu_profile_as_if_on_cuda(profile_file, capsys):
     path, _ = profile_file
     saved = json.loads(path.read_text())
     peak, peak_rounded, largest = peaks_from_events(saved["events"])
-    assert largest <= MiB                                   # all in the small pool
-    assert peak == saved["peak"]["allocated"]               # the profiler's own peak, from its events
+    assert largest <= MiB  # all in the small pool
+    assert peak == saved["peak"]["allocated"]  # the profiler's own peak, from its events
     assert main(["replay", str(path), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["source"] == "profile" and out["device"] == "cpu" and out["as_if_cuda"] is True
@@ -91,21 +92,24 @@ def test_library_replay_with_capacity_reports_the_oom(profile_file):
     assert short.result.oom.reserved <= full.result.peak_reserved - 2 * MiB
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    ('{"schema": "memprof.profile/1", "events": [["alloc", 1, 8, "cpu"]', "is not readable JSON"),
-    ('{"name": "some other tool", "events": []}', "is not a memprof profile (schema None"),
-    ('[1, 2, 3]', "is not a memprof profile (schema a JSON list"),
-    ('{"schema": "memprof.profile/1", "events": {"a": 1}}', "'events' is not a list"),
-    ('{"schema": "memprof.profile/1", "events": [["alloc", 1, -8, "cpu"]]}', "event 0 is"),
-    ('{"schema": "memprof.profile/1", "events": [["free", 1]]}', "holds no allocation event"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ('{"schema": "memprof.profile/1", "events": [["alloc", 1, 8, "cpu"]', "is not readable JSON"),
+        ('{"name": "some other tool", "events": []}', "is not a memprof profile (schema None"),
+        ("[1, 2, 3]", "is not a memprof profile (schema a JSON list"),
+        ('{"schema": "memprof.profile/1", "events": {"a": 1}}', "'events' is not a list"),
+        ('{"schema": "memprof.profile/1", "events": [["alloc", 1, -8, "cpu"]]}', "event 0 is"),
+        ('{"schema": "memprof.profile/1", "events": [["free", 1]]}', "holds no allocation event"),
+    ],
+)
 def test_bad_profiles_are_one_line_errors(tmp_path, capsys, payload, fragment):
     path = tmp_path / "bad.json"
     path.write_text(payload)
     assert main(["replay", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("memprof: error:") and fragment in err and err.count("\n") == 1
-    with pytest.raises(MemprofUserError, match="memprof profile|JSON|event"):
+    with pytest.raises(MemprofUserError, match=r"memprof profile|JSON|event"):
         load_profile_timeline(path)
 
 

@@ -4,6 +4,7 @@ The synthetic snapshot below is written in the exact structure torch 2.13 pickle
 (torch/csrc/cuda/memory_snapshot.cpp, torch/cuda/memory.py `_snapshot` docstring), for a program
 whose allocator events are known by hand. The CUDA-only test records a real one.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,20 +25,31 @@ STREAM = 0
 
 
 def entry(action, addr, size, t):
-    return {"action": action, "addr": addr, "size": size, "stream": STREAM, "time_us": t,
-            "frames": [{"filename": "train.py", "line": 10 + t, "name": "step"}]}
+    return {
+        "action": action,
+        "addr": addr,
+        "size": size,
+        "stream": STREAM,
+        "time_us": t,
+        "frames": [{"filename": "train.py", "line": 10 + t, "name": "step"}],
+    }
 
 
 def program_trace():
     """x = 1000 B; y = 3 MiB; z = 50 MiB; del z; torch.cuda.empty_cache(); w = 5 MiB; del x."""
     return [
-        entry("segment_alloc", SMALL_SEG, 2 * MiB, 1), entry("alloc", SMALL_SEG, 1000, 1),
-        entry("segment_alloc", LARGE_SEG, 20 * MiB, 2), entry("alloc", LARGE_SEG, 3 * MiB, 2),
-        entry("segment_alloc", BIG_SEG, 50 * MiB, 3), entry("alloc", BIG_SEG, 50 * MiB, 3),
-        entry("free_requested", BIG_SEG, 50 * MiB, 4), entry("free_completed", BIG_SEG, 50 * MiB, 4),
-        entry("segment_free", BIG_SEG, 50 * MiB, 5),                      # empty_cache()
-        entry("alloc", LARGE_SEG + 3 * MiB, 5 * MiB, 6),                  # reuses y's segment
-        entry("free_requested", SMALL_SEG, 1000, 7), entry("free_completed", SMALL_SEG, 1000, 7),
+        entry("segment_alloc", SMALL_SEG, 2 * MiB, 1),
+        entry("alloc", SMALL_SEG, 1000, 1),
+        entry("segment_alloc", LARGE_SEG, 20 * MiB, 2),
+        entry("alloc", LARGE_SEG, 3 * MiB, 2),
+        entry("segment_alloc", BIG_SEG, 50 * MiB, 3),
+        entry("alloc", BIG_SEG, 50 * MiB, 3),
+        entry("free_requested", BIG_SEG, 50 * MiB, 4),
+        entry("free_completed", BIG_SEG, 50 * MiB, 4),
+        entry("segment_free", BIG_SEG, 50 * MiB, 5),  # empty_cache()
+        entry("alloc", LARGE_SEG + 3 * MiB, 5 * MiB, 6),  # reuses y's segment
+        entry("free_requested", SMALL_SEG, 1000, 7),
+        entry("free_completed", SMALL_SEG, 1000, 7),
     ]
 
 
@@ -45,27 +57,70 @@ def program_snapshot(conf: str = "") -> dict:
     frames = [{"filename": "train.py", "line": 12, "name": "step"}]
     return {
         "segments": [
-            {"device": 0, "address": SMALL_SEG, "total_size": 2 * MiB, "allocated_size": 0,
-             "active_size": 0, "requested_size": 0, "stream": STREAM, "segment_type": "small",
-             "segment_pool_id": (0, 0), "is_expandable": False, "frames": frames,
-             "blocks": [{"address": SMALL_SEG, "size": 2 * MiB, "requested_size": 1000, "state": "inactive",
-                         "frames": []}]},
-            {"device": 0, "address": LARGE_SEG, "total_size": 20 * MiB, "allocated_size": 8 * MiB,
-             "active_size": 8 * MiB, "requested_size": 8 * MiB, "stream": STREAM, "segment_type": "large",
-             "segment_pool_id": (0, 0), "is_expandable": False, "frames": frames,
-             "blocks": [
-                 {"address": LARGE_SEG, "size": 3 * MiB, "requested_size": 3 * MiB,
-                  "state": "active_allocated", "frames": frames},
-                 {"address": LARGE_SEG + 3 * MiB, "size": 5 * MiB, "requested_size": 5 * MiB,
-                  "state": "active_allocated", "frames": frames},
-                 {"address": LARGE_SEG + 8 * MiB, "size": 12 * MiB, "requested_size": 0, "state": "inactive",
-                  "frames": []}]},
+            {
+                "device": 0,
+                "address": SMALL_SEG,
+                "total_size": 2 * MiB,
+                "allocated_size": 0,
+                "active_size": 0,
+                "requested_size": 0,
+                "stream": STREAM,
+                "segment_type": "small",
+                "segment_pool_id": (0, 0),
+                "is_expandable": False,
+                "frames": frames,
+                "blocks": [
+                    {"address": SMALL_SEG, "size": 2 * MiB, "requested_size": 1000, "state": "inactive", "frames": []}
+                ],
+            },
+            {
+                "device": 0,
+                "address": LARGE_SEG,
+                "total_size": 20 * MiB,
+                "allocated_size": 8 * MiB,
+                "active_size": 8 * MiB,
+                "requested_size": 8 * MiB,
+                "stream": STREAM,
+                "segment_type": "large",
+                "segment_pool_id": (0, 0),
+                "is_expandable": False,
+                "frames": frames,
+                "blocks": [
+                    {
+                        "address": LARGE_SEG,
+                        "size": 3 * MiB,
+                        "requested_size": 3 * MiB,
+                        "state": "active_allocated",
+                        "frames": frames,
+                    },
+                    {
+                        "address": LARGE_SEG + 3 * MiB,
+                        "size": 5 * MiB,
+                        "requested_size": 5 * MiB,
+                        "state": "active_allocated",
+                        "frames": frames,
+                    },
+                    {
+                        "address": LARGE_SEG + 8 * MiB,
+                        "size": 12 * MiB,
+                        "requested_size": 0,
+                        "state": "inactive",
+                        "frames": [],
+                    },
+                ],
+            },
         ],
         "device_traces": [program_trace()],
-        "allocator_settings": {"PYTORCH_CUDA_ALLOC_CONF": conf, "max_split_size": -1,
-                               "garbage_collection_threshold": 0.0, "expandable_segments": False,
-                               "pinned_num_register_threads": 1, "release_lock_on_cudamalloc": False,
-                               "pinned_use_cuda_host_register": False, "roundup_power2_divisions": {}},
+        "allocator_settings": {
+            "PYTORCH_CUDA_ALLOC_CONF": conf,
+            "max_split_size": -1,
+            "garbage_collection_threshold": 0.0,
+            "expandable_segments": False,
+            "pinned_num_register_threads": 1,
+            "release_lock_on_cudamalloc": False,
+            "pinned_use_cuda_host_register": False,
+            "roundup_power2_divisions": {},
+        },
         "external_annotations": [],
     }
 
@@ -74,7 +129,7 @@ def program_snapshot(conf: str = "") -> dict:
 def snapshot_file(tmp_path):
     path = tmp_path / "snapshot.pickle"
     with open(path, "wb") as handle:
-        pickle.dump(program_snapshot(), handle)   # what torch.cuda.memory._dump_snapshot does
+        pickle.dump(program_snapshot(), handle)  # what torch.cuda.memory._dump_snapshot does
     return path
 
 
@@ -84,13 +139,17 @@ def test_load_and_replay_the_program(snapshot_file):
     result = report.result
     # x (1024 B in a 2 MiB segment), y 3 MiB + z 50 MiB in their own segments: 54 MiB + 1 KiB live
     assert result.peak_allocated == 53 * MiB + 1024
-    assert result.peak_reserved == 72 * MiB                        # 2 + 20 + 50
+    assert result.peak_reserved == 72 * MiB  # 2 + 20 + 50
     assert result.reserved_at_peak == 72 * MiB
     # the split remainders at the peak: 2 MiB - 1 KiB (small) + 17 MiB (large)
     assert result.inactive_split_at_peak == 2 * MiB - 1024 + 17 * MiB
     # every segment event of the trace is reproduced, including the empty_cache release
-    assert report.trace.segment_events == [("segment_alloc", 2 * MiB), ("segment_alloc", 20 * MiB),
-                                           ("segment_alloc", 50 * MiB), ("segment_free", 50 * MiB)]
+    assert report.trace.segment_events == [
+        ("segment_alloc", 2 * MiB),
+        ("segment_alloc", 20 * MiB),
+        ("segment_alloc", 50 * MiB),
+        ("segment_free", 50 * MiB),
+    ]
     assert report.segments_exact and report.segments_matching == 4
     assert report.trace.empty_cache_calls == 1
     # the simulated end state is the snapshot's: 22 MiB reserved, 8 MiB allocated
@@ -117,15 +176,17 @@ def test_recorded_settings_are_replayed_and_can_be_overridden():
     # 1 KiB maps one 2 MiB page; 3 MiB one 20 MiB page; z: 17 MiB free + two more pages (40 MiB)
     assert report.result.peak_reserved == 62 * MiB
     assert report.result.segment_events[:2] == [("segment_map", 2 * MiB), ("segment_map", 20 * MiB)]
-    assert report.segments_matching == 0          # the trace was recorded without expandable segments
+    assert report.segments_matching == 0  # the trace was recorded without expandable segments
     overridden = replay_snapshot(snapshot, "")
     assert overridden.config_source == "--alloc-conf" and overridden.result.peak_reserved == 72 * MiB
 
 
 def test_trace_that_starts_mid_run_is_flagged():
     snapshot = program_snapshot()
-    snapshot["device_traces"][0] = [entry("free_requested", 0xDEAD000, 4096, 0),
-                                    entry("free_completed", 0xDEAD000, 4096, 0)] + program_trace()
+    snapshot["device_traces"][0] = [
+        entry("free_requested", 0xDEAD000, 4096, 0),
+        entry("free_completed", 0xDEAD000, 4096, 0),
+    ] + program_trace()
     events = snapshot_events(snapshot)
     assert events.unmatched_frees == 1
     assert replay_snapshot(snapshot).to_dict()["trace"]["complete"] is False
@@ -150,18 +211,24 @@ def write(path, payload: bytes):
     return path
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    (b"this is not a pickle at all", "not a readable pickle"),
-    (pickle.dumps(program_snapshot())[:200], "not a readable pickle"),
-    (b"PK\x03\x04" + b"\x00" * 60, "not a readable pickle"),                     # a torch.save zip
-    (pickle.dumps([1, 2, 3]), "found a list"),
-    (pickle.dumps({"weights": [1.0]}), "expected a dict with 'segments'"),
-    (pickle.dumps({"segments": []}), "no 'device_traces'"),
-    (pickle.dumps({"segments": [], "device_traces": [[]]}), "holds no allocation trace"),
-    (pickle.dumps({"segments": [], "device_traces": [["alloc"]]}), "trace entries must be dicts"),
-    (pickle.dumps({"segments": [], "device_traces": [program_trace() + [7]]}), "trace entries must be dicts"),
-    (pickle.dumps({"segments": [], "device_traces": [[{"action": "alloc", "size": 5}]]}), "entry 0 ('alloc') is malformed"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"this is not a pickle at all", "not a readable pickle"),
+        (pickle.dumps(program_snapshot())[:200], "not a readable pickle"),
+        (b"PK\x03\x04" + b"\x00" * 60, "not a readable pickle"),  # a torch.save zip
+        (pickle.dumps([1, 2, 3]), "found a list"),
+        (pickle.dumps({"weights": [1.0]}), "expected a dict with 'segments'"),
+        (pickle.dumps({"segments": []}), "no 'device_traces'"),
+        (pickle.dumps({"segments": [], "device_traces": [[]]}), "holds no allocation trace"),
+        (pickle.dumps({"segments": [], "device_traces": [["alloc"]]}), "trace entries must be dicts"),
+        (pickle.dumps({"segments": [], "device_traces": [program_trace() + [7]]}), "trace entries must be dicts"),
+        (
+            pickle.dumps({"segments": [], "device_traces": [[{"action": "alloc", "size": 5}]]}),
+            "entry 0 ('alloc') is malformed",
+        ),
+    ],
+)
 def test_corrupt_or_foreign_pickles(tmp_path, payload, fragment):
     path = write(tmp_path / "bad.pickle", payload)
     with pytest.raises(MemprofUserError) as err:
@@ -175,7 +242,7 @@ def test_a_malicious_pickle_is_refused_without_running_code(tmp_path):
     if os.path.exists(marker):
         os.remove(marker)
     path = write(tmp_path / "evil.pickle", pickle.dumps({"segments": [], "device_traces": [[Evil()]]}))
-    with pytest.raises(MemprofUserError, match="references posix.system"):
+    with pytest.raises(MemprofUserError, match=r"references posix.system"):
         load_snapshot(path)
     assert not os.path.exists(marker)
 
@@ -204,14 +271,17 @@ def test_cli_table_with_capacity_and_conf(snapshot_file, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "OUT OF MEMORY" in out and "max_split_size_mb:20" in out
-    assert "4 of 4 in the trace reproduced" not in out   # the OOM stops the replay early
+    assert "4 of 4 in the trace reproduced" not in out  # the OOM stops the replay early
     assert "what if" in out
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--capacity", "80 gigs"], "unknown size unit"),
-    (["--alloc-conf", "expandable_segments:yes"], "True or False"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--capacity", "80 gigs"], "unknown size unit"),
+        (["--alloc-conf", "expandable_segments:yes"], "True or False"),
+    ],
+)
 def test_cli_bad_options_are_one_line(snapshot_file, capsys, args, fragment):
     assert main(["replay", str(snapshot_file), *args]) == 2
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@
   the live tensors rounded to 512 B each, reserved >= allocated, segments are 2 MiB multiples;
 - the cost of simulating gpt2-1.5b (printed, for the report).
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,7 @@ import pytest
 from activation_cases import adamw_bytes, build, settings
 from memprof.estimators.activations import ActivationSettings
 from memprof.estimators.allocator import CachingAllocatorSimulator, simulate_training_step
-from memprof.estimators.allocator.training import (compose_run, replay_run, spread, states_per_parameter,
-                                                   training_events)
+from memprof.estimators.allocator.training import compose_run, replay_run, spread, states_per_parameter, training_events
 from memprof.estimators.errors import MemprofUserError
 from memprof.estimators.models import load_model
 from memprof.estimators.optimizers import get_optimizer
@@ -32,12 +32,23 @@ def two_parameter_run(warmup_steps: int = 1):
     """Parameters p1 = 12 MiB, p2 = 4 KiB; Adam-like states (two like each parameter); one foreach
     temporary per parameter. The step: a 30 MiB activation A, a held 1 MiB output H, then backward
     makes the gradients and frees A."""
-    step = [("alloc", "A", 30 * MiB, 0), ("alloc", "H", MiB, 0),
-            ("alloc", ("grad", "p1"), 12 * MiB, 0), ("alloc", ("grad", "p2"), 4 * KiB, 0), ("free", "A")]
+    step = [
+        ("alloc", "A", 30 * MiB, 0),
+        ("alloc", "H", MiB, 0),
+        ("alloc", ("grad", "p1"), 12 * MiB, 0),
+        ("alloc", ("grad", "p2"), 4 * KiB, 0),
+        ("free", "A"),
+    ]
     phases = ["forward", "forward", "backward", "backward", "backward"]
-    return compose_run(["p1", "p2"], [12 * MiB, 4 * KiB], step, phases,
-                       optimizer_states=[(12 * MiB, 12 * MiB), (4 * KiB, 4 * KiB)],
-                       optimizer_temporaries=[12 * MiB, 4 * KiB], warmup_steps=warmup_steps)
+    return compose_run(
+        ["p1", "p2"],
+        [12 * MiB, 4 * KiB],
+        step,
+        phases,
+        optimizer_states=[(12 * MiB, 12 * MiB), (4 * KiB, 4 * KiB)],
+        optimizer_temporaries=[12 * MiB, 4 * KiB],
+        warmup_steps=warmup_steps,
+    )
 
 
 def test_two_parameter_run_by_hand():
@@ -53,7 +64,7 @@ def test_two_parameter_run_by_hand():
     run = two_parameter_run()
     sim = replay_run(run)
     assert sim.peak_allocated == 79 * MiB + 16 * KiB
-    assert sim.peak_requested == 79 * MiB + 16 * KiB        # all sizes are multiples of 512
+    assert sim.peak_requested == 79 * MiB + 16 * KiB  # all sizes are multiples of 512
     assert sim.peak_reserved == 98 * MiB and sim.reserved_at_peak == 98 * MiB
     # stranded at that moment: 6 MiB in A's old segment + 1008 KiB free at the end of the small one
     assert sim.inactive_split == 6 * MiB + 1008 * KiB
@@ -95,7 +106,7 @@ def test_oom_point_is_located():
 
 
 def test_oom_in_model_creation_is_reported_as_such():
-    sim = replay_run(two_parameter_run(), capacity=10 * MiB)   # p1 alone needs a 12 MiB segment
+    sim = replay_run(two_parameter_run(), capacity=10 * MiB)  # p1 alone needs a 12 MiB segment
     assert sim.oom_where == "model creation" and not sim.measured
 
 
@@ -132,39 +143,52 @@ def test_states_per_parameter_from_the_optimizer_spec():
     assert master == [(4 * p.numel, 4 * p.numel, 4 * p.numel) for p in params]
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(optimizer_states=[1, 2]), "optimizer_states lists 2 parameters"),
-    (dict(optimizer_states=-1), "optimizer_states must be a non-negative integer"),
-    (dict(optimizer_states=2.5), "optimizer_states must be a number of bytes or one entry per parameter"),
-    (dict(optimizer_temporaries="big"), "optimizer_temporaries must be a non-negative integer"),
-    (dict(warmup_steps=-1), "warmup_steps must be a non-negative integer"),
-    (dict(param_bytes=1.5), "param_bytes must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(optimizer_states=[1, 2]), "optimizer_states lists 2 parameters"),
+        (dict(optimizer_states=-1), "optimizer_states must be a non-negative integer"),
+        (dict(optimizer_states=2.5), "optimizer_states must be a number of bytes or one entry per parameter"),
+        (dict(optimizer_temporaries="big"), "optimizer_temporaries must be a non-negative integer"),
+        (dict(warmup_steps=-1), "warmup_steps must be a non-negative integer"),
+        (dict(param_bytes=1.5), "param_bytes must be a non-negative integer"),
+    ],
+)
 def test_bad_arguments(kw, match):
     _, spec = build("gpt2")
     sizes = adamw_bytes(spec)
-    args = {**dict(param_bytes=sizes["param_bytes"], grad_bytes=sizes["grad_bytes"], grad_dtype="float32",
-                   optimizer_states=sizes["optimizer_state_bytes"]), **kw}
+    args = {
+        **dict(
+            param_bytes=sizes["param_bytes"],
+            grad_bytes=sizes["grad_bytes"],
+            grad_dtype="float32",
+            optimizer_states=sizes["optimizer_state_bytes"],
+        ),
+        **kw,
+    }
     with pytest.raises(MemprofUserError, match=match):
         simulate_training_step(spec, settings(1, 8, False, "eager"), **args)
 
 
 # ------------------------------------------------------------------ the timeline's event stream
-CASES = [("gpt2", settings(2, 32, False, "eager"), {}),
-         ("gpt2", settings(2, 32, True, "sdpa"), {}),                      # autocast weight casts
-         ("llama", settings(2, 32, False, "sdpa", "full"), {}),            # recomputation in backward
-         ("llama", settings(3, 16, True, "eager", "selective"), {}),
-         ("bert", settings(2, 32, False, "eager"), {}),                     # module buffers
-         ("gpt_neox", settings(2, 16, False, "eager"), {"grad_accumulation": 2}),
-         ("opt", settings(2, 32, False, "sdpa"), {"held_outputs": False}),
-         ("gpt2", settings(2, 32, False, "eager"), {"create_graph": True}),   # Hessian optimizers' backward
-         ("llama", settings(2, 32, True, "sdpa"), {"create_graph": True})]
+CASES = [
+    ("gpt2", settings(2, 32, False, "eager"), {}),
+    ("gpt2", settings(2, 32, True, "sdpa"), {}),  # autocast weight casts
+    ("llama", settings(2, 32, False, "sdpa", "full"), {}),  # recomputation in backward
+    ("llama", settings(3, 16, True, "eager", "selective"), {}),
+    ("bert", settings(2, 32, False, "eager"), {}),  # module buffers
+    ("gpt_neox", settings(2, 16, False, "eager"), {"grad_accumulation": 2}),
+    ("opt", settings(2, 32, False, "sdpa"), {"held_outputs": False}),
+    ("gpt2", settings(2, 32, False, "eager"), {"create_graph": True}),  # Hessian optimizers' backward
+    ("llama", settings(2, 32, True, "sdpa"), {"create_graph": True}),
+]
 
 
 def _case_id(case):
     family, st, kw = case
-    return f"{family}-{st.attention}-{st.checkpointing}-{'amp' if st.autocast else 'fp32'}-" + \
-        "-".join(f"{k}{v}" for k, v in kw.items())
+    return f"{family}-{st.attention}-{st.checkpointing}-{'amp' if st.autocast else 'fp32'}-" + "-".join(
+        f"{k}{v}" for k, v in kw.items()
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
@@ -175,9 +199,10 @@ def test_step_events_reproduce_the_timeline_totals(case):
     events, phases = [], []
     timeline = step_timeline(spec, st, **sizes, **kw, events=events, event_phases=phases)
     plain = step_timeline(spec, st, **sizes, **kw)
-    assert [p.by_category for p in plain] == [p.by_category for p in timeline]   # no behaviour change
+    assert [p.by_category for p in plain] == [p.by_category for p in timeline]  # no behaviour change
     assert len(phases) == len(events) and set(phases) <= {"forward", "backward"}
     from memprof.estimators.activations import build_trace
+
     base = sizes["param_bytes"] + sizes["optimizer_state_bytes"] + sum(build_trace(spec, st).buffers.values())
     live: dict = {}
     peak = current = 0
@@ -205,9 +230,17 @@ def test_run_properties_at_every_event(case, conf):
     family, st, kw = case
     _, spec = build(family, st.attention)
     sizes = adamw_bytes(spec)
-    run = training_events(spec, st, param_bytes=sizes["param_bytes"], grad_bytes=sizes["grad_bytes"],
-                          grad_dtype="float32", optimizer_states=sizes["optimizer_state_bytes"],
-                          optimizer_temporaries=sizes["optimizer_temporaries_bytes"], warmup_steps=2, **kw)
+    run = training_events(
+        spec,
+        st,
+        param_bytes=sizes["param_bytes"],
+        grad_bytes=sizes["grad_bytes"],
+        grad_dtype="float32",
+        optimizer_states=sizes["optimizer_state_bytes"],
+        optimizer_temporaries=sizes["optimizer_temporaries_bytes"],
+        warmup_steps=2,
+        **kw,
+    )
     sim = CachingAllocatorSimulator(conf, record_segments=True)
     live: dict = {}
     rounded = unrounded = measured_peak = 0
@@ -250,9 +283,15 @@ def test_small_pool_allocations_are_rounded_exactly():
     # a run whose tensors are all small (<= 1 MiB): allocated is the sum of the 512-rounded sizes
     _, spec = build("gpt2")
     sizes = adamw_bytes(spec)
-    run = training_events(spec, settings(1, 4, False, "eager"), param_bytes=sizes["param_bytes"],
-                          grad_bytes=sizes["grad_bytes"], grad_dtype="float32",
-                          optimizer_states=sizes["optimizer_state_bytes"], optimizer_temporaries=0)
+    run = training_events(
+        spec,
+        settings(1, 4, False, "eager"),
+        param_bytes=sizes["param_bytes"],
+        grad_bytes=sizes["grad_bytes"],
+        grad_dtype="float32",
+        optimizer_states=sizes["optimizer_state_bytes"],
+        optimizer_temporaries=0,
+    )
     assert max(e[2] for e in run.events if e[0] == "alloc") <= MiB
     sim = CachingAllocatorSimulator()
     live: dict = {}
@@ -272,9 +311,16 @@ def test_first_step_measured_matches_the_first_step_timeline():
     _, spec = build("llama", "sdpa")
     st = settings(2, 32, False, "sdpa")
     sizes = adamw_bytes(spec)
-    sim = simulate_training_step(spec, st, param_bytes=sizes["param_bytes"], grad_bytes=sizes["grad_bytes"],
-                                 grad_dtype="float32", optimizer_states=sizes["optimizer_state_bytes"],
-                                 optimizer_temporaries=sizes["optimizer_temporaries_bytes"], warmup_steps=0)
+    sim = simulate_training_step(
+        spec,
+        st,
+        param_bytes=sizes["param_bytes"],
+        grad_bytes=sizes["grad_bytes"],
+        grad_dtype="float32",
+        optimizer_states=sizes["optimizer_state_bytes"],
+        optimizer_temporaries=sizes["optimizer_temporaries_bytes"],
+        warmup_steps=0,
+    )
     first = step_timeline(spec, st, states_exist=False, **sizes)
     assert sim.peak_requested == first.peak.allocated
     assert [p.by_category for p in sim.run.timeline] == [p.by_category for p in first]
@@ -284,9 +330,13 @@ def test_workspaces_are_allocated_once_and_kept():
     _, spec = build("gpt2")
     st = settings(2, 32, False, "eager")
     sizes = adamw_bytes(spec)
-    args = dict(param_bytes=sizes["param_bytes"], grad_bytes=sizes["grad_bytes"], grad_dtype="float32",
-                optimizer_states=sizes["optimizer_state_bytes"],
-                optimizer_temporaries=sizes["optimizer_temporaries_bytes"])
+    args = dict(
+        param_bytes=sizes["param_bytes"],
+        grad_bytes=sizes["grad_bytes"],
+        grad_dtype="float32",
+        optimizer_states=sizes["optimizer_state_bytes"],
+        optimizer_temporaries=sizes["optimizer_temporaries_bytes"],
+    )
     plain = simulate_training_step(spec, st, **args)
     with_ws = simulate_training_step(spec, st, workspaces=(8_519_680,), **args)
     assert with_ws.peak_requested == plain.peak_requested + 8_519_680
@@ -302,13 +352,22 @@ def test_gpt2_xl_simulation_cost(batch, seq, capsys):
     st = ActivationSettings(batch, seq, "bfloat16", "float32", True, "flash", "none", device="cuda")
     rows = states_per_parameter(params, get_optimizer("adamw").state_tensors(params, "float32"))
     start = time.perf_counter()
-    sim = simulate_training_step(spec, st, param_bytes=4 * n, grad_bytes=4 * n, grad_dtype="float32",
-                                 optimizer_states=rows, optimizer_temporaries=4 * n)
+    sim = simulate_training_step(
+        spec,
+        st,
+        param_bytes=4 * n,
+        grad_bytes=4 * n,
+        grad_dtype="float32",
+        optimizer_states=rows,
+        optimizer_temporaries=4 * n,
+    )
     elapsed = time.perf_counter() - start
     events = len(sim.run.events)
     with capsys.disabled():
-        print(f"\ngpt2-1.5b b{batch} s{seq}: {events:,} events in {elapsed * 1e3:.0f} ms; allocated "
-              f"{sim.peak_allocated:,} reserved {sim.peak_reserved:,} fragmentation {sim.fragmentation:.1%}")
+        print(
+            f"\ngpt2-1.5b b{batch} s{seq}: {events:,} events in {elapsed * 1e3:.0f} ms; allocated "
+            f"{sim.peak_allocated:,} reserved {sim.peak_reserved:,} fragmentation {sim.fragmentation:.1%}"
+        )
     assert sim.peak_requested == sim.run.timeline.peak.allocated
     assert sim.peak_reserved >= sim.peak_allocated
-    assert elapsed < 5.0   # generous: the measured cost is ~50-70 ms on a shared 2-core machine
+    assert elapsed < 5.0  # generous: the measured cost is ~50-70 ms on a shared 2-core machine

@@ -1,4 +1,5 @@
 """The `memprof` command line: the headline estimate, its formats, and one-line errors for bad input."""
+
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 from memprof.cli import main
 
 GPT2_XL = 1_557_611_200
-GPT2_XL_TENSORS = 2 + 48 * 12 + 2   # wte, wpe; 12 per block; ln_f weight and bias (lm_head is tied)
+GPT2_XL_TENSORS = 2 + 48 * 12 + 2  # wte, wpe; 12 per block; ln_f weight and bias (lm_head is tied)
 
 
 def run_json(capsys, *args):
@@ -68,18 +69,21 @@ def test_csv_has_a_row_per_category(capsys):
     assert len(lines) == 1 + 7
 
 
-@pytest.mark.parametrize("args, message", [
-    (["estimate", "gpt2-1.5bb"], "unknown model 'gpt2-1.5bb'; did you mean gpt2-1.5b"),
-    (["estimate", "gpt2-1.5b", "--optimizer", "adamww"], "unknown optimizer 'adamww'; did you mean"),
-    (["estimate", "gpt2-1.5b", "--precision", "fp8"], "unknown precision 'fp8'"),
-    (["estimate", "gpt2-1.5b", "--batch-size", "0"], "--batch-size must be a whole number from 1"),
-    (["estimate", "gpt2-1.5b", "--batch-size", "99999999"], "--batch-size must be a whole number from 1"),
-    (["estimate", "gpt2-1.5b", "--seq-len", "-5"], "--seq-len must be a whole number from 1"),
-    (["estimate", "gpt2-1.5b", "--gpu", "h1000"], "unknown GPU 'h1000'"),
-    (["estimate", "gpt2-1.5b", "--gpus", "0"], "--gpus must be a whole number from 1"),
-    (["estimate", "gpt2-1.5b", "--offload", "optimizer"], "CPU offload needs a ZeRO stage"),
-    (["estimate", "/nonexistent/config.json"], "/nonexistent/config.json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["estimate", "gpt2-1.5bb"], "unknown model 'gpt2-1.5bb'; did you mean gpt2-1.5b"),
+        (["estimate", "gpt2-1.5b", "--optimizer", "adamww"], "unknown optimizer 'adamww'; did you mean"),
+        (["estimate", "gpt2-1.5b", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["estimate", "gpt2-1.5b", "--batch-size", "0"], "--batch-size must be a whole number from 1"),
+        (["estimate", "gpt2-1.5b", "--batch-size", "99999999"], "--batch-size must be a whole number from 1"),
+        (["estimate", "gpt2-1.5b", "--seq-len", "-5"], "--seq-len must be a whole number from 1"),
+        (["estimate", "gpt2-1.5b", "--gpu", "h1000"], "unknown GPU 'h1000'"),
+        (["estimate", "gpt2-1.5b", "--gpus", "0"], "--gpus must be a whole number from 1"),
+        (["estimate", "gpt2-1.5b", "--offload", "optimizer"], "CPU offload needs a ZeRO stage"),
+        (["estimate", "/nonexistent/config.json"], "/nonexistent/config.json"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -96,8 +100,9 @@ def test_malformed_config_names_the_file(tmp_path, capsys):
 
 
 def test_invalid_zero_stage_is_a_usage_error_with_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "memprof", "estimate", "gpt2-1.5b", "--zero", "5"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "memprof", "estimate", "gpt2-1.5b", "--zero", "5"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "'--zero'" in proc.stderr and "0<=x<=3" in proc.stderr
@@ -105,8 +110,10 @@ def test_invalid_zero_stage_is_a_usage_error_with_exit_2():
 
 def test_estimate_imports_neither_torch_nor_pandas_nor_matplotlib():
     # GIVEN a fresh interpreter WHEN it runs the headline estimate THEN no heavy module was imported
-    code = ("import sys; from memprof.cli import main; rc = main(['estimate', 'gpt2-1.5b', '--optimizer', "
-            "'adamw', '--gpu', 'h100-80gb']); heavy = sorted(m for m in ('torch', 'pandas', 'matplotlib', "
-            "'numpy') if m in sys.modules); print(rc, heavy)")
+    code = (
+        "import sys; from memprof.cli import main; rc = main(['estimate', 'gpt2-1.5b', '--optimizer', "
+        "'adamw', '--gpu', 'h100-80gb']); heavy = sorted(m for m in ('torch', 'pandas', 'matplotlib', "
+        "'numpy') if m in sys.modules); print(rc, heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "0 []"

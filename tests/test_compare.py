@@ -1,7 +1,8 @@
-"""Predicted vs measured: memprof.compare, Profile.compare() (the observed estimate), the CLI doors.
+"""Predicted vs measured: memprof.comparison, Profile.compare() (the observed estimate), the CLI doors.
 
 Real tiny models trained on the CPU under memprof.track; model states must agree to the byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,16 @@ pytest.importorskip("pandas")
 
 import memprof  # noqa: E402
 from memprof.cli import main  # noqa: E402
-from memprof.comparison import comparison_frame, format_comparison, frame_records  # noqa: E402
+from memprof.comparison import (  # noqa: E402
+    comparison_frame,
+    format_comparison,
+    frame_records,
+    precision_of,
+    registry_optimizer,
+)
 from memprof.estimators.errors import MemprofUserError  # noqa: E402
 from memprof.estimators.estimation import estimate  # noqa: E402
 from memprof.estimators.vocabulary import CATEGORIES, MODEL_STATE_CATEGORIES  # noqa: E402
-from memprof.profiler.observed import precision_of, registry_optimizer  # noqa: E402
 from memprof.tiny_models import batch, build, train_step  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -67,7 +73,7 @@ def test_compare_lines_up_every_category_and_model_states_are_exact(gpt2_run) ->
         assert "not measured on CPU" in row["note"]
     peak = table.loc[("peak", "allocated")]
     assert peak["measured"] == run.to_dict()["peak"]["allocated"]
-    if peak["predicted"] is not torch_na():      # the peak estimate is complete
+    if peak["predicted"] is not torch_na():  # the peak estimate is complete
         assert abs(peak["error_pct"]) <= 3.0
         assert peak["error_bytes"] == peak["predicted"] - peak["measured"]
 
@@ -89,29 +95,41 @@ def test_dicts_and_objects_compare_the_same(gpt2_run, tmp_path) -> None:
 
 def test_profile_compare_builds_the_estimate_from_what_it_observed() -> None:
     # GIVEN bf16 autocast, AdamW with amsgrad and HF gradient checkpointing
-    run, spec, _ = _profiled("llama", "sdpa", autocast=True, checkpointing=True,
-                             make_opt=lambda m: torch.optim.AdamW(m.parameters(), amsgrad=True))
+    run, spec, _ = _profiled(
+        "llama",
+        "sdpa",
+        autocast=True,
+        checkpointing=True,
+        make_opt=lambda m: torch.optim.AdamW(m.parameters(), amsgrad=True),
+    )
     table = run.compare()
     # THEN the inferred settings are the run's
-    assert table.attrs["observed"] == {"optimizer": "adamw", "precision": "bf16-mixed", "batch_size": 2,
-                                       "seq_len": 32, "checkpointing": "full", "attention": "sdpa",
-                                       "device": "cpu", "amsgrad": True}
+    assert table.attrs["observed"] == {
+        "optimizer": "adamw",
+        "precision": "bf16-mixed",
+        "batch_size": 2,
+        "seq_len": 32,
+        "checkpointing": "full",
+        "attention": "sdpa",
+        "device": "cpu",
+        "amsgrad": True,
+    }
     assert table.attrs["missing"] == []
     n, k = spec.num_parameters, len(spec.parameter_tensors())
-    assert table.loc[("model_states", "optimizer_states"), "measured"] == 12 * n + 4 * k   # + max_exp_avg_sq
+    assert table.loc[("model_states", "optimizer_states"), "measured"] == 12 * n + 4 * k  # + max_exp_avg_sq
     for cat in MODEL_STATE_CATEGORIES:
         assert table.loc[("model_states", cat), "error_bytes"] == 0
 
 
 def test_bf16_true_and_vit_shapes_are_inferred() -> None:
-    model, spec = build("vit", "eager")
+    model, _spec = build("vit", "eager")
     model.to(torch.bfloat16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with memprof.track(model, opt) as run:
         train_step(model, opt, batch("vit", 4, 0, dtype=torch.bfloat16), False)
     obs = run.compare().attrs["observed"]
     assert obs["precision"] == "bf16-true" and obs["optimizer"] == "sgd-momentum"
-    assert obs["batch_size"] == 4 and obs["seq_len"] is None      # a ViT's sequence comes from its config
+    assert obs["batch_size"] == 4 and obs["seq_len"] is None  # a ViT's sequence comes from its config
 
 
 class Doubler(torch.optim.Optimizer):
@@ -145,7 +163,7 @@ def test_unknown_optimizer_still_reports_measured_bytes_and_says_the_prediction_
 
 def test_a_model_without_a_config_gets_model_states_from_its_parameter_tensors() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    model[2].weight.requires_grad_(False)             # frozen: no gradient, no optimizer state
+    model[2].weight.requires_grad_(False)  # frozen: no gradient, no optimizer state
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
     with memprof.track(model, opt) as run:
         for _ in range(2):
@@ -165,8 +183,11 @@ def test_a_model_without_a_config_gets_model_states_from_its_parameter_tensors()
 
 def test_estimate_and_profile_of_different_models_name_both(gpt2_run) -> None:
     run, _, _ = gpt2_run
-    with pytest.raises(MemprofUserError, match=r"'gpt2-124m' \(124,439,808 parameters\).*'GPT2LMHeadModel' "
-                                               r"\(116,480 parameters\)"):
+    with pytest.raises(
+        MemprofUserError,
+        match=r"'gpt2-124m' \(124,439,808 parameters\).*'GPT2LMHeadModel' "
+        r"\(116,480 parameters\)",
+    ):
         memprof.compare(estimate("gpt2-124m", device="cpu", batch_size=2, seq_len=32), run)
 
 
@@ -174,7 +195,7 @@ def test_other_schema_and_corrupt_profiles_are_refused(gpt2_run, tmp_path) -> No
     run, spec, _ = gpt2_run
     est = estimate(spec, "adamw", "32-true", batch_size=2, seq_len=32, device="cpu")
     other = {**run.to_dict(), "schema": "memprof.profile/0"}
-    with pytest.raises(MemprofUserError, match="schema is 'memprof.profile/0', expected 'memprof.profile/1'"):
+    with pytest.raises(MemprofUserError, match=r"schema is 'memprof.profile/0', expected 'memprof.profile/1'"):
         memprof.compare(est, other)
     with pytest.raises(MemprofUserError, match="corrupt memprof profile: missing peak"):
         memprof.compare(est, {k: v for k, v in run.to_dict().items() if k != "peak"})
@@ -198,9 +219,11 @@ def test_cli_compare_bad_files_are_one_line_exit_2(gpt2_run, tmp_path, capsys) -
     other_model = tmp_path / "est.json"
     assert main(["estimate", "gpt2-124m", "--device", "cpu", "--format", "json"]) == 0
     other_model.write_text(capsys.readouterr().out)
-    for argv, message in (([str(corrupt)], "is not a memprof profile (not readable JSON"),
-                          ([str(old)], "schema is 'memprof.profile/0'"),
-                          ([str(good), "--estimate", str(other_model)], "124,439,808 parameters")):
+    for argv, message in (
+        ([str(corrupt)], "is not a memprof profile (not readable JSON"),
+        ([str(old)], "schema is 'memprof.profile/0'"),
+        ([str(good), "--estimate", str(other_model)], "124,439,808 parameters"),
+    ):
         code, out, err = _cli(capsys, "compare", *argv)
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith("memprof: error: ") and message in err
@@ -209,7 +232,7 @@ def test_cli_compare_bad_files_are_one_line_exit_2(gpt2_run, tmp_path, capsys) -
 def test_cli_compare_prints_the_table_of_a_saved_profile(gpt2_run, tmp_path, capsys) -> None:
     run, _, _ = gpt2_run
     path = run.save(tmp_path / "p.json")
-    code, out, err = _cli(capsys, "compare", str(path), "--format", "json")
+    code, out, _err = _cli(capsys, "compare", str(path), "--format", "json")
     assert code == 0
     rows = {(r["scope"], r["category"]): r for r in json.loads(out)["rows"]}
     assert rows[("model_states", "optimizer_states")]["error_bytes"] == 0
@@ -239,20 +262,22 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("optimizer, states", [("torch.optim.Adam(model.parameters())", 8 * 676 + 4 * 4),
-                                               ("Doubler(model.parameters())", None)])
+@pytest.mark.parametrize(
+    "optimizer, states",
+    [("torch.optim.Adam(model.parameters())", 8 * 676 + 4 * 4), ("Doubler(model.parameters())", None)],
+)
 def test_run_compare_prints_predicted_vs_measured(tmp_path, capsys, optimizer, states) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.replace("OPTIMIZER", optimizer))
-    code, out, err = _cli(capsys, "run", "--compare", str(script))
+    code, out, _err = _cli(capsys, "run", "--compare", str(script))
     assert code == 0
-    table = out[out.index("predicted vs measured: Sequential"):]
-    line = next(l for l in table.splitlines() if l.startswith("model_states  optimizer_states"))
+    table = out[out.index("predicted vs measured: Sequential") :]
+    line = next(ln for ln in table.splitlines() if ln.startswith("model_states  optimizer_states"))
     if states is not None:
         assert "+0 B   +0.00%" in line
-    else:   # the unknown optimizer: measured bytes, no prediction, and why
+    else:  # the unknown optimizer: measured bytes, no prediction, and why
         assert "2.64 KiB" in line and "not in memprof's registry" in line
-    code, out, err = _cli(capsys, "run", "--compare", "--format", "json", str(script))
+    code, out, _err = _cli(capsys, "run", "--compare", "--format", "json", str(script))
     rows = {(r["scope"], r["category"]): r for r in json.loads(out)["comparison"]}
     assert rows[("model_states", "optimizer_states")]["predicted"] == states
     assert rows[("model_states", "optimizer_states")]["measured"] == (states or 4 * 676)
@@ -260,19 +285,47 @@ def test_run_compare_prints_predicted_vs_measured(tmp_path, capsys, optimizer, s
 
 def test_format_comparison_renders_plain_records() -> None:
     # GIVEN plain dicts (no torch objects)
-    est = {"model": "m", "parameters": 10, "settings": {"device": "cpu"},
-           "model_states": {"parameters": 40, "gradients": 40, "optimizer_states": 80},
-           "peak": {"phase": "backward", "allocated": 2048, "reserved": 2048, "device_total": 2048,
-                    "by_category": {"activations": 1000}}}
-    prof = {"schema": "memprof.profile/1", "device": "cpu", "mode": "attribution",
-            "settings": {"model": "m", "parameters": 10},
-            "model_states": {"parameters": 40, "gradients": 40, "optimizer_states": 84},
-            "peak": {"phase": "optimizer_step", "allocated": 1024, "by_category": {"activations": 1000}}}
+    est = {
+        "model": "m",
+        "parameters": 10,
+        "settings": {"device": "cpu"},
+        "model_states": {"parameters": 40, "gradients": 40, "optimizer_states": 80},
+        "peak": {
+            "phase": "backward",
+            "allocated": 2048,
+            "reserved": 2048,
+            "device_total": 2048,
+            "by_category": {"activations": 1000},
+        },
+    }
+    prof = {
+        "schema": "memprof.profile/1",
+        "device": "cpu",
+        "mode": "attribution",
+        "settings": {"model": "m", "parameters": 10},
+        "model_states": {"parameters": 40, "gradients": 40, "optimizer_states": 84},
+        "peak": {"phase": "optimizer_step", "allocated": 1024, "by_category": {"activations": 1000}},
+    }
     lines = format_comparison(comparison_frame(est, prof)).splitlines()
     assert lines[0] == "predicted vs measured: m"
     assert lines[4].split() == ["model_states", "optimizer_states", "80", "B", "84", "B", "-4", "B", "-4.76%"]
-    assert lines[-3].split() == ["peak", "allocated", "2.00", "KiB", "1.00", "KiB", "+1.00", "KiB", "+100.00%",
-                                 "predicted", "in", "backward,", "measured", "in", "optimizer_step"]
+    assert lines[-3].split() == [
+        "peak",
+        "allocated",
+        "2.00",
+        "KiB",
+        "1.00",
+        "KiB",
+        "+1.00",
+        "KiB",
+        "+100.00%",
+        "predicted",
+        "in",
+        "backward,",
+        "measured",
+        "in",
+        "optimizer_step",
+    ]
     assert lines[-2].endswith("not measured on CPU")
 
 
@@ -281,7 +334,7 @@ def test_registry_and_precision_mapping() -> None:
     assert registry_optimizer("torch.optim.sgd.SGD", {"momentum": 0}) == "sgd"
     assert registry_optimizer("torch.optim.sgd.SGD", {"momentum": 0.9}) == "sgd-momentum"
     assert registry_optimizer("pytorch_optimizer.optimizer.lion.Lion") == "lion"
-    assert registry_optimizer("galore_torch.adamw.AdamW") == "galore"     # exported as GaLoreAdamW
+    assert registry_optimizer("galore_torch.adamw.AdamW") == "galore"  # exported as GaLoreAdamW
     assert registry_optimizer("bitsandbytes.optim.adamw.AdamW8bit") == "adamw8bit"
     assert registry_optimizer("mypkg.optim.AdamW") is None
     assert precision_of({"float32": 10}, None) == "32-true"
@@ -298,9 +351,11 @@ def test_hyperparameters_that_change_the_step_temporaries_are_passed_on() -> Non
     table = run.compare()
     assert table.attrs["observed"]["optimizer"] == "adam"
     peak = table.loc[("peak", "allocated")]
-    if table.attrs["missing"]:   # the estimator does not take weight_decay yet: said, not hidden
-        assert table.attrs["missing"] == ["the estimator does not take {'weight_decay': 0.1}: the step's "
-                                          "temporaries are predicted for the registry defaults"]
+    if table.attrs["missing"]:  # the estimator does not take weight_decay yet: said, not hidden
+        assert table.attrs["missing"] == [
+            "the estimator does not take {'weight_decay': 0.1}: the step's "
+            "temporaries are predicted for the registry defaults"
+        ]
     else:
         assert peak["predicted"] is not torch_na() and abs(peak["error_pct"]) <= 3.0
     for cat in MODEL_STATE_CATEGORIES:

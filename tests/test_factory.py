@@ -1,4 +1,5 @@
 """MODEL as `package.module:factory`: a user's function returning the Hugging Face model they train."""
+
 from __future__ import annotations
 
 import textwrap
@@ -6,7 +7,7 @@ import textwrap
 import pytest
 
 from memprof.cli import main
-from memprof.estimators.estimation import estimate
+from memprof.predict import estimate
 
 FACTORIES = textwrap.dedent("""
     import torch, transformers
@@ -47,8 +48,10 @@ def in_project(tmp_path, monkeypatch):
 def test_a_factory_gives_the_same_estimate_as_its_config(in_project):
     # GIVEN the same model as a factory and as the config.json it was built from
     import transformers
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=128,
-                                     bos_token_id=0, eos_token_id=0)
+
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=128, bos_token_id=0, eos_token_id=0
+    )
     config.to_json_file(in_project / "config.json")
     by_factory = estimate("usermodels:tiny_gpt2", device="cpu", batch_size=2, seq_len=32)
     by_config = estimate(str(in_project / "config.json"), device="cpu", batch_size=2, seq_len=32)
@@ -59,17 +62,20 @@ def test_a_factory_gives_the_same_estimate_as_its_config(in_project):
 
 def test_a_large_factory_is_built_on_the_meta_device(in_project):
     result = estimate("usermodels:llama_70b_shape", gpus=8, zero=3)
-    assert result.parameters == 68_976_648_192        # Llama-2-70B's shape
+    assert result.parameters == 68_976_648_192  # Llama-2-70B's shape
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("usermodels:gpt2_without_head", "memprof models the parameters of GPT2LMHeadModel for gpt2 and they differ"),
-    ("usermodels:mlp", "is a Sequential without a Hugging Face config"),
-    ("usermodels:broken", "the factory raised RuntimeError: no config found"),
-    ("usermodels:not_callable", "not_callable (int) is not a function returning an nn.Module"),
-    ("usermodels:missing", "usermodels has no 'missing'; callables there: broken, gpt2_without_head"),
-    ("nosuchpackage.models:build", "cannot import module 'nosuchpackage.models'"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("usermodels:gpt2_without_head", "memprof models the parameters of GPT2LMHeadModel for gpt2 and they differ"),
+        ("usermodels:mlp", "is a Sequential without a Hugging Face config"),
+        ("usermodels:broken", "the factory raised RuntimeError: no config found"),
+        ("usermodels:not_callable", "not_callable (int) is not a function returning an nn.Module"),
+        ("usermodels:missing", "usermodels has no 'missing'; callables there: broken, gpt2_without_head"),
+        ("nosuchpackage.models:build", "cannot import module 'nosuchpackage.models'"),
+    ],
+)
 def test_bad_factories_are_one_line_errors(in_project, capsys, ref, message):
     assert main(["estimate", ref, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -79,7 +85,10 @@ def test_bad_factories_are_one_line_errors(in_project, capsys, ref, message):
 def test_presets_do_not_import_torch_for_the_factory_path():
     import subprocess
     import sys
-    code = ("import sys; from memprof.estimators.models import load_model; load_model('gpt2-124m'); "
-            "print('torch' in sys.modules)")
+
+    code = (
+        "import sys; from memprof.estimators.models import load_model; load_model('gpt2-124m'); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,4 +1,5 @@
 """`memprof fit`: the boundary it finds is the estimator's own, and every knob row is a real estimate."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import json
 import pytest
 
 from memprof.cli import main
-from memprof.estimators.errors import MemprofUserError
 from memprof.estimators.estimation import estimate
 from memprof.estimators.fit import fit, parse_headroom
 from memprof.estimators.gpus import get_gpu
@@ -36,8 +36,7 @@ def test_longest_sequence_is_the_boundary_of_the_estimate():
     assert 1 < s <= 1024
     assert estimate("gpt2-355m", batch_size=4, seq_len=s, gpu="t4", checkpointing="full").device_total <= limit
     if s < 1024:
-        assert estimate("gpt2-355m", batch_size=4, seq_len=s + 1, gpu="t4",
-                        checkpointing="full").device_total > limit
+        assert estimate("gpt2-355m", batch_size=4, seq_len=s + 1, gpu="t4", checkpointing="full").device_total > limit
 
 
 def test_every_knob_row_is_an_estimate_with_that_knob():
@@ -77,14 +76,17 @@ def test_headroom(text, expected):
     assert parse_headroom(text, 20_000) == expected
 
 
-@pytest.mark.parametrize("args, message", [
-    (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "150%"], "must be a percentage from 0% to 99%"),
-    (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "lots"], "must be a percentage like 5%"),
-    (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "100GiB"], "leaves nothing"),
-    (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--seq-len", "long"], "--seq-len must be a whole number or 'auto'"),
-    (["fit", "vit-b-16", "--gpu", "a100-80gb", "--seq-len", "auto"], "fixed sequence"),
-    (["fit", "gpt2-1.5b", "--gpu", "a1000"], "unknown GPU 'a1000'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "150%"], "must be a percentage from 0% to 99%"),
+        (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "lots"], "must be a percentage like 5%"),
+        (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--headroom", "100GiB"], "leaves nothing"),
+        (["fit", "gpt2-1.5b", "--gpu", "a100-80gb", "--seq-len", "long"], "--seq-len must be a whole number or 'auto'"),
+        (["fit", "vit-b-16", "--gpu", "a100-80gb", "--seq-len", "auto"], "fixed sequence"),
+        (["fit", "gpt2-1.5b", "--gpu", "a1000"], "unknown GPU 'a1000'"),
+    ],
+)
 def test_bad_input(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -102,8 +104,12 @@ def test_the_search_finds_the_exact_boundary_whatever_the_curve(curve):
     from types import SimpleNamespace
 
     from memprof.estimators.fit import Budget, _Search
-    peak = {"convex": lambda b: 100 + b * b, "concave": lambda b: 100 + 200 * b ** 0.5,
-            "step": lambda b: 100 + 10 * b + (500 if b > 37 else 0)}[curve]
+
+    peak = {
+        "convex": lambda b: 100 + b * b,
+        "concave": lambda b: 100 + 200 * b**0.5,
+        "step": lambda b: 100 + 10 * b + (500 if b > 37 else 0),
+    }[curve]
 
     class Curve(_Search):
         def run(self, **changes):

@@ -1,4 +1,5 @@
 """GPU presets: the data file round-trips, figures are the sourced ones, names resolve."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,24 @@ from memprof.profiles import data_path
 MIB = 2**20
 ENTRIES = json.loads(data_path("gpus.json").read_text(encoding="utf-8"))
 FIELDS = {
-    "name", "family", "aliases", "nvml_names", "architecture", "compute_capability", "nominal_gb",
-    "memory_mib", "memory_bytes", "verified", "memory_source", "torch_total_memory",
-    "torch_total_memory_verified", "torch_total_memory_source", "memory_bandwidth_gb_s",
-    "fp16_tensor_dense_tflops", "perf_source", "notes",
+    "name",
+    "family",
+    "aliases",
+    "nvml_names",
+    "architecture",
+    "compute_capability",
+    "nominal_gb",
+    "memory_mib",
+    "memory_bytes",
+    "verified",
+    "memory_source",
+    "torch_total_memory",
+    "torch_total_memory_verified",
+    "torch_total_memory_source",
+    "memory_bandwidth_gb_s",
+    "fp16_tensor_dense_tflops",
+    "perf_source",
+    "notes",
 }
 
 
@@ -52,17 +67,42 @@ def test_every_entry_has_a_source_and_consistent_torch_figure(entry):
 
 def test_the_fourteen_presets():
     assert gpu_names() == [
-        "a10", "a100-40gb", "a100-80gb", "h100-80gb", "h100-pcie", "h200", "l4", "l40s",
-        "rtx-3090", "rtx-4090", "rtx-a6000", "t4", "v100-16gb", "v100-32gb",
+        "a10",
+        "a100-40gb",
+        "a100-80gb",
+        "h100-80gb",
+        "h100-pcie",
+        "h200",
+        "l4",
+        "l40s",
+        "rtx-3090",
+        "rtx-4090",
+        "rtx-a6000",
+        "t4",
+        "v100-16gb",
+        "v100-32gb",
     ]
 
 
-@pytest.mark.parametrize("name, mib", [
-    ("h100-80gb", 81559), ("h100-pcie", 81559), ("a100-80gb", 81920), ("a100-40gb", 40960),
-    ("a10", 23028), ("l4", 23034), ("l40s", 46068), ("t4", 15360), ("rtx-4090", 24564),
-    ("rtx-3090", 24576), ("rtx-a6000", 49140), ("h200", 143771), ("v100-16gb", 16384),
-    ("v100-32gb", 32768),
-])
+@pytest.mark.parametrize(
+    "name, mib",
+    [
+        ("h100-80gb", 81559),
+        ("h100-pcie", 81559),
+        ("a100-80gb", 81920),
+        ("a100-40gb", 40960),
+        ("a10", 23028),
+        ("l4", 23034),
+        ("l40s", 46068),
+        ("t4", 15360),
+        ("rtx-4090", 24564),
+        ("rtx-3090", 24576),
+        ("rtx-a6000", 49140),
+        ("h200", 143771),
+        ("v100-16gb", 16384),
+        ("v100-32gb", 32768),
+    ],
+)
 def test_driver_totals_are_the_sourced_nvidia_smi_figures(name, mib):
     assert get_gpu(name).memory_bytes == mib * MIB
 
@@ -80,46 +120,59 @@ def test_a10_nvml_bytes_are_whole_mib():
     assert get_gpu("a10").memory_bytes == 24146608128
 
 
-@pytest.mark.parametrize("name, cc, arch", [
-    ("t4", (7, 5), "Turing"), ("v100-32gb", (7, 0), "Volta"), ("a100-40gb", (8, 0), "Ampere"),
-    ("rtx-3090", (8, 6), "Ampere"), ("l40s", (8, 9), "Ada Lovelace"), ("h200", (9, 0), "Hopper"),
-])
+@pytest.mark.parametrize(
+    "name, cc, arch",
+    [
+        ("t4", (7, 5), "Turing"),
+        ("v100-32gb", (7, 0), "Volta"),
+        ("a100-40gb", (8, 0), "Ampere"),
+        ("rtx-3090", (8, 6), "Ampere"),
+        ("l40s", (8, 9), "Ada Lovelace"),
+        ("h200", (9, 0), "Hopper"),
+    ],
+)
 def test_compute_capability_and_architecture(name, cc, arch):
     spec = get_gpu(name)
     assert (spec.compute_capability, spec.architecture) == (cc, arch)
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("H100", "h100-80gb"),
-    ("h100-sxm", "h100-80gb"),
-    ("NVIDIA H100 80GB HBM3", "h100-80gb"),
-    ("nvidia h100 80gb hbm3", "h100-80gb"),
-    ("NVIDIA H100 PCIe", "h100-pcie"),
-    ("Tesla T4", "t4"),
-    ("T4", "t4"),
-    ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
-    ("A100_80GB", "a100-80gb"),
-    ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
-    ("Tesla V100-SXM2-16GB", "v100-16gb"),
-    ("NVIDIA GeForce RTX 4090", "rtx-4090"),
-    ("rtx 3090", "rtx-3090"),
-    ("GeForce RTX 3090", "rtx-3090"),
-    ("A6000", "rtx-a6000"),
-    ("NVIDIA L40S", "l40s"),
-    ("nvidia l4", "l4"),
-    ("NVIDIA H200", "h200"),
-    ("  H200 ", "h200"),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("H100", "h100-80gb"),
+        ("h100-sxm", "h100-80gb"),
+        ("NVIDIA H100 80GB HBM3", "h100-80gb"),
+        ("nvidia h100 80gb hbm3", "h100-80gb"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("Tesla T4", "t4"),
+        ("T4", "t4"),
+        ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+        ("A100_80GB", "a100-80gb"),
+        ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
+        ("Tesla V100-SXM2-16GB", "v100-16gb"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+        ("rtx 3090", "rtx-3090"),
+        ("GeForce RTX 3090", "rtx-3090"),
+        ("A6000", "rtx-a6000"),
+        ("NVIDIA L40S", "l40s"),
+        ("nvidia l4", "l4"),
+        ("NVIDIA H200", "h200"),
+        ("  H200 ", "h200"),
+    ],
+)
 def test_names_aliases_and_nvml_names_resolve(query, expected):
     assert get_gpu(query).name == expected
 
 
-@pytest.mark.parametrize("query, listed", [
-    ("a100", "a100-40gb, a100-80gb"),
-    ("A100", "a100-40gb, a100-80gb"),
-    ("NVIDIA A100", "a100-40gb, a100-80gb"),
-    ("v100", "v100-16gb, v100-32gb"),
-])
+@pytest.mark.parametrize(
+    "query, listed",
+    [
+        ("a100", "a100-40gb, a100-80gb"),
+        ("A100", "a100-40gb, a100-80gb"),
+        ("NVIDIA A100", "a100-40gb, a100-80gb"),
+        ("v100", "v100-16gb, v100-32gb"),
+    ],
+)
 def test_ambiguous_names_raise_listing_the_choices(query, listed):
     with pytest.raises(MemprofUserError) as err:
         get_gpu(query)
@@ -165,7 +218,9 @@ def test_no_heavy_imports():
     import subprocess
     import sys
 
-    code = ("import sys, memprof.estimators.gpus as g; g.get_gpu('h100');"
-            "bad = [m for m in ('torch', 'numpy', 'pandas', 'matplotlib') if m in sys.modules];"
-            "assert not bad, bad")
+    code = (
+        "import sys, memprof.estimators.gpus as g; g.get_gpu('h100');"
+        "bad = [m for m in ('torch', 'numpy', 'pandas', 'matplotlib') if m in sys.modules];"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,6 +4,7 @@ Every preset and a few hundred random small configs are built by transformers on
 memory, no download) and their `named_parameters()` must equal `ModelSpec.parameter_tensors()`:
 same names, same shapes, same order, tied weights listed once.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from memprof.estimators.errors import MemprofUserError  # noqa: E402
+from memprof.estimators.families import SUPPORTED_MODEL_TYPES  # noqa: E402
 from memprof.estimators.models import (  # noqa: E402
-    SUPPORTED_MODEL_TYPES,
     ModelSpec,
     load_model,
     normalize_config,
@@ -33,8 +34,11 @@ from memprof.profiles import data_path  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
-              "image-classification": "AutoModelForImageClassification"}
+AUTO_CLASS = {
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "image-classification": "AutoModelForImageClassification",
+}
 
 
 def hf_named_parameters(spec: ModelSpec, config: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -98,24 +102,24 @@ def test_normalized_config_builds_the_same_model():
 PUBLISHED = {
     # the ZeRO paper's GPT-2 1.5B: 1,557,611,200 with lm_head tied to wte
     "gpt2-1.5b": 1_557_611_200,
-    "gpt2-124m": 124_439_808,          # nanoGPT's sizing notebook / HF model card "124M"
+    "gpt2-124m": 124_439_808,  # nanoGPT's sizing notebook / HF model card "124M"
     "gpt2-355m": 354_823_168,
     "gpt2-774m": 774_030_080,
-    "llama-2-7b": 6_738_415_616,       # PEFT logs for Llama-2-7b-hf: "all params: 6738415616"
+    "llama-2-7b": 6_738_415_616,  # PEFT logs for Llama-2-7b-hf: "all params: 6738415616"
     "llama-2-13b": 13_015_864_320,
     "llama-2-70b": 68_976_648_192,
     "llama-3.1-8b": 8_030_261_248,
     "llama-3.1-70b": 70_553_706_496,
     "mistral-7b": 7_241_732_096,
-    "qwen2.5-0.5b": 494_032_768,       # Qwen2.5 model card: 0.49B (tied embeddings)
-    "qwen2.5-7b": 7_615_616_512,       # Qwen2.5 model card: 7.61B
-    "pythia-410m": 405_334_016,        # Pythia README table: 405,334,016 total params
-    "pythia-6.9b": 6_857_302_016,      # Pythia README table: 6,857,302,016
+    "qwen2.5-0.5b": 494_032_768,  # Qwen2.5 model card: 0.49B (tied embeddings)
+    "qwen2.5-7b": 7_615_616_512,  # Qwen2.5 model card: 7.61B
+    "pythia-410m": 405_334_016,  # Pythia README table: 405,334,016 total params
+    "pythia-6.9b": 6_857_302_016,  # Pythia README table: 6,857,302,016
     "opt-350m": 331_196_416,
     "opt-1.3b": 1_315_758_080,
     "bert-base-uncased": 109_514_298,  # BertForMaskedLM (BertModel with pooler: 109,482,240)
     "bert-large-uncased": 335_174_458,
-    "vit-b-16": 86_567_656,            # ViTForImageClassification, 1000 classes
+    "vit-b-16": 86_567_656,  # ViTForImageClassification, 1000 classes
 }
 
 
@@ -142,12 +146,13 @@ def test_every_preset_has_an_anchor_and_documented_metadata():
 def test_tied_and_untied_output_layers():
     def names(ref):
         return [t.name for t in load_model(ref).parameter_tensors()]
-    assert "lm_head.weight" not in names("gpt2-xl")            # tied to transformer.wte.weight
-    assert "lm_head.weight" not in names("qwen2.5-0.5b")       # Qwen2.5-0.5B ties
-    assert names("qwen2.5-7b")[-1] == "lm_head.weight"         # Qwen2.5-7B does not
+
+    assert "lm_head.weight" not in names("gpt2-xl")  # tied to transformer.wte.weight
+    assert "lm_head.weight" not in names("qwen2.5-0.5b")  # Qwen2.5-0.5B ties
+    assert names("qwen2.5-7b")[-1] == "lm_head.weight"  # Qwen2.5-7B does not
     assert names("llama-2-7b")[-1] == "lm_head.weight"
     assert names("llama-3.1-8b")[-1] == "lm_head.weight"
-    assert names("pythia-410m")[-1] == "lm_head.weight"        # GPT-NeoX's separate output matrix
+    assert names("pythia-410m")[-1] == "lm_head.weight"  # GPT-NeoX's separate output matrix
     bert = names("bert-base-uncased")
     assert not any("pooler" in n for n in bert) and not any("decoder" in n for n in bert)
     assert "cls.predictions.bias" in bert
@@ -155,18 +160,41 @@ def test_tied_and_untied_output_layers():
 
 def test_derived_sizes():
     llama = load_model("meta-llama/Llama-3.1-8B")
-    assert (llama.hidden_size, llama.num_layers, llama.num_heads, llama.num_kv_heads, llama.head_dim,
-            llama.intermediate_size, llama.vocab_size, llama.max_positions) == (
-        4096, 32, 32, 8, 128, 14336, 128256, 131072)
+    assert (
+        llama.hidden_size,
+        llama.num_layers,
+        llama.num_heads,
+        llama.num_kv_heads,
+        llama.head_dim,
+        llama.intermediate_size,
+        llama.vocab_size,
+        llama.max_positions,
+    ) == (4096, 32, 32, 8, 128, 14336, 128256, 131072)
     assert (llama.tie_word_embeddings, llama.gated_mlp, llama.norm, llama.activation) == (
-        False, True, "rmsnorm", "silu")
+        False,
+        True,
+        "rmsnorm",
+        "silu",
+    )
     gpt2 = load_model("gpt2-1.5b")
-    assert (gpt2.hidden_size, gpt2.num_layers, gpt2.num_heads, gpt2.head_dim, gpt2.intermediate_size,
-            gpt2.max_positions, gpt2.tie_word_embeddings, gpt2.norm) == (
-        1600, 48, 25, 64, 6400, 1024, True, "layernorm")
+    assert (
+        gpt2.hidden_size,
+        gpt2.num_layers,
+        gpt2.num_heads,
+        gpt2.head_dim,
+        gpt2.intermediate_size,
+        gpt2.max_positions,
+        gpt2.tie_word_embeddings,
+        gpt2.norm,
+    ) == (1600, 48, 25, 64, 6400, 1024, True, "layernorm")
     vit = load_model("vit-b-16")
     assert (vit.vocab_size, vit.max_positions, vit.num_patches, vit.num_labels, vit.task) == (
-        None, None, 196, 1000, "image-classification")
+        None,
+        None,
+        196,
+        1000,
+        "image-classification",
+    )
     opt = load_model("opt-350m")
     assert (opt.hidden_size, opt.intermediate_size, opt.config["word_embed_proj_dim"]) == (1024, 4096, 512)
     assert load_model("bert-base").task == "masked-lm"
@@ -190,8 +218,10 @@ def test_spec_is_read_only():
 
 
 def test_estimators_stay_torch_free():
-    code = ("import sys; import memprof.estimators.models as m; m.load_model('llama-2-70b').num_parameters; "
-            "bad = [x for x in ('torch', 'transformers', 'numpy') if x in sys.modules]; print(bad)")
+    code = (
+        "import sys; import memprof.estimators.models as m; m.load_model('llama-2-70b').num_parameters; "
+        "bad = [x for x in ('torch', 'transformers', 'numpy') if x in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -229,46 +259,118 @@ def test_existing_folder_wins_over_a_preset_name(tmp_path, monkeypatch):
 
 def test_aliased_field_names_are_accepted(tmp_path):
     # transformers maps GPT-2's hidden_size/num_hidden_layers/... onto n_embd/n_layer/...
-    config = {"model_type": "gpt2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "max_position_embeddings": 32, "vocab_size": 128}
+    config = {
+        "model_type": "gpt2",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 32,
+        "vocab_size": 128,
+    }
     spec = load_model(str(write(tmp_path, config)))
     assert (spec.hidden_size, spec.num_layers, spec.max_positions) == (64, 2, 32)
     assert_same_parameters(spec, config)
 
 
 def test_qwen2_missing_kv_heads_takes_the_class_default_of_32(tmp_path):
-    config = {"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 64, "vocab_size": 32}
+    config = {
+        "model_type": "qwen2",
+        "hidden_size": 256,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 64,
+        "vocab_size": 32,
+    }
     spec = spec_from_config_file(write(tmp_path, config))
     assert spec.num_kv_heads == 32
     assert_same_parameters(spec, config)
 
 
-@pytest.mark.parametrize("config,message", [
-    ({"model_type": "gpt2", "n_layer": 2, "n_head": 4, "vocab_size": 128}, "required field 'n_embd' is missing"),
-    ({"model_type": "gpt2", "n_embd": "64", "n_layer": 2, "n_head": 4, "vocab_size": 128},
-     "field 'n_embd' must be an integer, got '64'"),
-    ({"model_type": "gpt2", "n_embd": 64.0, "n_layer": 2, "n_head": 4, "vocab_size": 128},
-     "field 'n_embd' must be an integer"),
-    ({"model_type": "gpt2", "n_embd": 64, "n_layer": True, "n_head": 4, "vocab_size": 128},
-     "field 'n_layer' must be an integer, got True"),
-    ({"model_type": "llama", "hidden_size": 64, "intermediate_size": 0, "num_hidden_layers": 2,
-      "num_attention_heads": 4, "vocab_size": 128}, "field 'intermediate_size' must be positive, got 0"),
-    ({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": -2,
-      "num_attention_heads": 4, "vocab_size": 128}, "field 'num_hidden_layers' must be positive, got -2"),
-    ({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 2,
-      "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 128},
-     "num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
-    ({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 5, "vocab_size": 128},
-     "n_embd (64) must be a multiple of n_head (5)"),
-    ({"model_type": "opt", "hidden_size": 64, "ffn_dim": 8, "num_hidden_layers": 2, "num_attention_heads": 4,
-      "vocab_size": 128, "tie_word_embeddings": "yes"}, "field 'tie_word_embeddings' must be true or false"),
-    ({"model_type": "t5", "d_model": 64}, "unsupported model_type 't5'; supported: gpt2, llama, mistral, qwen2, "
-                                          "gpt_neox, opt, bert, vit"),
-    ({"n_embd": 64}, "no 'model_type' field; supported: gpt2"),
-    ({"model_type": "vit", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 2,
-      "num_attention_heads": 4, "image_size": 8, "patch_size": 16}, "image_size (8, 8) is smaller than patch_size"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"model_type": "gpt2", "n_layer": 2, "n_head": 4, "vocab_size": 128}, "required field 'n_embd' is missing"),
+        (
+            {"model_type": "gpt2", "n_embd": "64", "n_layer": 2, "n_head": 4, "vocab_size": 128},
+            "field 'n_embd' must be an integer, got '64'",
+        ),
+        (
+            {"model_type": "gpt2", "n_embd": 64.0, "n_layer": 2, "n_head": 4, "vocab_size": 128},
+            "field 'n_embd' must be an integer",
+        ),
+        (
+            {"model_type": "gpt2", "n_embd": 64, "n_layer": True, "n_head": 4, "vocab_size": 128},
+            "field 'n_layer' must be an integer, got True",
+        ),
+        (
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 0,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 128,
+            },
+            "field 'intermediate_size' must be positive, got 0",
+        ),
+        (
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 8,
+                "num_hidden_layers": -2,
+                "num_attention_heads": 4,
+                "vocab_size": 128,
+            },
+            "field 'num_hidden_layers' must be positive, got -2",
+        ),
+        (
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 8,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 3,
+                "vocab_size": 128,
+            },
+            "num_attention_heads (4) must be a multiple of num_key_value_heads (3)",
+        ),
+        (
+            {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 5, "vocab_size": 128},
+            "n_embd (64) must be a multiple of n_head (5)",
+        ),
+        (
+            {
+                "model_type": "opt",
+                "hidden_size": 64,
+                "ffn_dim": 8,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 128,
+                "tie_word_embeddings": "yes",
+            },
+            "field 'tie_word_embeddings' must be true or false",
+        ),
+        (
+            {"model_type": "t5", "d_model": 64},
+            "unsupported model_type 't5'; supported: gpt2, llama, mistral, qwen2, gpt_neox, opt, bert, vit",
+        ),
+        ({"n_embd": 64}, "no 'model_type' field; supported: gpt2"),
+        (
+            {
+                "model_type": "vit",
+                "hidden_size": 64,
+                "intermediate_size": 8,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 8,
+                "patch_size": 16,
+            },
+            "image_size (8, 8) is smaller than patch_size",
+        ),
+    ],
+)
 def test_bad_config_fields(tmp_path, config, message):
     path = write(tmp_path, config)
     with pytest.raises(MemprofUserError) as err:
@@ -293,7 +395,7 @@ def test_non_object_json(tmp_path):
 
 def test_missing_file_and_empty_folder(tmp_path):
     missing = tmp_path / "nope" / "config.json"
-    with pytest.raises(MemprofUserError, match="config file not found: .*nope/config.json"):
+    with pytest.raises(MemprofUserError, match=r"config file not found: .*nope/config.json"):
         load_model(str(missing))
     with pytest.raises(MemprofUserError, match=f"no config.json in folder {tmp_path}"):
         load_model(str(tmp_path))
@@ -304,7 +406,7 @@ def test_unknown_preset_suggests_close_matches():
         load_model("gpt2-xxl")
     with pytest.raises(MemprofUserError, match=r"unknown model 'llama-3-8b'; did you mean .*llama"):
         load_model("llama-3-8b")
-    with pytest.raises(MemprofUserError, match="unknown model 'zzzz'; valid: .*gpt2-1.5b"):
+    with pytest.raises(MemprofUserError, match=r"unknown model 'zzzz'; valid: .*gpt2-1.5b"):
         load_model("zzzz")
     with pytest.raises(MemprofUserError, match="unknown model 'meta-llama/Llama-4'"):
         load_model("meta-llama/Llama-4")
@@ -338,19 +440,32 @@ sizes = st.sampled_from([8, 16, 24])
 @st.composite
 def gpt2_configs(draw):
     h = draw(heads)
-    return {"model_type": "gpt2", "n_head": h, "n_embd": h * draw(sizes), "n_layer": draw(layers),
-            "vocab_size": draw(st.integers(5, 70)), "n_positions": draw(st.integers(1, 40)),
-            "n_inner": draw(st.none() | st.integers(1, 50)), "tie_word_embeddings": draw(st.booleans()),
-            "add_cross_attention": draw(st.booleans())}
+    return {
+        "model_type": "gpt2",
+        "n_head": h,
+        "n_embd": h * draw(sizes),
+        "n_layer": draw(layers),
+        "vocab_size": draw(st.integers(5, 70)),
+        "n_positions": draw(st.integers(1, 40)),
+        "n_inner": draw(st.none() | st.integers(1, 50)),
+        "tie_word_embeddings": draw(st.booleans()),
+        "add_cross_attention": draw(st.booleans()),
+    }
 
 
 @st.composite
 def llama_like_configs(draw, model_type):
     h, per_kv = draw(heads), draw(st.sampled_from([1, 2, 4]))
-    config = {"model_type": model_type, "num_attention_heads": h * per_kv, "num_key_value_heads": h,
-              "hidden_size": h * per_kv * draw(sizes), "intermediate_size": draw(st.integers(1, 50)),
-              "num_hidden_layers": draw(layers), "vocab_size": draw(st.integers(5, 70)),
-              "tie_word_embeddings": draw(st.booleans())}
+    config = {
+        "model_type": model_type,
+        "num_attention_heads": h * per_kv,
+        "num_key_value_heads": h,
+        "hidden_size": h * per_kv * draw(sizes),
+        "intermediate_size": draw(st.integers(1, 50)),
+        "num_hidden_layers": draw(layers),
+        "vocab_size": draw(st.integers(5, 70)),
+        "tie_word_embeddings": draw(st.booleans()),
+    }
     if draw(st.booleans()):
         config["head_dim"] = draw(st.sampled_from([4, 8, 12]))
     if model_type == "llama":
@@ -362,34 +477,57 @@ def llama_like_configs(draw, model_type):
 @st.composite
 def gpt_neox_configs(draw):
     h = draw(heads)
-    return {"model_type": "gpt_neox", "num_attention_heads": h, "hidden_size": h * draw(sizes),
-            "intermediate_size": draw(st.integers(1, 50)), "num_hidden_layers": draw(layers),
-            "vocab_size": draw(st.integers(5, 70)), "tie_word_embeddings": draw(st.booleans()),
-            "attention_bias": draw(st.booleans()), "use_parallel_residual": draw(st.booleans())}
+    return {
+        "model_type": "gpt_neox",
+        "num_attention_heads": h,
+        "hidden_size": h * draw(sizes),
+        "intermediate_size": draw(st.integers(1, 50)),
+        "num_hidden_layers": draw(layers),
+        "vocab_size": draw(st.integers(5, 70)),
+        "tie_word_embeddings": draw(st.booleans()),
+        "attention_bias": draw(st.booleans()),
+        "use_parallel_residual": draw(st.booleans()),
+    }
 
 
 @st.composite
 def opt_configs(draw):
     h = draw(heads)
     hidden = h * draw(sizes)
-    return {"model_type": "opt", "num_attention_heads": h, "hidden_size": hidden,
-            "ffn_dim": draw(st.integers(1, 50)), "num_hidden_layers": draw(layers),
-            "vocab_size": draw(st.integers(5, 70)), "max_position_embeddings": draw(st.integers(1, 40)),
-            "word_embed_proj_dim": draw(st.sampled_from([None, hidden, 8])),
-            "do_layer_norm_before": draw(st.booleans()), "_remove_final_layer_norm": draw(st.booleans()),
-            "enable_bias": draw(st.booleans()), "layer_norm_elementwise_affine": draw(st.booleans()),
-            "tie_word_embeddings": draw(st.booleans())}
+    return {
+        "model_type": "opt",
+        "num_attention_heads": h,
+        "hidden_size": hidden,
+        "ffn_dim": draw(st.integers(1, 50)),
+        "num_hidden_layers": draw(layers),
+        "vocab_size": draw(st.integers(5, 70)),
+        "max_position_embeddings": draw(st.integers(1, 40)),
+        "word_embed_proj_dim": draw(st.sampled_from([None, hidden, 8])),
+        "do_layer_norm_before": draw(st.booleans()),
+        "_remove_final_layer_norm": draw(st.booleans()),
+        "enable_bias": draw(st.booleans()),
+        "layer_norm_elementwise_affine": draw(st.booleans()),
+        "tie_word_embeddings": draw(st.booleans()),
+    }
 
 
 @st.composite
 def bert_configs(draw):
     h = draw(heads)
     cross = draw(st.booleans())
-    return {"model_type": "bert", "num_attention_heads": h, "hidden_size": h * draw(sizes),
-            "intermediate_size": draw(st.integers(1, 50)), "num_hidden_layers": draw(layers),
-            "vocab_size": draw(st.integers(5, 70)), "max_position_embeddings": draw(st.integers(1, 40)),
-            "type_vocab_size": draw(st.integers(1, 3)), "tie_word_embeddings": draw(st.booleans()),
-            "is_decoder": cross, "add_cross_attention": cross}
+    return {
+        "model_type": "bert",
+        "num_attention_heads": h,
+        "hidden_size": h * draw(sizes),
+        "intermediate_size": draw(st.integers(1, 50)),
+        "num_hidden_layers": draw(layers),
+        "vocab_size": draw(st.integers(5, 70)),
+        "max_position_embeddings": draw(st.integers(1, 40)),
+        "type_vocab_size": draw(st.integers(1, 3)),
+        "tie_word_embeddings": draw(st.booleans()),
+        "is_decoder": cross,
+        "add_cross_attention": cross,
+    }
 
 
 @st.composite
@@ -397,10 +535,17 @@ def vit_configs(draw):
     h = draw(heads)
     patch = draw(st.sampled_from([2, 4, [2, 4]]))
     image = draw(st.sampled_from([8, 12, [8, 16]]))
-    config = {"model_type": "vit", "num_attention_heads": h, "hidden_size": h * draw(sizes),
-              "intermediate_size": draw(st.integers(1, 50)), "num_hidden_layers": draw(layers),
-              "image_size": image, "patch_size": patch, "num_channels": draw(st.integers(1, 4)),
-              "qkv_bias": draw(st.booleans())}
+    config = {
+        "model_type": "vit",
+        "num_attention_heads": h,
+        "hidden_size": h * draw(sizes),
+        "intermediate_size": draw(st.integers(1, 50)),
+        "num_hidden_layers": draw(layers),
+        "image_size": image,
+        "patch_size": patch,
+        "num_channels": draw(st.integers(1, 4)),
+        "qkv_bias": draw(st.booleans()),
+    }
     labels = draw(st.sampled_from(["none", "num", "map"]))
     if labels == "num":
         config["num_labels"] = draw(st.integers(0, 5))
@@ -410,8 +555,12 @@ def vit_configs(draw):
 
 
 def check_random(config):
-    spec = ModelSpec(name="random", model_type=config["model_type"],
-                     config=normalize_config(config), task=_task(config["model_type"]))
+    spec = ModelSpec(
+        name="random",
+        model_type=config["model_type"],
+        config=normalize_config(config),
+        task=_task(config["model_type"]),
+    )
     assert_same_parameters(spec, config)
 
 

@@ -11,6 +11,7 @@ dispatcher: measured with the CPU allocator's profiler events. Each implementati
 explicitly (foreach=False / foreach=True / fused=True), since on the CPU torch would only take
 the single-tensor loop.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,13 +25,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from memprof.estimators.errors import MemprofUserError
-from memprof.estimators.optimizers import get_optimizer
-from memprof.estimators.optimizers.temporaries import (LBFGS_SCALARS, default_implementation, exactness,
-                                                        step_temporary_bytes)
+from memprof.estimators.optimizers import default_implementation, exactness, get_optimizer, step_temporary_bytes
+from memprof.estimators.optimizers.torch_lbfgs import LBFGS_SCALARS
 from memprof.estimators.tensors import ParamTensor
 
-KWARGS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
-          "n/a": {}}
+KWARGS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "n/a": {}}
 
 
 class Layers(nn.Module):
@@ -60,6 +59,7 @@ def _layers():
 
 def _gpt2():
     from activation_cases import batch, build
+
     model, _ = build("gpt2")
     inputs = batch("gpt2", 2, 16)
     return model, lambda m: m(**inputs).loss
@@ -113,12 +113,15 @@ class LiveStorages(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         # torch.tensor(...) is created outside the dispatcher and handed to lift_fresh: new
-        inputs = set() if func is torch.ops.aten.lift_fresh.default else {
-            st.data_ptr() for st in _storages(tree_leaves((args, kwargs)))}
+        inputs = (
+            set()
+            if func is torch.ops.aten.lift_fresh.default
+            else {st.data_ptr() for st in _storages(tree_leaves((args, kwargs)))}
+        )
         for storage in _storages(tree_leaves(out)):
             key, nbytes = storage.data_ptr(), storage.nbytes()
             if key in inputs or key in self._alive or nbytes == 0:
-                continue                                   # a view, an in-place result, or known
+                continue  # a view, an in-place result, or known
             self._alive.add(key)
             self.current += nbytes
             self.peak = max(self.peak, self.current)
@@ -138,13 +141,13 @@ def measure(model_name: str, make, steps_before: int = 1, dtype: torch.dtype = t
         model, loss_fn = MODELS[model_name]()
     model.to(dtype)
     opts = make(model)
-    create_graph = getattr(make, "create_graph", False)   # Hutchinson optimizers
+    create_graph = getattr(make, "create_graph", False)  # Hutchinson optimizers
 
     def backward():
         for o in opts:
             o.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")    # create_graph's grad <-> param cycle: broken below
+            warnings.simplefilter("ignore")  # create_graph's grad <-> param cycle: broken below
             loss_fn(model).backward(create_graph=create_graph)
 
     with LiveStorages() as live:
@@ -159,8 +162,13 @@ def measure(model_name: str, make, steps_before: int = 1, dtype: torch.dtype = t
             o.step()
         measured = live.peak - before
     names = {id(p): n for n, p in model.named_parameters()}
-    params = [ParamTensor(names[id(p)], tuple(p.shape)) for o in opts for g in o.param_groups
-              for p in g["params"] if p.grad is not None]             # the order step() visits
+    params = [
+        ParamTensor(names[id(p)], tuple(p.shape))
+        for o in opts
+        for g in o.param_groups
+        for p in g["params"]
+        if p.grad is not None
+    ]  # the order step() visits
     if create_graph:
         for p in model.parameters():
             p.grad = None
@@ -179,7 +187,7 @@ def measure_with_memtracker(model, opts, step) -> int:
 
 
 def _one(cls, **fixed):
-    return lambda opts, impl: (lambda model: [cls(model.parameters(), **fixed, **opts, **KWARGS[impl])])
+    return lambda opts, impl: lambda model: [cls(model.parameters(), **fixed, **opts, **KWARGS[impl])]
 
 
 def _muon(opts, impl):
@@ -187,6 +195,7 @@ def _muon(opts, impl):
         two_d = [p for p in model.parameters() if p.ndim == 2]
         rest = [p for p in model.parameters() if p.ndim != 2]
         return [torch.optim.Muon(two_d, **opts), torch.optim.AdamW(rest)]
+
     return make
 
 
@@ -221,7 +230,7 @@ TORCH_CASES = [
     ("asgd", _one(torch.optim.ASGD, t0=0), WD, LOOPS, 2),
     ("nadam", _one(torch.optim.NAdam), {}, LOOPS),
     ("nadam", _one(torch.optim.NAdam), WD, LOOPS),
-    ("radam", _one(torch.optim.RAdam), {}, LOOPS, 8),       # rectified from step 6 (beta2=0.999)
+    ("radam", _one(torch.optim.RAdam), {}, LOOPS, 8),  # rectified from step 6 (beta2=0.999)
     ("radam", _one(torch.optim.RAdam), {**WD, **MAX}, LOOPS, 8),
     ("rmsprop", _one(torch.optim.RMSprop), {}, LOOPS),
     ("rmsprop", _one(torch.optim.RMSprop), {"momentum": 0.9, "centered": True, **WD}, LOOPS),
@@ -268,22 +277,32 @@ def _pkg(name: str, loop_kwargs: dict | None = None, foreach_kwargs: dict | None
                 for o in made:
                     o.train()
             return made
+
         make.create_graph = CASES[name].create_graph
         return make
+
     return factory
 
 
 def _galore(opts, impl, gap=200):
     """GaLoreAdamW on every 2-D parameter, re-projecting (SVD) every `gap` steps."""
+
     def make(model):
         from galore_torch import GaLoreAdamW
+
         two_d = [p for p in model.parameters() if p.ndim == 2]
         rest = [p for p in model.parameters() if p.ndim != 2]
-        group = {"params": two_d, "rank": opts.get("rank", 128), "update_proj_gap": gap, "scale": 0.25,
-                 "proj_type": "std"}
+        group = {
+            "params": two_d,
+            "rank": opts.get("rank", 128),
+            "update_proj_gap": gap,
+            "scale": 0.25,
+            "proj_type": "std",
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return [GaLoreAdamW([{"params": rest}, group], no_deprecation_warning=True)]
+
     return make
 
 
@@ -306,13 +325,28 @@ PACKAGE_CASES = [
     # exact; SOAP refreshing its eigenbases (QR) every step, and with 1-D preconditioning
     ("shampoo", _pkg("shampoo"), {}, ("n/a",)),
     ("soap", _pkg("soap", {"precondition_frequency": 1}), {}, ("n/a",), 2),
-    ("soap", _pkg("soap", {"precondition_frequency": 1}),
-     {"precondition_1d": True, "max_precondition_dim": 100}, ("n/a",), 2),
+    (
+        "soap",
+        _pkg("soap", {"precondition_frequency": 1}),
+        {"precondition_1d": True, "max_precondition_dim": 100},
+        ("n/a",),
+        2,
+    ),
     # steps without a Hessian update (update_period=3, measured at the 3rd step): exact
-    ("sophia", _pkg("sophia", {"foreach": False, "update_period": 3}, {"update_period": 3}),
-     {"hessian_step": False}, LOOPS, 2),
-    ("adahessian", _pkg("adahessian", {"foreach": False, "update_period": 3}, {"update_period": 3}),
-     {"hessian_step": False}, LOOPS, 2),
+    (
+        "sophia",
+        _pkg("sophia", {"foreach": False, "update_period": 3}, {"update_period": 3}),
+        {"hessian_step": False},
+        LOOPS,
+        2,
+    ),
+    (
+        "adahessian",
+        _pkg("adahessian", {"foreach": False, "update_period": 3}, {"update_period": 3}),
+        {"hessian_step": False},
+        LOOPS,
+        2,
+    ),
     # Hessian-update steps: the probes and h_zs are counted, the double backward's memory is not
     ("sophia", _pkg("sophia", {"foreach": False, "update_period": 1}, {"update_period": 1}), {}, LOOPS),
     ("adahessian", _pkg("adahessian", **PYOPT), {}, LOOPS),
@@ -352,13 +386,16 @@ def test_memtracker_agrees(impl):
     assert measured == step_temporary_bytes("adamw", params, "float32", device="cpu", implementation=impl)
 
 
-@pytest.mark.parametrize("name,make,opts,impl", [
-    ("adamw", _one(torch.optim.AdamW), {}, "single_tensor"),
-    ("adamw", _one(torch.optim.AdamW), {}, "foreach"),
-    ("muon", _muon, {}, "single_tensor"),          # grad.bfloat16() is the gradient itself
-    ("adafactor", _one(torch.optim.Adafactor), {}, "single_tensor"),
-    ("galore", lambda opts, impl: _galore(opts, impl, gap=1), {"rank": 8}, "n/a"),  # float32 SVD copies
-])
+@pytest.mark.parametrize(
+    "name,make,opts,impl",
+    [
+        ("adamw", _one(torch.optim.AdamW), {}, "single_tensor"),
+        ("adamw", _one(torch.optim.AdamW), {}, "foreach"),
+        ("muon", _muon, {}, "single_tensor"),  # grad.bfloat16() is the gradient itself
+        ("adafactor", _one(torch.optim.Adafactor), {}, "single_tensor"),
+        ("galore", lambda opts, impl: _galore(opts, impl, gap=1), {"rank": 8}, "n/a"),  # float32 SVD copies
+    ],
+)
 def test_bfloat16_states(name, make, opts, impl):
     params, measured = measure("layers", make(opts, impl), dtype=torch.bfloat16)
     assert step_temporary_bytes(name, params, "bfloat16", device="cpu", implementation=impl, **opts) == measured
@@ -396,8 +433,9 @@ def test_preconditioners_on_tensors_of_three_and_four_dimensions(dtype, name, ma
 def test_single_tensor_peak_includes_the_previous_parameters_leftover():
     # AdamW's loop: denom of parameter i-1 is still referenced while sqrt and the quotient of i exist
     params = [ParamTensor("w", (1000,)), ParamTensor("b", (10,)), ParamTensor("v", (100,))]
-    assert step_temporary_bytes("adamw", params, "float32", implementation="single_tensor") == \
-        4 * max(2 * 1000, 2 * 10 + 1000, 2 * 100 + 10)
+    assert step_temporary_bytes("adamw", params, "float32", implementation="single_tensor") == 4 * max(
+        2 * 1000, 2 * 10 + 1000, 2 * 100 + 10
+    )
 
 
 def test_foreach_allocates_one_list_of_all_parameters():
@@ -406,21 +444,24 @@ def test_foreach_allocates_one_list_of_all_parameters():
     assert step_temporary_bytes("adam", params, "float32", device="cuda", weight_decay=0.1) == 4 * 1010
 
 
-@pytest.mark.parametrize("name,device,options,expected", [
-    ("adamw", "cuda", {}, "foreach"),                 # _default_to_fused_or_foreach
-    ("adamw", "cuda:1", {}, "foreach"),
-    ("Adam", "cpu", {}, "single_tensor"),             # no foreach kernels on the CPU
-    ("adamw", "cuda", {"fused": True}, "fused"),      # never the default; only fused=True
-    ("adagrad", "cpu", {"fused": True}, "fused"),
-    ("adafactor", "cuda", {}, "single_tensor"),       # adafactor(): foreach=None is falsy
-    ("muon", "cuda", {}, "single_tensor"),            # Muon has no foreach implementation
-    ("lion", "cpu", {}, "foreach"),                   # pytorch-optimizer: foreach on any device
-    ("lion", "cpu", {"adanorm": True}, "single_tensor"),
-    ("adabelief", "cuda", {"ams_bound": True}, "single_tensor"),
-    ("schedulefree-adamw", "cpu", {}, "foreach"),     # foreach=True by default
-    ("prodigy", "cuda", {}, "n/a"),
-    ("lbfgs", "cuda", {}, "n/a"),
-])
+@pytest.mark.parametrize(
+    "name,device,options,expected",
+    [
+        ("adamw", "cuda", {}, "foreach"),  # _default_to_fused_or_foreach
+        ("adamw", "cuda:1", {}, "foreach"),
+        ("Adam", "cpu", {}, "single_tensor"),  # no foreach kernels on the CPU
+        ("adamw", "cuda", {"fused": True}, "fused"),  # never the default; only fused=True
+        ("adagrad", "cpu", {"fused": True}, "fused"),
+        ("adafactor", "cuda", {}, "single_tensor"),  # adafactor(): foreach=None is falsy
+        ("muon", "cuda", {}, "single_tensor"),  # Muon has no foreach implementation
+        ("lion", "cpu", {}, "foreach"),  # pytorch-optimizer: foreach on any device
+        ("lion", "cpu", {"adanorm": True}, "single_tensor"),
+        ("adabelief", "cuda", {"ams_bound": True}, "single_tensor"),
+        ("schedulefree-adamw", "cpu", {}, "foreach"),  # foreach=True by default
+        ("prodigy", "cuda", {}, "n/a"),
+        ("lbfgs", "cuda", {}, "n/a"),
+    ],
+)
 def test_default_implementation_follows_the_libraries(name, device, options, expected):
     assert default_implementation(name, device, **options) == expected
 
@@ -429,32 +470,42 @@ def test_default_is_what_step_temporary_bytes_uses():
     params = [ParamTensor("w", (1000,)), ParamTensor("b", (10,))]
     for device in ("cuda", "cpu"):
         impl = default_implementation("adamw", device)
-        assert step_temporary_bytes("adamw", params, "float32", device=device) == \
-            step_temporary_bytes("adamw", params, "float32", device=device, implementation=impl)
+        assert step_temporary_bytes("adamw", params, "float32", device=device) == step_temporary_bytes(
+            "adamw", params, "float32", device=device, implementation=impl
+        )
     assert step_temporary_bytes(get_optimizer("AdamW"), params, "float32", fused=True) == 0
 
 
-@pytest.mark.parametrize("name,kwargs,match", [
-    ("rmsprop", {"implementation": "fused"}, "'fused' does not exist for optimizer 'rmsprop'; "
-                                             "valid: single_tensor, foreach"),
-    ("prodigy", {"implementation": "foreach"}, "valid: n/a"),
-    ("adagrad", {"implementation": "fused", "device": "cuda"}, "CPU only"),
-    ("lbfgs", {"line_search_fn": "strong_wolfe"}, "not modelled"),
-    ("adamw", {"state_dtype": "float33"}, "unknown dtype"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        (
+            "rmsprop",
+            {"implementation": "fused"},
+            "'fused' does not exist for optimizer 'rmsprop'; valid: single_tensor, foreach",
+        ),
+        ("prodigy", {"implementation": "foreach"}, "valid: n/a"),
+        ("adagrad", {"implementation": "fused", "device": "cuda"}, "CPU only"),
+        ("lbfgs", {"line_search_fn": "strong_wolfe"}, "not modelled"),
+        ("adamw", {"state_dtype": "float33"}, "unknown dtype"),
+    ],
+)
 def test_bad_input_for_an_optimizer_is_a_user_error(name, kwargs, match):
     dtype = kwargs.pop("state_dtype", "float32")
     with pytest.raises(MemprofUserError, match=match):
         step_temporary_bytes(name, [ParamTensor("w", (10, 10))], dtype, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"implementation": "fast"}, "valid: single_tensor, foreach, fused"),
-    ({"momentum": 0.9}, "unknown option.*momentum.*valid: amsgrad"),
-    ({"fused": True, "implementation": "foreach"}, "contradicts"),
-    ({"capturable": True, "device": "cpu"}, "capturable"),
-    ({"device": "tpu"}, "unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"implementation": "fast"}, "valid: single_tensor, foreach, fused"),
+        ({"momentum": 0.9}, "unknown option.*momentum.*valid: amsgrad"),
+        ({"fused": True, "implementation": "foreach"}, "contradicts"),
+        ({"capturable": True, "device": "cpu"}, "capturable"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+    ],
+)
 def test_bad_input_is_a_user_error(kwargs, match):
     with pytest.raises(MemprofUserError, match=match):
         step_temporary_bytes("adamw", [ParamTensor("w", (10,))], "float32", **kwargs)
@@ -472,13 +523,13 @@ def test_lbfgs_steady_state_holds_five_flat_vectors():
     def closure():
         loss = 0.0
         for p, a in zip(params, scales):
-            p.grad.copy_(p.detach()).mul_(a)               # d/dp of a * p^2 / 2
+            p.grad.copy_(p.detach()).mul_(a)  # d/dp of a * p^2 / 2
             loss += float(p.detach().view(-1).dot(p.grad.view(-1))) / 2
         return loss
 
     opt = torch.optim.LBFGS(params, history_size=3, max_iter=5, tolerance_grad=0, tolerance_change=0)
     with LiveStorages() as live:
-        for _ in range(3):                                 # 5 inner iterations each: history full
+        for _ in range(3):  # 5 inner iterations each: history full
             opt.step(closure)
         assert len(opt.state[params[0]]["old_dirs"]) == 3
         # WHEN the next step is measured
@@ -508,6 +559,7 @@ def measure_cpu_allocator(model_name: str, make, steps_before: int = 1) -> tuple
     For optimizers whose update is a custom op (bitsandbytes): its PyTorch reference kernels run
     below the dispatcher, invisible to TorchDispatchMode trackers."""
     from torch.profiler import ProfilerActivity, profile
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, loss_fn = MODELS[model_name]()
@@ -522,8 +574,9 @@ def measure_cpu_allocator(model_name: str, make, steps_before: int = 1) -> tuple
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for o in opts:
             o.step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     current = peak = 0
     for e in events:
         current += e.nbytes()
@@ -562,7 +615,7 @@ def test_sparse_adam_stays_under_its_all_rows_bound():
             del MODELS["sparse"]
 
     params, by_dispatch = run(measure)
-    _, by_allocator = run(measure_cpu_allocator)      # also sees what coalesce() allocates inside
+    _, by_allocator = run(measure_cpu_allocator)  # also sees what coalesce() allocates inside
     bound = step_temporary_bytes("sparse-adam", params, "float32", device="cpu")
     # THEN both measurements stay under the bound, which counts all 100 rows
     assert 0 < by_dispatch <= bound

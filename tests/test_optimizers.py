@@ -5,6 +5,7 @@ schedulefree, dadaptation, galore-torch), steps it with a real loss.backward() o
 its state has its steady size, and compares the bytes of the tensors in optimizer.state (per key, each
 storage once) with the registry's prediction.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,10 +16,8 @@ import pytest
 import torch
 
 from memprof.estimators.errors import MemprofUserError
-from memprof.estimators.optimizers import (
-    OPTIMIZERS, Family, get_optimizer, optimizer_names, optimizer_table)
+from memprof.estimators.optimizers import OPTIMIZERS, Family, get_optimizer, optimizer_names, optimizer_table
 from memprof.estimators.tensors import ParamTensor
-
 from optimizer_cases import CASES, NON_MEMORY_OPTIONS, group_tensor_bytes, run_case
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -32,13 +31,14 @@ def _predict(name, params, extra, options, dtype="float32"):
 def _matrix(models_for=None, dtype=None):
     out = []
     for name, case in CASES.items():
-        for model in (models_for(name, case) if models_for else case.models):
+        for model in models_for(name, case) if models_for else case.models:
             for i, variant in enumerate(case.variants):
                 out.append(pytest.param(name, model, variant, id=f"{name}-{model}-{i}"))
     return out
 
 
 # ------------------------------------------------------------------------------------ exact matches
+
 
 @pytest.mark.parametrize("name, model, options", _matrix())
 def test_state_bytes_match_the_real_optimizer_fp32(name, model, options):
@@ -47,10 +47,14 @@ def test_state_bytes_match_the_real_optimizer_fp32(name, model, options):
     # WHEN the registry predicts the state of the parameters that received gradients
     predicted = _predict(name, params, extra, options)
     # THEN every key and the total match to the byte, and nothing hides in param_groups
-    assert measured.total > 0 or name == "sgd" and not options
+    assert measured.total > 0 or (name == "sgd" and not options)
     assert predicted == measured.by_key
-    assert get_optimizer(name).state_bytes(params, **{
-        k: v for k, v in {**options, **extra}.items() if k not in NON_MEMORY_OPTIONS}) == measured.total
+    assert (
+        get_optimizer(name).state_bytes(
+            params, **{k: v for k, v in {**options, **extra}.items() if k not in NON_MEMORY_OPTIONS}
+        )
+        == measured.total
+    )
     assert group_tensor_bytes(opts) == 0
 
 
@@ -68,9 +72,19 @@ def test_state_bytes_match_with_bf16_parameters(name, model, options):
 
 # ------------------------------------------------------------------------- host vs device placement
 
-META_RUNNABLE = {"Adam": "adam", "AdamW": "adamw", "Adagrad": "adagrad", "Adadelta": "adadelta",
-                 "Adamax": "adamax", "NAdam": "nadam", "RAdam": "radam", "RMSprop": "rmsprop",
-                 "Rprop": "rprop", "SGD": "sgd-momentum", "Muon": "muon"}
+META_RUNNABLE = {
+    "Adam": "adam",
+    "AdamW": "adamw",
+    "Adagrad": "adagrad",
+    "Adadelta": "adadelta",
+    "Adamax": "adamax",
+    "NAdam": "nadam",
+    "RAdam": "radam",
+    "RMSprop": "rmsprop",
+    "Rprop": "rprop",
+    "SGD": "sgd-momentum",
+    "Muon": "muon",
+}
 
 
 @pytest.mark.parametrize("cls, name", sorted(META_RUNNABLE.items()))
@@ -93,25 +107,39 @@ def test_host_resident_scalars_match_torch_placement(cls, name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="capturable/fused placement needs a CUDA device")
-@pytest.mark.parametrize("name, cls, kwargs", [
-    ("adamw", "AdamW", {"fused": True}), ("adam", "Adam", {"capturable": True}),
-    ("adamw", "AdamW", {}), ("asgd", "ASGD", {}), ("adafactor", "Adafactor", {}),
-    ("nadam", "NAdam", {"capturable": True}), ("adagrad", "Adagrad", {"fused": True})])
+@pytest.mark.parametrize(
+    "name, cls, kwargs",
+    [
+        ("adamw", "AdamW", {"fused": True}),
+        ("adam", "Adam", {"capturable": True}),
+        ("adamw", "AdamW", {}),
+        ("asgd", "ASGD", {}),
+        ("adafactor", "Adafactor", {}),
+        ("nadam", "NAdam", {"capturable": True}),
+        ("adagrad", "Adagrad", {"fused": True}),
+    ],
+)
 def test_device_state_bytes_on_cuda(name, cls, kwargs):
     model = torch.nn.Linear(64, 32).cuda()
     opt = getattr(torch.optim, cls)(model.parameters(), **kwargs)
     model(torch.randn(8, 64, device="cuda")).sum().backward()
     opt.step()
-    on_device = sum(v.numel() * v.element_size() for st in opt.state.values()
-                    for v in st.values() if torch.is_tensor(v) and v.is_cuda)
+    on_device = sum(
+        v.numel() * v.element_size()
+        for st in opt.state.values()
+        for v in st.values()
+        if torch.is_tensor(v) and v.is_cuda
+    )
     params = [ParamTensor(n, tuple(p.shape)) for n, p in model.named_parameters()]
     assert get_optimizer(name).device_state_bytes(params, **kwargs) == on_device
 
 
 # ---------------------------------------------------------------------------------- pinned figures
 
+
 def _params(model_name):
     from optimizer_cases import build_model
+
     model, _ = build_model(model_name)
     return [ParamTensor(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
@@ -145,15 +173,14 @@ def test_adamw8bit_quantizes_only_large_tensors_in_blocks_of_256():
 
 def test_galore_fp32_projector_keeps_the_whole_svd_factor():
     # GIVEN GaLore at rank 8 on the tiny GPT-2 in float32
-    params, _, measured, opts = run_case("galore", "gpt2", {"rank": 8})
+    _params, _, measured, opts = run_case("galore", "gpt2", {"rank": 8})
     projectors = [st["projector"].ortho_matrix for st in opts[0].state.values() if "projector" in st]
     # THEN each projection matrix is a rank-8 view of a k x k factor (k = the smaller side of the
     # weight), whose whole storage stays allocated
     shapes = [tuple(p.shape) for p in opts[0].param_groups[1]["params"]]
     assert len(projectors) == len(shapes) == 10 and all(8 in t.shape for t in projectors)
     assert [t.untyped_storage().nbytes() for t in projectors] == [min(s) ** 2 * 4 for s in shapes]
-    assert measured.by_key["projector"] == sum(min(s) ** 2 * 4 for s in shapes) > sum(
-        t.numel() * 4 for t in projectors)
+    assert measured.by_key["projector"] == sum(min(s) ** 2 * 4 for s in shapes) > sum(t.numel() * 4 for t in projectors)
     # while in bfloat16 the copy is compact
     p = [ParamTensor("w", (64, 256))]
     assert get_optimizer("galore").bytes_by_key(p, "bfloat16", rank=8)["projector"] == 64 * 8 * 2
@@ -169,7 +196,9 @@ def test_lbfgs_steady_state_is_a_full_history():
 
 def test_lion_pytorch_keeps_the_same_state_as_pytorch_optimizer_lion():
     from lion_pytorch import Lion
+
     from optimizer_cases import build_model, measure_state
+
     model, loss = build_model("tiny")
     opt = Lion(model.parameters())
     loss(model).backward()
@@ -188,11 +217,15 @@ def test_population_methods_are_analytic_copies_of_the_weights():
 
 # ------------------------------------------------------------------------------------------ registry
 
+
 def _torch_optimizer_classes():
-    return sorted(n for n in torch.optim.__all__
-                  if isinstance(getattr(torch.optim, n), type)
-                  and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-                  and n != "Optimizer")
+    return sorted(
+        n
+        for n in torch.optim.__all__
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    )
 
 
 def test_every_torch_optimizer_is_registered():
@@ -237,8 +270,11 @@ def test_unknown_name_suggests_close_matches():
 
 
 def test_unknown_option_lists_the_valid_ones():
-    with pytest.raises(MemprofUserError, match=r"unknown option\(s\) momentum for optimizer 'adam'; "
-                                               r"valid: amsgrad, capturable, fused$"):
+    with pytest.raises(
+        MemprofUserError,
+        match=r"unknown option\(s\) momentum for optimizer 'adam'; "
+        r"valid: amsgrad, capturable, fused$",
+    ):
         get_optimizer("adam").state_bytes([ParamTensor("w", (2, 2))], momentum=0.9)
     with pytest.raises(MemprofUserError, match="valid: none"):
         get_optimizer("sophia").state_bytes([ParamTensor("w", (2, 2))], amsgrad=True)
@@ -279,9 +315,12 @@ def test_sgd_without_momentum_keeps_no_state_at_all():
 def test_registry_imports_without_torch():
     import subprocess
     import sys
-    code = ("import sys; from memprof.estimators.optimizers import optimizer_table; "
-            "from memprof.estimators.tensors import ParamTensor; "
-            "optimizer_table([ParamTensor('w', (3, 3))]); "
-            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))")
+
+    code = (
+        "import sys; from memprof.estimators.optimizers import optimizer_table; "
+        "from memprof.estimators.tensors import ParamTensor; "
+        "optimizer_table([ParamTensor('w', (3, 3))]); "
+        "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

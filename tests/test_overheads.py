@@ -1,5 +1,6 @@
 """Non-tensor device memory: cuBLAS/cuBLASLt workspace sizes (torch 2.13 CublasHandlePool.cpp),
 allocator rounding, and the CUDA-context estimate built from cited measurements."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,19 @@ import pytest
 from memprof.estimators.errors import MemprofUserError
 from memprof.estimators.gpus import get_gpu
 from memprof.estimators.overheads import (
-    ALLOCATOR_ROUNDING, CUBLAS_DEFAULT_WORKSPACE, architecture_of, blas_workspace_allocations,
-    context_observations, cublas_workspace_bytes, cublaslt_workspace_bytes, cuda_context_bytes,
-    parse_compute_capability, parse_cublas_workspace_config, parse_cuda_major, round_allocation)
+    ALLOCATOR_ROUNDING,
+    CUBLAS_DEFAULT_WORKSPACE,
+    architecture_of,
+    blas_workspace_allocations,
+    context_observations,
+    cublas_workspace_bytes,
+    cublaslt_workspace_bytes,
+    cuda_context_bytes,
+    parse_compute_capability,
+    parse_cublas_workspace_config,
+    parse_cuda_major,
+    round_allocation,
+)
 from memprof.profiles import data_path
 
 MiB = 2**20
@@ -20,16 +31,20 @@ MiB = 2**20
 
 # ---------------------------------------------------------------- cuBLAS workspace
 
-@pytest.mark.parametrize("cc, expected", [
-    ((8, 0), 8_519_680),      # A100: ":4096:2:16:8" = 4096 KiB * 2 + 16 KiB * 8
-    ((8, 6), 8_519_680),      # RTX 3090 / A10
-    ((8, 9), 8_519_680),      # L4 / RTX 4090
-    ((7, 0), 8_519_680),      # V100
-    ((9, 0), 33_554_432),     # H100: 32 MiB
-    ((10, 0), 33_554_432),    # B200: 32 MiB since pytorch#175344
-    ((12, 0), 33_554_432),    # RTX 5090: 32 MiB since pytorch#175344
-    ((11, 0), 8_519_680),     # Thor: 32 MiB only after 2.13 (pytorch#189312)
-])
+
+@pytest.mark.parametrize(
+    "cc, expected",
+    [
+        ((8, 0), 8_519_680),  # A100: ":4096:2:16:8" = 4096 KiB * 2 + 16 KiB * 8
+        ((8, 6), 8_519_680),  # RTX 3090 / A10
+        ((8, 9), 8_519_680),  # L4 / RTX 4090
+        ((7, 0), 8_519_680),  # V100
+        ((9, 0), 33_554_432),  # H100: 32 MiB
+        ((10, 0), 33_554_432),  # B200: 32 MiB since pytorch#175344
+        ((12, 0), 33_554_432),  # RTX 5090: 32 MiB since pytorch#175344
+        ((11, 0), 8_519_680),  # Thor: 32 MiB only after 2.13 (pytorch#189312)
+    ],
+)
 def test_cublas_default_workspace_by_compute_capability(cc, expected):
     assert cublas_workspace_bytes(cc) == expected
 
@@ -38,8 +53,9 @@ def test_cublas_default_is_4096_2_16_8():
     assert CUBLAS_DEFAULT_WORKSPACE == 4096 * 1024 * 2 + 16 * 1024 * 8 == 8_519_680
 
 
-@pytest.mark.parametrize("spelling", [(9, 0), [9, 0], "9.0", "sm_90", "sm90", "sm_90a",
-                                      SimpleNamespace(compute_capability=(9, 0))])
+@pytest.mark.parametrize(
+    "spelling", [(9, 0), [9, 0], "9.0", "sm_90", "sm90", "sm_90a", SimpleNamespace(compute_capability=(9, 0))]
+)
 def test_compute_capability_spellings(spelling):
     assert parse_compute_capability(spelling) == (9, 0)
     assert cublas_workspace_bytes(spelling) == 32 * MiB
@@ -56,18 +72,21 @@ def test_bad_compute_capability_is_a_user_error(bad):
         cublas_workspace_bytes(bad)
 
 
-@pytest.mark.parametrize("config, expected", [
-    (":4096:8", 32 * MiB),                 # the deterministic-mode setting
-    (":16:8", 128 * 1024),                 # the small deterministic setting
-    (":4096:2:16:8", 8_519_680),           # torch's own default, spelled out
-    ("::4096:8", 32 * MiB),                # a stray colon is skipped like std::regex does
-    (":4096:2 junk :16:8", 8_519_680),     # text between pairs is ignored
-    (":0:0", 0),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (":4096:8", 32 * MiB),  # the deterministic-mode setting
+        (":16:8", 128 * 1024),  # the small deterministic setting
+        (":4096:2:16:8", 8_519_680),  # torch's own default, spelled out
+        ("::4096:8", 32 * MiB),  # a stray colon is skipped like std::regex does
+        (":4096:2 junk :16:8", 8_519_680),  # text between pairs is ignored
+        (":0:0", 0),
+    ],
+)
 def test_cublas_workspace_config(config, expected):
     assert parse_cublas_workspace_config(config) == expected
     assert cublas_workspace_bytes((8, 0), config) == expected
-    assert cublas_workspace_bytes((9, 0), config) == expected     # an explicit config wins on Hopper too
+    assert cublas_workspace_bytes((9, 0), config) == expected  # an explicit config wins on Hopper too
 
 
 @pytest.mark.parametrize("config", ["", "4096:8", "garbage", ":4096"])
@@ -79,14 +98,15 @@ def test_unparsable_config_keeps_the_default(config):
 
 # ---------------------------------------------------------------- cuBLASLt workspace
 
+
 def test_cublaslt_unified_default_is_the_cublas_size():
     assert cublaslt_workspace_bytes((8, 0)) == 8_519_680
     assert cublaslt_workspace_bytes((9, 0)) == 32 * MiB
 
 
 def test_cublaslt_unified_caps_at_cublas_size():
-    assert cublaslt_workspace_bytes((8, 0), "65536") == 8_519_680         # 64 MiB asked, capped
-    assert cublaslt_workspace_bytes((8, 0), "1024") == 1 * MiB            # smaller than cuBLAS: kept
+    assert cublaslt_workspace_bytes((8, 0), "65536") == 8_519_680  # 64 MiB asked, capped
+    assert cublaslt_workspace_bytes((8, 0), "1024") == 1 * MiB  # smaller than cuBLAS: kept
     assert cublaslt_workspace_bytes((8, 0), "4096", ":16:8") == 128 * 1024  # cap follows the config
 
 
@@ -96,10 +116,18 @@ def test_cublaslt_separate_workspace():
     assert cublaslt_workspace_bytes((8, 0), "65536", unified=False) == 64 * MiB
 
 
-@pytest.mark.parametrize("value, expected_kib", [
-    ("2048", 2048), (" 2048", 2048), ("2048KiB", 2048), ("+16", 16),   # std::stoi prefix rules
-    ("abc", 1024), ("", 1024), ("99999999999", 1024),                   # invalid / out of range -> default
-])
+@pytest.mark.parametrize(
+    "value, expected_kib",
+    [
+        ("2048", 2048),
+        (" 2048", 2048),
+        ("2048KiB", 2048),
+        ("+16", 16),  # std::stoi prefix rules
+        ("abc", 1024),
+        ("", 1024),
+        ("99999999999", 1024),  # invalid / out of range -> default
+    ],
+)
 def test_cublaslt_size_is_read_like_stoi(value, expected_kib):
     assert cublaslt_workspace_bytes((8, 0), value, unified=False) == expected_kib * 1024
 
@@ -118,11 +146,25 @@ def test_blas_workspace_allocations():
 
 # ---------------------------------------------------------------- allocator rounding
 
-@pytest.mark.parametrize("nbytes, expected", [
-    (0, 512), (1, 512), (4, 512), (511, 512), (512, 512), (513, 1024), (1000, 1024),
-    (1024, 1024), (1025, 1536), (4 * 1000, 4096), (1 << 20, 1 << 20), ((1 << 20) + 1, (1 << 20) + 512),
-    (8_519_680, 8_519_680),
-])
+
+@pytest.mark.parametrize(
+    "nbytes, expected",
+    [
+        (0, 512),
+        (1, 512),
+        (4, 512),
+        (511, 512),
+        (512, 512),
+        (513, 1024),
+        (1000, 1024),
+        (1024, 1024),
+        (1025, 1536),
+        (4 * 1000, 4096),
+        (1 << 20, 1 << 20),
+        ((1 << 20) + 1, (1 << 20) + 512),
+        (8_519_680, 8_519_680),
+    ],
+)
 def test_round_allocation(nbytes, expected):
     assert ALLOCATOR_ROUNDING == 512
     assert round_allocation(nbytes) == expected
@@ -135,6 +177,7 @@ def test_round_allocation_rejects_non_sizes(bad):
 
 
 # ---------------------------------------------------------------- CUDA context data
+
 
 def _raw_observations():
     with open(data_path("cuda_context.json"), encoding="utf-8") as f:
@@ -188,6 +231,7 @@ def test_derived_figures_subtract_the_right_segment():
 
 # ---------------------------------------------------------------- CUDA context estimate
 
+
 def test_context_without_gpu_uses_every_lazy_figure():
     est = cuda_context_bytes(None)
     lazy = [o for o in context_observations() if o.lazy_loading is True and o.use_in_estimate]
@@ -239,14 +283,15 @@ def test_context_eager_loading_uses_eager_figures():
     assert eager.bytes == (1685 * MiB + 1486 * MiB) // 2
     assert (eager.low, eager.high) == (1486 * MiB, 1685 * MiB)
     assert eager.basis == "median of 2 measured figures on Ampere, CUDA 11.x, eager loading"
-    t4 = cuda_context_bytes(get_gpu("t4"), "10.1", lazy=False)          # Turing: the 2080 Ti figure
+    t4 = cuda_context_bytes(get_gpu("t4"), "10.1", lazy=False)  # Turing: the 2080 Ti figure
     assert [o.id for o in t4.observations] == ["pytorch-49877-rtx2080ti"]
     assert t4.bytes == 877 * MiB
     assert cuda_context_bytes(None, lazy=False).bytes > cuda_context_bytes(None, lazy=True).bytes
 
 
-@pytest.mark.parametrize("text, major", [("12.4", 12), ("12", 12), ("13.0.3", 13), ("cu124", 12),
-                                         ("cu118", 11), ("cu92", 9), ("cu130", 13)])
+@pytest.mark.parametrize(
+    "text, major", [("12.4", 12), ("12", 12), ("13.0.3", 13), ("cu124", 12), ("cu118", 11), ("cu92", 9), ("cu130", 13)]
+)
 def test_cuda_major(text, major):
     assert parse_cuda_major(text) == major
 

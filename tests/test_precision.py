@@ -1,13 +1,23 @@
 """Precisions: names, aliases and the two 16Ψ splits."""
+
 import pytest
 
 from memprof.estimators.errors import MemprofUserError
 from memprof.estimators.precision import get_precision
 
 
-@pytest.mark.parametrize("name, canonical", [
-    ("fp32", "32-true"), ("32-true", "32-true"), ("fp16-mixed", "16-mixed"), ("BF16-Mixed", "bf16-mixed"),
-    ("bf16-true", "bf16-true"), ("16-true", "16-true"), ("fp16-master", "16-master")])
+@pytest.mark.parametrize(
+    "name, canonical",
+    [
+        ("fp32", "32-true"),
+        ("32-true", "32-true"),
+        ("fp16-mixed", "16-mixed"),
+        ("BF16-Mixed", "bf16-mixed"),
+        ("bf16-true", "bf16-true"),
+        ("16-true", "16-true"),
+        ("fp16-master", "16-master"),
+    ],
+)
 def test_names_and_aliases(name, canonical):
     assert get_precision(name).name == canonical
 

@@ -1,4 +1,5 @@
 """The live profiler on the CPU: exact bytes per category for tensors of known sizes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,9 +25,9 @@ class Known(nn.Module):
         self.w = nn.Parameter(torch.zeros(1000))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scratch = torch.ones(2500)   # 10,000 B, freed before forward ends -> temporary
+        scratch = torch.ones(2500)  # 10,000 B, freed before forward ends -> temporary
         del scratch
-        return x * self.w            # 4,000 B, alive after forward -> activations
+        return x * self.w  # 4,000 B, alive after forward -> activations
 
 
 def _known_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> tuple:
@@ -44,23 +45,38 @@ def test_known_sizes_give_exact_bytes_per_category() -> None:
     x = torch.ones(1000)
     # WHEN one step runs under the profiler (y and loss stay alive until the end)
     with memprof.track(model, opt) as run:
-        y, loss = _known_step(model, opt, x)
+        _y, _loss = _known_step(model, opt, x)
     d = run.to_dict()
     # THEN the peak is during the step: param + grad + momentum + y + loss + input
     assert d["peak"]["phase"] == "optimizer_step"
     assert d["peak"]["allocated"] == 4000 * 5 + 4
     assert d["peak"]["by_category"] == {
-        "parameters": 4000, "gradients": 4000, "optimizer_states": 4000, "activations": 4004,
-        "temporary": 4000, "cuda_context": None, "fragmentation": None}
+        "parameters": 4000,
+        "gradients": 4000,
+        "optimizer_states": 4000,
+        "activations": 4004,
+        "temporary": 4000,
+        "cuda_context": None,
+        "fragmentation": None,
+    }
     assert d["peak"]["detail"] == {"inputs": 4000, "buffers": 0, "created_temporary": 0}
-    assert d["devices"] == {"cpu": {"peak_allocated": 20004, "peak_phase": "optimizer_step",
-                                    "by_category": {k: v for k, v in d["peak"]["by_category"].items()
-                                                    if v is not None}}}
+    assert d["devices"] == {
+        "cpu": {
+            "peak_allocated": 20004,
+            "peak_phase": "optimizer_step",
+            "by_category": {k: v for k, v in d["peak"]["by_category"].items() if v is not None},
+        }
+    }
     # the forward peak is the scratch moment: param + input + scratch, scratch named temporary
     fwd = d["phases"]["forward"]["peak"]
     assert fwd["allocated"] == 18000
-    assert fwd["by_category"] == {"parameters": 4000, "gradients": 0, "optimizer_states": 0,
-                                  "activations": 0, "temporary": 14000}
+    assert fwd["by_category"] == {
+        "parameters": 4000,
+        "gradients": 0,
+        "optimizer_states": 0,
+        "activations": 0,
+        "temporary": 14000,
+    }
     assert fwd["detail"]["created_temporary"] == 10000
     assert d["model_states"] == {"parameters": 4000, "gradients": 4000, "optimizer_states": 4000}
     assert d["optimizer_state_breakdown"] == {"momentum_buffer": 4000}
@@ -96,15 +112,18 @@ def test_gradient_accumulation_counts_gradients_once() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.ones(1000)
     with memprof.track(model, opt) as run:
-        for _ in range(3):                    # three micro-batches, one step
+        for _ in range(3):  # three micro-batches, one step
             model(x).sum().backward()
         opt.step()
     d = run.to_dict()
-    assert (d["settings"]["forward_calls"], d["settings"]["backward_calls"],
-            d["settings"]["optimizer_steps"]) == (3, 3, 1)
+    assert (d["settings"]["forward_calls"], d["settings"]["backward_calls"], d["settings"]["optimizer_steps"]) == (
+        3,
+        3,
+        1,
+    )
     assert d["model_states"]["gradients"] == 4000
     assert d["peak"]["by_category"]["gradients"] == 4000
-    assert d["peak"]["by_category"]["optimizer_states"] == 0   # plain SGD keeps no state
+    assert d["peak"]["by_category"]["optimizer_states"] == 0  # plain SGD keeps no state
 
 
 def test_repeated_iterations_peak_matches_a_single_iteration() -> None:
@@ -117,7 +136,7 @@ def test_repeated_iterations_peak_matches_a_single_iteration() -> None:
         opt.step()
         opt.zero_grad()
 
-    step()   # states exist from here on
+    step()  # states exist from here on
     with memprof.track(model, opt) as one:
         step()
     with memprof.track(model, opt) as three:
@@ -156,14 +175,17 @@ def test_tied_weights_are_counted_once() -> None:
 def test_parameters_created_inside_the_region_are_found() -> None:
     # GIVEN nothing passed to track(): the model and optimizer are created inside the region
     with memprof.track() as run:
-        model = nn.Linear(100, 10)          # 1,010 floats
+        model = nn.Linear(100, 10)  # 1,010 floats
         opt = torch.optim.Adam(model.parameters())
         model(torch.ones(2, 100)).sum().backward()
         opt.step()
     d = run.to_dict()
     assert d["settings"]["model"] == "Linear" and d["settings"]["optimizer"] == "Adam"
-    assert d["model_states"] == {"parameters": 1010 * F32, "gradients": 1010 * F32,
-                                 "optimizer_states": 2 * 1010 * F32 + 2 * F32}
+    assert d["model_states"] == {
+        "parameters": 1010 * F32,
+        "gradients": 1010 * F32,
+        "optimizer_states": 2 * 1010 * F32 + 2 * F32,
+    }
     assert d["settings"]["input_shapes"] == [[2, 100]]
 
 
@@ -199,8 +221,13 @@ def test_autocast_dtype_is_recorded_and_casts_are_attributed() -> None:
     # the weight's gradient and the output is kept -> activations
     fwd = d["phases"]["forward"]["peak"]
     assert fwd["allocated"] == 64 * 64 * F32 + 8 * 64 * F32 + 64 * 64 * 2 + 2 * 8 * 64 * 2
-    assert fwd["by_category"] == {"parameters": 64 * 64 * F32, "gradients": 0, "optimizer_states": 0,
-                                  "activations": 2 * 8 * 64 * 2, "temporary": 8 * 64 * F32 + 64 * 64 * 2}
+    assert fwd["by_category"] == {
+        "parameters": 64 * 64 * F32,
+        "gradients": 0,
+        "optimizer_states": 0,
+        "activations": 2 * 8 * 64 * 2,
+        "temporary": 8 * 64 * F32 + 64 * 64 * 2,
+    }
     assert d["model_states"]["gradients"] == 64 * 64 * F32
 
 
@@ -233,7 +260,7 @@ def _end_of_forward_activations(checkpoint: bool, reentrant: bool = False) -> tu
     torch.manual_seed(0)
     model = Deep(checkpoint, reentrant=reentrant)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.ones(32, 64, requires_grad=reentrant)   # reentrant checkpointing needs a grad input
+    x = torch.ones(32, 64, requires_grad=reentrant)  # reentrant checkpointing needs a grad input
     with memprof.track(model, opt) as run:
         model(x).sum().backward()
         opt.step()
@@ -286,7 +313,7 @@ def test_decorator_reports_every_call_and_the_worst() -> None:
 
     @memprof.profile(model=model, optimizer=opt)
     def train_step(n_scratch: int) -> float:
-        extra = torch.ones(n_scratch)          # created outside phases: temporary
+        extra = torch.ones(n_scratch)  # created outside phases: temporary
         loss = model(torch.ones(1000)).sum()
         loss.backward()
         opt.step()
@@ -295,7 +322,7 @@ def test_decorator_reports_every_call_and_the_worst() -> None:
         return loss.item()
 
     results = [train_step(n) for n in (10, 5000, 20)]
-    assert results[0] == 0.0          # the function's own result passes through
+    assert results[0] == 0.0  # the function's own result passes through
     assert len(train_step.profiles) == 3
     peaks = [p.to_dict()["peak"]["allocated"] for p in train_step.profiles]
     assert all(p.to_dict()["complete"] for p in train_step.profiles)
@@ -308,7 +335,7 @@ def test_decorator_reports_every_call_and_the_worst() -> None:
 def test_bad_arguments_are_user_errors() -> None:
     with pytest.raises(memprof.MemprofUserError, match="mode"):
         memprof.track(mode="fast")
-    with pytest.raises(memprof.MemprofUserError, match="torch.nn.modules.module.Module"):
+    with pytest.raises(memprof.MemprofUserError, match=r"torch.nn.modules.module.Module"):
         memprof.track(model="gpt2")
     with pytest.raises(memprof.MemprofUserError, match="optimizer must be"):
         memprof.profile(optimizer=object())
@@ -324,7 +351,7 @@ def test_import_memprof_does_not_import_torch() -> None:
 def test_out_variants_that_resize_a_storage_are_counted_at_their_new_size() -> None:
     with memprof.track() as run:
         z = torch.empty(0)
-        torch.mm(torch.ones(100, 4), torch.ones(4, 100), out=z)   # z grows to 100x100 floats
+        torch.mm(torch.ones(100, 4), torch.ones(4, 100), out=z)  # z grows to 100x100 floats
     d = run.to_dict()
     assert d["peak"]["allocated"] == 100 * 4 * F32 * 2 + 100 * 100 * F32
     # the growth is a free of the empty storage and a new allocation, as an allocator sees it

@@ -1,4 +1,5 @@
 """`memprof run script.py [args...]` profiles an unmodified training script."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from memprof.cli import main  # noqa: E402
-from memprof.profiler import Profile  # noqa: E402
+from memprof.cli import main
+from memprof.profiler import Profile
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -47,8 +48,7 @@ def test_run_profiles_an_unmodified_script_and_saves(tmp_path, capsys) -> None:
     prof = Profile.load(out)
     d = prof.to_dict()
     assert d["settings"]["optimizer_steps"] == 3 and d["settings"]["forward_calls"] == 3
-    assert d["model_states"] == {"parameters": 676 * 4, "gradients": 676 * 4,
-                                 "optimizer_states": 2 * 676 * 4 + 4 * 4}
+    assert d["model_states"] == {"parameters": 676 * 4, "gradients": 676 * 4, "optimizer_states": 2 * 676 * 4 + 4 * 4}
     assert len(prof.events) > 0
 
 

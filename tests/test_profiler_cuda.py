@@ -1,4 +1,5 @@
 """CUDA and NVML paths: exercised where a GPU exists; elsewhere the profile must say they are unavailable."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,14 +9,15 @@ from torch import nn  # noqa: E402
 
 import memprof  # noqa: E402
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA device (torch.cuda.is_available() is False)")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"
+)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 def test_without_a_gpu_cuda_figures_are_stated_unavailable_not_faked() -> None:
     model = nn.Linear(10, 10, bias=False)
-    with memprof.track(model, device="cuda") as run:      # asked for cuda, none exists
+    with memprof.track(model, device="cuda") as run:  # asked for cuda, none exists
         model(torch.ones(1, 10)).sum().backward()
     d = run.to_dict()
     assert d["device"] == "cpu"
@@ -77,9 +79,8 @@ def test_cuda_out_of_memory_propagates_and_is_recorded() -> None:
     dev = torch.device("cuda")
     model = nn.Linear(16, 16).to(dev)
     total = torch.cuda.get_device_properties(dev).total_memory
-    with pytest.raises(torch.OutOfMemoryError):
-        with memprof.track(model, mode="stats") as run:
-            torch.empty(2 * total, dtype=torch.uint8, device=dev)
+    with pytest.raises(torch.OutOfMemoryError), memprof.track(model, mode="stats") as run:
+        torch.empty(2 * total, dtype=torch.uint8, device=dev)
     err = run.to_dict()["error"]
     assert err["out_of_memory"] is True and err["type"] == "OutOfMemoryError"
     assert err["cuda_memory_allocated"] >= 0
@@ -93,5 +94,5 @@ def test_stats_mode_on_cuda_reads_allocator_counters() -> None:
     with memprof.track(model, mode="stats") as run:
         model(torch.randn(128, 512, device=dev)).sum().backward()
     d = run.to_dict()
-    assert d["peak"]["allocated"] >= 512 * 512 * 4 * 2   # weight + its gradient
+    assert d["peak"]["allocated"] >= 512 * 512 * 4 * 2  # weight + its gradient
     assert d["phases"]["backward"]["cuda"]["max_memory_allocated"] > 0

@@ -1,4 +1,5 @@
 """A real Hugging Face model trained with a real AdamW, measured against PyTorch's MemTracker."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,13 +39,13 @@ def _storage_bytes(tensors) -> int:
 
 
 def test_adamw_state_bytes_equal_the_sum_of_its_state_tensors() -> None:
-    model, opt, ids, step = _gpt2()
+    model, opt, _ids, step = _gpt2()
     with memprof.track(model, opt) as run:
-        step()       # the first step creates the states inside the region
+        step()  # the first step creates the states inside the region
         step()
     d = run.to_dict()
     states = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    params = list(model.parameters())      # the tied lm_head/wte weight appears once
+    params = list(model.parameters())  # the tied lm_head/wte weight appears once
     assert d["model_states"]["optimizer_states"] == _storage_bytes(states)
     # and that sum is exp_avg + exp_avg_sq (fp32, like the params) + one fp32 step per tensor
     n = sum(p.numel() for p in params)
@@ -61,7 +62,7 @@ def test_adamw_state_bytes_equal_the_sum_of_its_state_tensors() -> None:
 
 def test_peak_equals_memtrackers_peak_on_the_same_step() -> None:
     model, opt, ids, step = _gpt2()
-    step()                                   # warm up: states exist, as in steady training
+    step()  # warm up: states exist, as in steady training
     mt = MemTracker()
     mt.track_external(model, opt, ids)
     with mt:
@@ -75,8 +76,7 @@ def test_peak_equals_memtrackers_peak_on_the_same_step() -> None:
     by_cat = ours["by_category"]
     assert by_cat["parameters"] == theirs["Parameter"]
     assert by_cat["optimizer_states"] == theirs["Optstate"]
-    print(f"\nmemprof peak {ours['allocated']} B, MemTracker peak {theirs['Total']} B, "
-          f"phase {ours['phase']}")
+    print(f"\nmemprof peak {ours['allocated']} B, MemTracker peak {theirs['Total']} B, phase {ours['phase']}")
 
 
 def _one_step(checkpointing: bool, autocast: bool) -> dict:
@@ -96,10 +96,14 @@ def _one_step(checkpointing: bool, autocast: bool) -> dict:
 def test_hf_gradient_checkpointing_moves_activations_into_backward(autocast: bool) -> None:
     plain, ckpt = _one_step(False, autocast), _one_step(True, autocast)
     # forward keeps far fewer activations; backward recreates them (and names them activations)
-    assert ckpt["phases"]["forward"]["peak"]["by_category"]["activations"] < \
-        plain["phases"]["forward"]["peak"]["by_category"]["activations"] / 4
+    assert (
+        ckpt["phases"]["forward"]["peak"]["by_category"]["activations"]
+        < plain["phases"]["forward"]["peak"]["by_category"]["activations"] / 4
+    )
     assert plain["phases"]["backward"]["created_bytes"]["activations"] == 0
-    assert ckpt["phases"]["backward"]["created_bytes"]["activations"] > \
-        plain["phases"]["forward"]["peak"]["by_category"]["activations"]
+    assert (
+        ckpt["phases"]["backward"]["created_bytes"]["activations"]
+        > plain["phases"]["forward"]["peak"]["by_category"]["activations"]
+    )
     assert ckpt["model_states"] == plain["model_states"]
     assert ckpt["settings"]["autocast_dtype"] == ("bfloat16" if autocast else None)

@@ -1,4 +1,5 @@
 """The Profile record: contract keys, DataFrame, atomic save, load and its refusals."""
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,13 @@ def test_record_follows_the_profile_contract(run: Profile) -> None:
     assert set(d["phases"]) == set(PHASES)
     assert {"torch", "python", "platform", "device_name", "driver", "cuda_version"} <= set(d["environment"])
     n_params = 16 * 32 + 32 + 32 * 4 + 4
-    assert d["model_states"] == {"parameters": n_params * 4, "gradients": n_params * 4,
-                                 "optimizer_states": 2 * n_params * 4 + 4 * 4}
+    assert d["model_states"] == {
+        "parameters": n_params * 4,
+        "gradients": n_params * 4,
+        "optimizer_states": 2 * n_params * 4 + 4 * 4,
+    }
     assert d["settings"]["parameters"] == n_params
-    json.dumps(d)   # plain data all the way down
+    json.dumps(d)  # plain data all the way down
 
 
 def test_to_frame_is_long_and_matches_the_dict(run: Profile) -> None:
@@ -46,7 +50,7 @@ def test_to_frame_is_long_and_matches_the_dict(run: Profile) -> None:
     assert len(frame) == len(CATEGORIES) * (1 + len(PHASES)) + len(MODEL_STATE_CATEGORIES)
     peak = frame[frame.scope == "peak"].set_index("category")["bytes"]
     assert int(peak["optimizer_states"]) == d["peak"]["by_category"]["optimizer_states"]
-    assert peak.isna()["cuda_context"]          # not measured on the CPU: missing, not zero
+    assert peak.isna()["cuda_context"]  # not measured on the CPU: missing, not zero
     fwd = frame[(frame.scope == "forward") & (frame.category == "activations")]["bytes"].item()
     assert fwd == d["phases"]["forward"]["peak"]["by_category"]["activations"]
 
@@ -54,12 +58,12 @@ def test_to_frame_is_long_and_matches_the_dict(run: Profile) -> None:
 def test_save_is_atomic_and_load_round_trips(run: Profile, tmp_path) -> None:
     path = tmp_path / "p.json"
     run.save(path, events=True)
-    assert sorted(os.listdir(tmp_path)) == ["p.json"]     # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["p.json"]  # no temporary file left behind
     back = Profile.load(path)
     assert back.to_dict() == run.to_dict()
     assert back.events == run.events and len(back.events) > 0
     assert back.event_phases == run.event_phases
-    run.save(path)                                          # replace, without events
+    run.save(path)  # replace, without events
     assert "events" not in json.loads(path.read_text())
     assert Profile.load(path).events == []
 
@@ -79,12 +83,15 @@ def test_save_to_a_missing_folder_is_a_user_error(run: Profile, tmp_path) -> Non
         run.save(tmp_path / "nope" / "p.json")
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json at all {", "not readable JSON"),
-    ('{"schema": "memprof.estimate/1"}', "expected 'memprof.profile/1'"),
-    ("[1, 2]", "schema is 'list'"),
-    ('{"schema": "memprof.profile/1", "settings": {}}', "missing model_states, peak, phases"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json at all {", "not readable JSON"),
+        ('{"schema": "memprof.estimate/1"}', "expected 'memprof.profile/1'"),
+        ("[1, 2]", "schema is 'list'"),
+        ('{"schema": "memprof.profile/1", "settings": {}}', "missing model_states, peak, phases"),
+    ],
+)
 def test_load_rejects_other_and_corrupt_files(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "x.json"
     path.write_text(content)

@@ -1,4 +1,5 @@
 """README.md's generated blocks (gallery, seed reconciliation) are what the code prints today."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_blocks_are_up_to_date():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_readme.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_readme.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -16,6 +18,9 @@ def test_check_fails_on_a_stale_block(tmp_path):
     stale = tmp_path / "README.md"
     text = (ROOT / "README.md").read_text().replace("1,557,611,200 parameters", "1,500,000,000 parameters", 1)
     stale.write_text(text)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_readme.py"), "--check",
-                           "--readme", str(stale)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_readme.py"), "--check", "--readme", str(stale)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "out of date" in proc.stderr

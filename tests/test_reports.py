@@ -1,4 +1,5 @@
 """Figures, the profiler's timeline and `memprof report`: the drawn data is the recorded data."""
+
 from __future__ import annotations
 
 import json
@@ -17,27 +18,58 @@ from memprof.cli import main  # noqa: E402
 from memprof.estimators.estimation import estimate  # noqa: E402
 from memprof.estimators.units import format_bytes  # noqa: E402
 from memprof.profiler import tracker as T  # noqa: E402
-from memprof.reports import data, figures as F, page  # noqa: E402
+from memprof.reports import data, page  # noqa: E402
+from memprof.reports import figures as F  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # -- fake records (plain dicts, as the reporters receive them) -------------------------------------
 def _estimate_record(params: int = 1000, **peak: int) -> dict:
-    by_cat = {"parameters": 4000, "gradients": 4000, "optimizer_states": 8000, "activations": 12000,
-              "temporary": 2000, "cuda_context": 0, "fragmentation": 0, **peak}
-    return {"model": "fake", "parameters": params,
-            "settings": {"optimizer": "adamw", "precision": "32-true", "batch_size": 2, "seq_len": 8,
-                         "checkpointing": "none", "attention": "eager", "device": "cpu"},
-            "model_states": {"parameters": 4000, "gradients": 4000, "optimizer_states": 8000},
-            "peak": {"phase": "backward", "allocated": sum(by_cat.values()), "reserved": None,
-                     "device_total": None, "by_category": by_cat},
-            "timeline": [
-                {"phase": "forward", "label": "forward: layer 0",
-                 "by_category": {"parameters": 4000, "optimizer_states": 8000, "activations": 6000}},
-                {"phase": "backward", "label": "backward: layer 0", "by_category": by_cat},
-                {"phase": "optimizer_step", "label": "optimizer step",
-                 "by_category": {"parameters": 4000, "gradients": 4000, "optimizer_states": 8000}}]}
+    by_cat = {
+        "parameters": 4000,
+        "gradients": 4000,
+        "optimizer_states": 8000,
+        "activations": 12000,
+        "temporary": 2000,
+        "cuda_context": 0,
+        "fragmentation": 0,
+        **peak,
+    }
+    return {
+        "model": "fake",
+        "parameters": params,
+        "settings": {
+            "optimizer": "adamw",
+            "precision": "32-true",
+            "batch_size": 2,
+            "seq_len": 8,
+            "checkpointing": "none",
+            "attention": "eager",
+            "device": "cpu",
+        },
+        "model_states": {"parameters": 4000, "gradients": 4000, "optimizer_states": 8000},
+        "peak": {
+            "phase": "backward",
+            "allocated": sum(by_cat.values()),
+            "reserved": None,
+            "device_total": None,
+            "by_category": by_cat,
+        },
+        "timeline": [
+            {
+                "phase": "forward",
+                "label": "forward: layer 0",
+                "by_category": {"parameters": 4000, "optimizer_states": 8000, "activations": 6000},
+            },
+            {"phase": "backward", "label": "backward: layer 0", "by_category": by_cat},
+            {
+                "phase": "optimizer_step",
+                "label": "optimizer step",
+                "by_category": {"parameters": 4000, "gradients": 4000, "optimizer_states": 8000},
+            },
+        ],
+    }
 
 
 # -- a real profile: one SGD-momentum step of a model of known sizes --------------------------------
@@ -87,18 +119,27 @@ def test_timeline_holds_the_exact_peaks_and_sums_by_category(known_profile) -> N
     assert peak == dict.fromkeys(("parameters", "gradients", "optimizer_states", "activations", "temporary"), 4000)
     assert max(p["allocated"] for p in tl) == d["peak"]["allocated"] == 20000
     assert {"phase": "optimizer_step", "by_category": peak} in [
-        {"phase": p["phase"], "by_category": p["by_category"]} for p in tl]
+        {"phase": p["phase"], "by_category": p["by_category"]} for p in tl
+    ]
     for phase in ("forward", "backward", "optimizer_step"):
         ph = d["phases"][phase]["peak"]
         assert max(p["allocated"] for p in tl if p["phase"] == phase) == ph["allocated"]
     # the forward's 10,000-B scratch is temporary at its moment, not an activation (corrected afterwards)
     fwd_peak = max((p for p in tl if p["phase"] == "forward"), key=lambda p: p["allocated"])
-    assert fwd_peak["by_category"] == {"parameters": 4000, "gradients": 0, "optimizer_states": 0,
-                                       "activations": 0, "temporary": 14000}
+    assert fwd_peak["by_category"] == {
+        "parameters": 4000,
+        "gradients": 0,
+        "optimizer_states": 0,
+        "activations": 0,
+        "temporary": 14000,
+    }
     # phases appear in training order
     phases = [p["phase"] for p in tl if p["phase"] is not None]
     assert [ph for i, ph in enumerate(phases) if i == 0 or phases[i - 1] != ph] == [
-        "forward", "backward", "optimizer_step"]
+        "forward",
+        "backward",
+        "optimizer_step",
+    ]
 
 
 def test_timeline_stays_bounded_over_a_long_run() -> None:
@@ -139,9 +180,12 @@ def test_category_bars_heights_are_the_recorded_bytes(known_profile) -> None:
     heights = _bars(ax)
     m = d["peak"]["by_category"]
     assert heights == {
-        "parameters": [4000, m["parameters"]], "gradients": [4000, m["gradients"]],
-        "optimizer states": [8000, m["optimizer_states"]], "activations": [12000, m["activations"]],
-        "temporary": [2000, m["temporary"]]}
+        "parameters": [4000, m["parameters"]],
+        "gradients": [4000, m["gradients"]],
+        "optimizer states": [8000, m["optimizer_states"]],
+        "activations": [12000, m["activations"]],
+        "temporary": [2000, m["temporary"]],
+    }
     # stacked: each segment starts where the one below ends
     bottoms = [r.get_y() for c in ax.containers for r in c][1::2]
     assert bottoms == [0, 4000, 8000, 12000, 16000]
@@ -151,7 +195,7 @@ def test_category_bars_heights_are_the_recorded_bytes(known_profile) -> None:
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0] == "predicted\npeak in backward"
     assert ticks[1] == "measured\npeak in step\n(no CUDA context, fragmentation)"
-    assert PNG_MAGIC == F.figure_png(fig)[:8]
+    assert F.figure_png(fig)[:8] == PNG_MAGIC
 
 
 def test_measured_only_bars_have_one_bar() -> None:
@@ -171,7 +215,7 @@ def test_timeline_figure_draws_predicted_and_measured_totals(known_profile) -> N
     assert list(total.get_ydata())[:-1] == [p["allocated"] for p in points]
     assert list(total.get_xdata())[:-1] == [p["seq"] for p in points]
     ptotal = [line for line in predicted_ax.get_lines() if line.get_label() == "total"][0]
-    assert list(ptotal.get_ydata()) == [18000, 30000, 16000, 16000]   # 3 segments, the last extended
+    assert list(ptotal.get_ydata()) == [18000, 30000, 16000, 16000]  # 3 segments, the last extended
     legend = [t.get_text() for t in predicted_ax.get_legend().get_texts()]
     assert legend == ["total", "temporary", "activations", "optimizer states", "gradients", "parameters"]
     # panels share the byte axis
@@ -181,42 +225,60 @@ def test_timeline_figure_draws_predicted_and_measured_totals(known_profile) -> N
 
 
 def test_optimizer_bars_are_grouped_by_family() -> None:
-    rows = [{"family": "first-order stochastic", "optimizer": "sgd", "state_bytes_per_param": 0.0},
-            {"family": "first-order stochastic", "optimizer": "sgd-momentum", "state_bytes_per_param": 4.0},
-            {"family": "first-order adaptive", "optimizer": "adamw", "state_bytes_per_param": 8.0},
-            {"family": "tuning-free", "optimizer": "prodigy", "state_bytes_per_param": 16.0}]
+    rows = [
+        {"family": "first-order stochastic", "optimizer": "sgd", "state_bytes_per_param": 0.0},
+        {"family": "first-order stochastic", "optimizer": "sgd-momentum", "state_bytes_per_param": 4.0},
+        {"family": "first-order adaptive", "optimizer": "adamw", "state_bytes_per_param": 8.0},
+        {"family": "tuning-free", "optimizer": "prodigy", "state_bytes_per_param": 16.0},
+    ]
     ax = F.optimizer_bytes_figure(rows).axes[0]
     widths = {c.get_label(): [r.get_width() for r in c] for c in ax.containers}
-    assert widths == {"first-order stochastic": [0.0, 4.0], "first-order adaptive": [8.0],
-                      "tuning-free": [16.0]}
+    assert widths == {"first-order stochastic": [0.0, 4.0], "first-order adaptive": [8.0], "tuning-free": [16.0]}
     assert [t.get_text() for t in ax.get_yticklabels()] == ["sgd", "sgd-momentum", "adamw", "prodigy"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "first-order stochastic", "first-order adaptive", "tuning-free"]
+        "first-order stochastic",
+        "first-order adaptive",
+        "tuning-free",
+    ]
 
 
 def test_optimizer_rows_of_the_registry_feed_the_figure() -> None:
-    from memprof.commands.optimizers import optimizer_rows
     from memprof.estimators.optimizers import OPTIMIZERS
+    from memprof.predict import optimizer_rows
 
-    rows = optimizer_rows("gpt2-124m", precision="32-true", batch_size=1, seq_len=64, checkpointing="none",
-                          attention="auto", device="cpu", gpu=None, gpus=1, zero=0, offload="none")
+    rows = optimizer_rows(
+        "gpt2-124m",
+        precision="32-true",
+        batch_size=1,
+        seq_len=64,
+        checkpointing="none",
+        attention="auto",
+        device="cpu",
+        gpu=None,
+        gpus=1,
+        zero=0,
+        offload="none",
+    )
     ax = F.optimizer_bytes_figure(rows).axes[0]
     drawn = sorted(t.get_text() for t in ax.get_yticklabels())
     assert drawn == sorted(OPTIMIZERS)
     adamw = [r for r in rows if r["optimizer"] == "adamw"][0]
-    widths = {t.get_text(): r.get_width()
-              for t, r in zip(ax.get_yticklabels(), [r for c in ax.containers for r in c])}
+    widths = {t.get_text(): r.get_width() for t, r in zip(ax.get_yticklabels(), [r for c in ax.containers for r in c])}
     # AdamW on the CPU: exp_avg + exp_avg_sq (8 B) plus one 4-byte `step` per parameter tensor
     assert widths["adamw"] == adamw["state_bytes_per_param"]
     assert 8.0 < widths["adamw"] < 8.001
 
 
 def test_peak_sweep_figure_draws_one_line_per_gpu() -> None:
-    sweep = {"model": "m", "axis": "batch_size", "values": [1, 2, 4, 8], "peaks": [10, 20, 40, 80],
-             "measure": "device_total",
-             "settings": {"optimizer": "adamw", "precision": "bf16-mixed", "checkpointing": "none",
-                          "attention": "sdpa"},
-             "gpus": [{"name": "a", "memory": 60, "usable": 50}, {"name": "b", "memory": 100, "usable": 90}]}
+    sweep = {
+        "model": "m",
+        "axis": "batch_size",
+        "values": [1, 2, 4, 8],
+        "peaks": [10, 20, 40, 80],
+        "measure": "device_total",
+        "settings": {"optimizer": "adamw", "precision": "bf16-mixed", "checkpointing": "none", "attention": "sdpa"},
+        "gpus": [{"name": "a", "memory": 60, "usable": 50}, {"name": "b", "memory": 100, "usable": 90}],
+    }
     ax = F.peak_sweep_figure(sweep).axes[0]
     lines = {line.get_gid(): line for line in ax.get_lines()}
     assert list(lines["peak"].get_xdata()) == [1, 2, 4, 8]
@@ -224,14 +286,20 @@ def test_peak_sweep_figure_draws_one_line_per_gpu() -> None:
     assert [list(lines[f"gpu:{n}"].get_ydata()) for n in "ab"] == [[50, 50], [90, 90]]
     assert len(ax.get_lines()) == 1 + len(sweep["gpus"])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "predicted peak (device total)", "a: 50 B usable", "b: 90 B usable"]
+        "predicted peak (device total)",
+        "a: 50 B usable",
+        "b: 90 B usable",
+    ]
     assert data.largest_fitting(sweep) == {"a": 4, "b": 8}
     # several sweeps share the axes: one curve each, named by the setting that differs, GPUs once
     other = {**sweep, "peaks": [5, 6, 7, 8], "settings": {**sweep["settings"], "optimizer": "sgd"}}
     ax = F.peak_sweep_figure([sweep, other]).axes[0]
     assert [line.get_label() for line in ax.get_lines()] == [
-        "predicted peak (device total): optimizer adamw", "predicted peak (device total): optimizer sgd",
-        "a: 50 B usable", "b: 90 B usable"]
+        "predicted peak (device total): optimizer adamw",
+        "predicted peak (device total): optimizer sgd",
+        "a: 50 B usable",
+        "b: 90 B usable",
+    ]
     assert list(ax.get_lines()[1].get_ydata()) == [5, 6, 7, 8]
 
 
@@ -248,7 +316,7 @@ def test_peak_sweep_of_a_preset_uses_the_estimate_and_the_gpu_presets() -> None:
 
 # -- memprof report --------------------------------------------------------------------------------
 def test_report_png_and_html(known_profile, tmp_path, capsys) -> None:
-    d, path = known_profile
+    _d, path = known_profile
     est_path = tmp_path / "est.json"
     est_path.write_text(json.dumps(_estimate_record()))
     png = tmp_path / "r.png"
@@ -259,8 +327,10 @@ def test_report_png_and_html(known_profile, tmp_path, capsys) -> None:
     text = html.read_text()
     assert text.count("src='data:image/png;base64,") == 1 and "http" not in text.replace("http-equiv", "")
     # the breakdown table: predicted 12,000 B of activations against 4,000 measured
-    assert (f"<td>peak</td><td>activations</td><td>{format_bytes(12000)}</td><td>{format_bytes(4000)}</td>"
-            f"<td>+{format_bytes(8000)}</td><td>+200.0%</td>") in text
+    assert (
+        f"<td>peak</td><td>activations</td><td>{format_bytes(12000)}</td><td>{format_bytes(4000)}</td>"
+        f"<td>+{format_bytes(8000)}</td><td>+200.0%</td>"
+    ) in text
     assert "<td>momentum_buffer</td>" in text
     capsys.readouterr()
     # without --out: the table as text
@@ -293,17 +363,20 @@ def test_report_of_a_real_estimate_and_profile(tmp_path, capsys) -> None:
     assert [ax.get_title(loc="left") for ax in fig.axes[1:]] == ["predicted", "measured"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("corrupt", "not readable JSON"),
-    ("not_a_profile", "is not a memprof profile"),
-    ("bad_extension", "must end in .png or .html"),
-    ("no_folder", "does not exist"),
-    ("estimate_not_json", "not a memprof estimate (not readable JSON"),
-    ("estimate_not_estimate", "is not a memprof estimate (it is a 'memprof.profile/1' record)"),
-    ("estimate_not_a_dict", "is not a memprof estimate (expected a memprof Estimate"),
-    ("other_model", "of the same model"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("corrupt", "not readable JSON"),
+        ("not_a_profile", "is not a memprof profile"),
+        ("bad_extension", "must end in .png or .html"),
+        ("no_folder", "does not exist"),
+        ("estimate_not_json", "not a memprof estimate (not readable JSON"),
+        ("estimate_not_estimate", "is not a memprof estimate (it is a 'memprof.profile/1' record)"),
+        ("estimate_not_a_dict", "is not a memprof estimate (expected a memprof Estimate"),
+        ("other_model", "of the same model"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(known_profile, tmp_path, capsys, case, message) -> None:
     _, good = known_profile
     prof, est, out = str(good), None, tmp_path / "r.png"
@@ -339,7 +412,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(known_profile, tmp_pat
 
 
 def test_import_memprof_and_reports_load_no_matplotlib() -> None:
-    code = ("import sys, memprof, memprof.reports, memprof.reports.data; "
-            "print('matplotlib' in sys.modules, 'torch' in sys.modules)")
+    code = (
+        "import sys, memprof, memprof.reports, memprof.reports.data; "
+        "print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -7,7 +7,7 @@ measured step is the one after the states reach their steady size, tracked by me
 `estimate(..., device="cpu").peak_allocated`.
 
 What is exact and what is not (module docstrings of estimators/timeline.py and
-estimators/optimizers/temporaries.py):
+estimators/optimizers/_scratch.py, and the step models in estimators/optimizers/second_order.py):
 - the create_graph backward keeps the forward's saved tensors and the gradients its recorded
   graph saves alive through step(): exact to the byte on a SophiaH step without a Hessian update
   (the update comes every 10 steps), GPT-2 and Llama, every precision (Llama bf16-mixed: the
@@ -18,6 +18,7 @@ estimators/optimizers/temporaries.py):
   -4.5 % to +1.4 %) and the estimate says so in its warnings;
 - Shampoo and SOAP step temporaries are exact for vectors and matrices (both dtypes).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,20 +29,21 @@ import torch
 
 pytest.importorskip("pytorch_optimizer")
 
-import memprof  # noqa: E402
-from memprof.estimators.estimation import estimate  # noqa: E402
-from memprof.estimators.optimizers.temporaries import needs_create_graph  # noqa: E402
-from memprof.estimators.timeline import step_timeline  # noqa: E402
-from memprof.estimators.activations import ActivationSettings  # noqa: E402
-from memprof.tiny_models import autocast_context, batch, build, selective_checkpointing  # noqa: E402
+import memprof
+from memprof.estimators.activations import ActivationSettings
+from memprof.estimators.estimation import estimate
+from memprof.estimators.optimizers import needs_create_graph
+from memprof.estimators.timeline import step_timeline
+from memprof.tiny_models import autocast_context, batch, build, selective_checkpointing
 
 CLASSES = {"sophia": "SophiaH", "adahessian": "AdaHessian", "shampoo": "Shampoo", "soap": "SOAP"}
-KWARGS = {"soap": {"precondition_frequency": 1}}      # refresh the eigenbases (QR) every step
-WARM = {"soap": 2}                                     # SOAP's first step only initialises
+KWARGS = {"soap": {"precondition_frequency": 1}}  # refresh the eigenbases (QR) every step
+WARM = {"soap": 2}  # SOAP's first step only initialises
 
 
-def measured_peak(family: str, optimizer: str, precision: str, checkpointing: str = "none",
-                  micro_batches: int = 1) -> int:
+def measured_peak(
+    family: str, optimizer: str, precision: str, checkpointing: str = "none", micro_batches: int = 1
+) -> int:
     """Peak live bytes of one real training step (forward, backward, step, zero_grad) after warm-up."""
     import pytorch_optimizer
 
@@ -59,16 +61,16 @@ def measured_peak(family: str, optimizer: str, precision: str, checkpointing: st
     def train(inputs, micro_batches=1):
         opt.zero_grad(set_to_none=True)
         for _ in range(micro_batches):
-            out = None      # the previous micro-batch's output dies before the next forward
+            out = None  # the previous micro-batch's output dies before the next forward
             with autocast_context(precision == "bf16-mixed", torch.bfloat16):
                 out = model(**inputs)
             out.loss.backward(create_graph=create_graph)
         opt.step()
         del out
-        opt.zero_grad(set_to_none=True)     # also breaks create_graph's grad <-> parameter cycle
+        opt.zero_grad(set_to_none=True)  # also breaks create_graph's grad <-> parameter cycle
 
     with warnings.catch_warnings(), selective:
-        warnings.simplefilter("ignore")     # create_graph's reference-cycle warning
+        warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
         for _ in range(WARM.get(optimizer, 1)):
             train(batch(family, 2, 32, dtype=dtype))
         with memprof.track(model, [opt], events=False) as run:
@@ -80,8 +82,17 @@ def measured_peak(family: str, optimizer: str, precision: str, checkpointing: st
 
 def estimated(family: str, optimizer: str, precision: str, checkpointing: str = "none", micro_batches: int = 1):
     _, spec = build(family, "eager")
-    return estimate(spec, optimizer, precision, device="cpu", batch_size=2, seq_len=32, attention="eager",
-                    checkpointing=checkpointing, grad_accumulation=micro_batches)
+    return estimate(
+        spec,
+        optimizer,
+        precision,
+        device="cpu",
+        batch_size=2,
+        seq_len=32,
+        attention="eager",
+        checkpointing=checkpointing,
+        grad_accumulation=micro_batches,
+    )
 
 
 # (family, optimizer, precision, tolerance in percent: 0 = to the byte)
@@ -90,10 +101,10 @@ CASES = [
     ("gpt2", "sophia", "bf16-mixed", 0),
     ("gpt2", "sophia", "bf16-true", 0),
     ("llama", "sophia", "32-true", 0),
-    ("llama", "sophia", "bf16-mixed", 0.3),   # the trace's bf16-mixed activations: +8 KiB
+    ("llama", "sophia", "bf16-mixed", 0.3),  # the trace's bf16-mixed activations: +8 KiB
     ("gpt2", "shampoo", "32-true", 0),
     ("gpt2", "shampoo", "bf16-true", 0),
-    ("llama", "shampoo", "32-true", 0.01),   # peak in backward: the activations' 4 bytes
+    ("llama", "shampoo", "32-true", 0.01),  # peak in backward: the activations' 4 bytes
     ("gpt2", "soap", "32-true", 0),
     ("gpt2", "soap", "bf16-mixed", 0),
     ("gpt2", "soap", "bf16-true", 0),
@@ -108,24 +119,24 @@ CASES = [
 
 # create_graph with activation checkpointing: the recomputed tensors are retained too
 CHECKPOINTED = [
-    ("gpt2", "sophia", "32-true", "full", 1.5),          # measured -0.7 %
-    ("gpt2", "sophia", "32-true", "selective", 2.5),     # -1.8 %
-    ("llama", "sophia", "32-true", "full", 1.5),         # -1.0 %
+    ("gpt2", "sophia", "32-true", "full", 1.5),  # measured -0.7 %
+    ("gpt2", "sophia", "32-true", "selective", 2.5),  # -1.8 %
+    ("llama", "sophia", "32-true", "full", 1.5),  # -1.0 %
 ]
 
 
 # create_graph under gradient accumulation: every micro-batch's graph hangs off the summed .grad
 ACCUMULATED = [
-    ("gpt2", "sophia", "32-true", "none", 1.5, 2),       # measured -0.8 %
-    ("llama", "sophia", "bf16-mixed", "none", 0.5, 2),   # +0.1 %
+    ("gpt2", "sophia", "32-true", "none", 1.5, 2),  # measured -0.8 %
+    ("llama", "sophia", "bf16-mixed", "none", 0.5, 2),  # +0.1 %
 ]
 
 
-@pytest.mark.parametrize("family,optimizer,precision,checkpointing,tolerance,micro_batches",
-                         [c[:3] + ("none",) + c[3:] + (1,) for c in CASES] + [c + (1,) for c in CHECKPOINTED]
-                         + ACCUMULATED)
-def test_second_order_peak_matches_a_real_step(family, optimizer, precision, checkpointing, tolerance,
-                                               micro_batches):
+@pytest.mark.parametrize(
+    "family,optimizer,precision,checkpointing,tolerance,micro_batches",
+    [c[:3] + ("none",) + c[3:] + (1,) for c in CASES] + [c + (1,) for c in CHECKPOINTED] + ACCUMULATED,
+)
+def test_second_order_peak_matches_a_real_step(family, optimizer, precision, checkpointing, tolerance, micro_batches):
     # GIVEN a real training step of a tiny model with a second-order optimizer
     measured = measured_peak(family, optimizer, precision, checkpointing, micro_batches)
     # WHEN memprof estimates the same step on the CPU
@@ -144,18 +155,19 @@ def test_hessian_vector_product_is_flagged_as_approximate():
     assert not estimated("gpt2", "shampoo", "32-true").warnings
 
 
-
 def test_the_cuda_allocator_replay_keeps_the_create_graph_backward():
     # on CUDA the timeline comes from the allocator replay: it must retain the forward graph too
     cuda = estimate("gpt2", "sophia", "32-true", device="cuda", batch_size=1, seq_len=32).to_dict()
     points = {p["label"]: p["by_category"] for p in cuda["timeline"]}
     assert points["optimizer step"]["activations"] == points["forward end"]["activations"] > 0
     plain = estimate("gpt2", "adamw", "32-true", device="cuda", batch_size=1, seq_len=32).to_dict()
-    assert {p["label"]: p for p in plain["timeline"]}["optimizer step"]["by_category"]["activations"] < \
-        points["forward end"]["activations"]
+    assert {p["label"]: p for p in plain["timeline"]}["optimizer step"]["by_category"]["activations"] < points[
+        "forward end"
+    ]["activations"]
     # the replay's tensor bytes at its peak are the timeline's (the BLAS workspace included)
     assert cuda["allocator"]["peak"]["requested"] == sum(
-        v for k, v in cuda["peak"]["by_category"].items() if k not in ("cuda_context", "fragmentation"))
+        v for k, v in cuda["peak"]["by_category"].items() if k not in ("cuda_context", "fragmentation")
+    )
 
 
 def test_only_the_hutchinson_optimizers_need_create_graph():
@@ -166,9 +178,16 @@ def test_only_the_hutchinson_optimizers_need_create_graph():
 def _timeline(create_graph: bool):
     _, spec = build("gpt2", "eager")
     act = ActivationSettings(2, 32, "float32", "float32", False, "eager", "none")
-    return step_timeline(spec, act, param_bytes=1000, grad_bytes=1000, grad_dtype="float32",
-                         optimizer_state_bytes=3000, optimizer_temporaries_bytes=2000,
-                         create_graph=create_graph)
+    return step_timeline(
+        spec,
+        act,
+        param_bytes=1000,
+        grad_bytes=1000,
+        grad_dtype="float32",
+        optimizer_state_bytes=3000,
+        optimizer_temporaries_bytes=2000,
+        create_graph=create_graph,
+    )
 
 
 def test_create_graph_retains_every_saved_tensor_into_the_step():

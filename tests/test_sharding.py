@@ -2,7 +2,13 @@
 import pytest
 
 from memprof.estimators.errors import MemprofUserError
-from memprof.estimators.sharding import Sharding, place_model_states
+from memprof.estimators.parallel import ModelStateBytes, ParallelStrategy, Placement
+from memprof.estimators.parallel import strategy_for as Sharding
+
+
+def place_model_states(parameters: int, gradients: int, states: int, fp32_grads: int,
+                       strategy: ParallelStrategy) -> Placement:
+    return strategy.place(ModelStateBytes(parameters, gradients, states, fp32_grads))
 
 PSI = 7_500_000_000  # the ZeRO paper's Figure 1: 7.5B parameters, N_d = 64, K = 12
 
@@ -45,7 +51,7 @@ def test_parameter_offload_with_stage_3():
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"zero": 4}, "invalid ZeRO stage 4; valid: 0, 1, 2, 3"),
-    ({"gpus": 0}, "--gpus must be a whole number from 1"),
+    ({"gpus": 0}, "gpus must be a whole number from 1"),
     ({"zero": 0, "offload": "optimizer"}, "CPU offload needs a ZeRO stage"),
     ({"zero": 2, "offload": "optimizer+parameters"}, "parameter offload needs ZeRO stage 3"),
     ({"zero": 1, "offload": "disk"}, "invalid offload 'disk'"),
@@ -53,3 +59,14 @@ def test_parameter_offload_with_stage_3():
 def test_bad_sharding_is_a_user_error(kwargs, fragment):
     with pytest.raises(MemprofUserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         Sharding(**kwargs)
+
+
+def test_an_offloaded_optimizer_leaves_no_state_in_the_device_replay():
+    # GIVEN one GPU at ZeRO-2, with and without the optimizer offloaded to the host
+    from memprof.estimators.estimation import estimate
+    on_device = estimate("gpt2-124m", zero=2)
+    offloaded = estimate("gpt2-124m", zero=2, offload="optimizer")
+    # THEN the states leave the device's allocator replay too, not only its model-state rows
+    assert offloaded.record.model_states.optimizer_states == 0
+    assert on_device.peak_allocated - offloaded.peak_allocated >= on_device.record.model_states.optimizer_states
+    assert Sharding(1, 2, "optimizer").states_as_flat_buffer and not Sharding(1, 2).states_as_flat_buffer

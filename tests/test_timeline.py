@@ -5,10 +5,11 @@ measured step is the second one) and compares `step_timeline(...).peak.allocated
 live tensor bytes seen by torch.distributed._tools.mem_tracker.MemTracker. The issue's goal: every
 case within 3 %, the median within 1 %.
 """
+
 from __future__ import annotations
 
 import statistics
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -21,19 +22,33 @@ from memprof.estimators.vocabulary import CATEGORIES, PHASES
 
 pytestmark = pytest.mark.filterwarnings("ignore:Module is None")
 
-SHAPES = {"vit": (16, 1)}   # ViT's sequence comes from image and patch size; a larger batch
+SHAPES = {"vit": (16, 1)}  # ViT's sequence comes from image and patch size; a larger batch
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
-MATRIX = [(f, a, p, ck, *SHAPES.get(f, (2, 32)))
-          for f in FAMILIES for a in ("eager", "sdpa") for p in ("fp32", "bf16-mixed")
-          for ck in ("none", "full", "selective")]
-MATRIX += [(f, a, "bf16-true", ck, *SHAPES.get(f, (2, 32)))
-           for f in FAMILIES for a in ("eager", "sdpa") for ck in ("none", "full")]
-MATRIX += [("gpt2", "eager", "fp32", "none", 4, 64), ("gpt2", "sdpa", "bf16-mixed", "full", 4, 64),
-           ("llama", "sdpa", "bf16-mixed", "none", 4, 64), ("llama", "eager", "fp32", "selective", 3, 48),
-           ("opt", "sdpa", "fp32", "none", 1, 57), ("bert", "eager", "bf16-mixed", "none", 4, 64),
-           # activation-dominated steps (activations several times the model states)
-           ("opt", "eager", "bf16-true", "none", 8, 128), ("llama", "sdpa", "bf16-mixed", "none", 8, 256),
-           ("gpt2", "eager", "bf16-mixed", "none", 8, 128)]
+MATRIX = [
+    (f, a, p, ck, *SHAPES.get(f, (2, 32)))
+    for f in FAMILIES
+    for a in ("eager", "sdpa")
+    for p in ("fp32", "bf16-mixed")
+    for ck in ("none", "full", "selective")
+]
+MATRIX += [
+    (f, a, "bf16-true", ck, *SHAPES.get(f, (2, 32)))
+    for f in FAMILIES
+    for a in ("eager", "sdpa")
+    for ck in ("none", "full")
+]
+MATRIX += [
+    ("gpt2", "eager", "fp32", "none", 4, 64),
+    ("gpt2", "sdpa", "bf16-mixed", "full", 4, 64),
+    ("llama", "sdpa", "bf16-mixed", "none", 4, 64),
+    ("llama", "eager", "fp32", "selective", 3, 48),
+    ("opt", "sdpa", "fp32", "none", 1, 57),
+    ("bert", "eager", "bf16-mixed", "none", 4, 64),
+    # activation-dominated steps (activations several times the model states)
+    ("opt", "eager", "bf16-true", "none", 8, 128),
+    ("llama", "sdpa", "bf16-mixed", "none", 8, 256),
+    ("gpt2", "eager", "bf16-mixed", "none", 8, 128),
+]
 
 
 def _id(case):
@@ -41,16 +56,16 @@ def _id(case):
     return f"{f}-{a}-{p}-{ck}-b{b}s{s}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def run_case(case) -> tuple[int, int, str]:
     """(predicted peak, measured peak, predicted phase) of one training-step case."""
     family, attention, precision, checkpointing, b, s = case
     autocast = precision == "bf16-mixed"
     dtype = "bfloat16" if precision == "bf16-true" else "float32"
-    measured, _, spec, _ = measure_step(family, attention, autocast, checkpointing, b, s,
-                                        dtype=getattr(torch, dtype))
-    st = ActivationSettings(b, s, "bfloat16" if precision != "fp32" else "float32", dtype, autocast,
-                            attention, checkpointing)
+    measured, _, spec, _ = measure_step(family, attention, autocast, checkpointing, b, s, dtype=getattr(torch, dtype))
+    st = ActivationSettings(
+        b, s, "bfloat16" if precision != "fp32" else "float32", dtype, autocast, attention, checkpointing
+    )
     timeline = step_timeline(spec, st, **adamw_bytes(spec, dtype))
     return timeline.peak.allocated, measured, timeline.peak.phase
 
@@ -116,7 +131,7 @@ def test_timeline_shape():
     assert [p.label for p in timeline if p.phase == "forward"][1:3] == ["forward: layer 0", "forward: layer 1"]
     backward = [p for p in timeline if p.phase == "backward"]
     grads = [p.by_category["gradients"] for p in backward]
-    assert grads == sorted(grads) and grads[-1] == sizes["grad_bytes"]      # gradients appear layer by layer
+    assert grads == sorted(grads) and grads[-1] == sizes["grad_bytes"]  # gradients appear layer by layer
     step = timeline.points[-1].by_category
     assert step["gradients"] == sizes["grad_bytes"] and step["optimizer_states"] == sizes["optimizer_state_bytes"]
     assert step["temporary"] >= sizes["optimizer_temporaries_bytes"]
@@ -133,11 +148,14 @@ def test_checkpointing_lowers_forward_end_activations():
     assert ends["full"] < ends["selective"] < ends["none"]
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(param_bytes=-1), "param_bytes must be a non-negative integer"),
-    (dict(grad_accumulation=0), "grad_accumulation must be a positive integer"),
-    (dict(grad_dtype="float9"), "unknown dtype 'float9'"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(param_bytes=-1), "param_bytes must be a non-negative integer"),
+        (dict(grad_accumulation=0), "grad_accumulation must be a positive integer"),
+        (dict(grad_dtype="float9"), "unknown dtype 'float9'"),
+    ],
+)
 def test_bad_arguments(kw, match):
     _, spec = build("gpt2", "eager")
     args = {**adamw_bytes(spec), **kw}

@@ -3,6 +3,7 @@
 The slow test trains the quick subset for real on the CPU through the CLI and fails on any case
 beyond tolerance: model states must agree to the byte, the peak of live tensor bytes within 3 %.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ import render_accuracy  # noqa: E402
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from memprof.validate import (DEFAULT_FILE, FAMILIES, NOT_RUN, PEAK_TOLERANCE_PCT, PRECISIONS,  # noqa: E402
-                              REAL_OPTIMIZERS, full_matrix, judge, load_record, quick_matrix)
+from memprof.validate import (  # noqa: E402
+    DEFAULT_FILE,
+    FAMILIES,
+    NOT_RUN,
+    PEAK_TOLERANCE_PCT,
+    PRECISIONS,
+    REAL_OPTIMIZERS,
+    full_matrix,
+    judge,
+    load_record,
+    quick_matrix,
+)
 
 
 def test_every_registry_optimizer_is_run_or_says_why_not() -> None:
@@ -47,8 +58,9 @@ def test_the_full_matrix_covers_every_family_optimizer_and_knob() -> None:
 
 
 def test_judge_needs_exact_model_states_and_the_peak_within_tolerance() -> None:
-    exact = {f"model_states.{c}": {"predicted": 8, "measured": 8} for c in ("parameters", "gradients",
-                                                                             "optimizer_states")}
+    exact = {
+        f"model_states.{c}": {"predicted": 8, "measured": 8} for c in ("parameters", "gradients", "optimizer_states")
+    }
     assert judge({**exact, "peak.allocated": {"predicted": 103, "error_pct": PEAK_TOLERANCE_PCT}}) == "pass"
     assert judge({**exact, "peak.allocated": {"predicted": 104, "error_pct": 3.01}}) == "fail"
     assert judge({**exact, "peak.allocated": {"predicted": None, "error_pct": None}}) == "no peak"
@@ -89,8 +101,9 @@ def test_quick_matrix_is_within_tolerance(tmp_path, capsys) -> None:
 
 def _why(case: dict) -> str:
     off = {k: v for k, v in case["rows"].items() if v["error_bytes"] not in (0, None)}
-    return "; ".join(f"{k} predicted {v['predicted']:,} measured {v['measured']:,} ({v['error_pct']:+.2f}%)"
-                     for k, v in off.items())
+    return "; ".join(
+        f"{k} predicted {v['predicted']:,} measured {v['measured']:,} ({v['error_pct']:+.2f}%)" for k, v in off.items()
+    )
 
 
 def test_recorded_file_has_versions_machine_and_every_case() -> None:
@@ -127,7 +140,7 @@ def test_render_replaces_only_between_the_markers(tmp_path) -> None:
 def test_bad_records_and_readmes_are_refused(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "memprof.profile/1"}')
-    with pytest.raises(MemprofUserError, match="is not a memprof validation record: schema is 'memprof.profile/1'"):
+    with pytest.raises(MemprofUserError, match=r"is not a memprof validation record: schema is 'memprof.profile/1'"):
         load_record(bad)
     readme = tmp_path / "README.md"
     readme.write_text("no markers\n")

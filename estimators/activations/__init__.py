@@ -1,11 +1,12 @@
 """Activation memory from what autograd actually saves, operation by operation.
 
-Each supported family (gpt2; llama, mistral, qwen2; gpt_neox; opt; bert; vit) has a module that
-replays the Hugging Face forward on `ops.T` handles (element count and dtype; no data, no torch) with
-the kernels PyTorch picks; `saved_tensors` lists what autograd keeps when the forward ends, each
-storage once, and `activation_bytes` sums it. The Korthikanti et al. constant s·b·h·(34 + 5·a·s/h)
-falls out of this accounting for a GPT-2 block with fused GELU and bool dropout masks in 16-bit on
-CUDA; nothing here hard-codes it. What the replay also knows, because the real code does it:
+Each supported family (memprof.estimators.families: gpt2; llama, mistral, qwen2; gpt_neox; opt; bert;
+vit) replays the Hugging Face forward on `ops.T` handles (element count and dtype; no data, no torch)
+with the kernels PyTorch picks, from the same description that lists its parameters; `saved_tensors`
+lists what autograd keeps when the forward ends, each storage once, and `activation_bytes` sums it. The
+Korthikanti et al. constant s·b·h·(34 + 5·a·s/h) falls out of this accounting for a GPT-2 block with
+fused GELU and bool dropout masks in 16-bit on CUDA; nothing here hard-codes it. What the replay also
+knows, because the real code does it:
 - transformers' default `use_cache=True` builds a DynamicCache in training too: every layer's k and v
   are copied into it and the model output keeps them (off under gradient checkpointing);
 - GPT-2's default activation `gelu_new` is a python formula: autograd keeps four tensors of the MLP
@@ -18,26 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import dtype_bytes
 from ..errors import MemprofUserError, unknown_name
-from . import bert, gpt2, gpt_neox, llama, opt, vit
-from .ops import T, Trace
+from ..vocabulary import ATTENTION_IMPLEMENTATIONS, CHECKPOINTING, DEVICES
+from ..autograd import Region, T, Trace
+
+if TYPE_CHECKING:
+    from ..families import Family
+    from ..models import ModelSpec
 
 __all__ = [
     "ActivationSettings", "SavedTensor", "saved_tensors", "activation_bytes", "resolve_attention",
-    "attention_kernel",
-    "build_trace", "SUPPORTED_MODEL_TYPES", "ATTENTION", "CHECKPOINTING",
+    "attention_kernel", "build_trace", "region_inputs", "T", "Trace",
 ]
 
-_FAMILIES = {}
-for _mod in (gpt2, llama, gpt_neox, opt, bert, vit):
-    for _t in _mod.MODEL_TYPES:
-        _FAMILIES[_t] = _mod
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_FAMILIES))
-
-ATTENTION = ("eager", "sdpa", "flash")
-CHECKPOINTING = ("none", "selective", "full")
 _FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -52,13 +49,13 @@ class ActivationSettings:
     compute_dtype: str          # autocast dtype, or the parameter dtype without autocast
     param_dtype: str
     autocast: bool
-    attention: str              # "eager" | "sdpa" | "flash" (transformers' attn_implementation)
-    checkpointing: str          # "none" | "selective" | "full"
+    attention: str              # ATTENTION_IMPLEMENTATIONS: transformers' attn_implementation
+    checkpointing: str          # CHECKPOINTING: "none" | "selective" | "full"
     training: bool = True       # dropout active when the config's dropout probabilities are > 0
-    device: str = "cpu"
+    device: str = "cpu"         # DEVICES
     sharded_params: bool = False  # ZeRO-3 / FSDP full-shard: weights gathered layer by layer
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field_name in ("batch_size", "seq_len"):
             v = getattr(self, field_name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -67,12 +64,12 @@ class ActivationSettings:
             v = getattr(self, field_name)
             if v not in _FLOAT_DTYPES:
                 raise unknown_name(field_name.replace("_", " "), str(v), _FLOAT_DTYPES)
-        if self.attention not in ATTENTION:
-            raise unknown_name("attention implementation", str(self.attention), ATTENTION)
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise unknown_name("attention implementation", str(self.attention), ATTENTION_IMPLEMENTATIONS)
         if self.checkpointing not in CHECKPOINTING:
             raise unknown_name("checkpointing mode", str(self.checkpointing), CHECKPOINTING)
-        if self.device not in ("cpu", "cuda"):
-            raise unknown_name("device", str(self.device), ("cpu", "cuda"))
+        if self.device not in DEVICES:
+            raise unknown_name("device", str(self.device), DEVICES)
 
 
 @dataclass(frozen=True)
@@ -91,11 +88,14 @@ class SavedTensor:
         return self.numel * dtype_bytes(self.dtype)
 
 
-def _family(spec):
+def _family(spec: ModelSpec) -> Family[Any]:
+    # imported here: the family modules import this package's `ops` (the recorder they replay on)
+    from ..families import FAMILIES
+
     model_type = getattr(spec, "model_type", None)
-    if model_type not in _FAMILIES:
-        raise unknown_name("model type for activation accounting", str(model_type), _FAMILIES)
-    return _FAMILIES[model_type]
+    if model_type not in FAMILIES:
+        raise unknown_name("model type for activation accounting", str(model_type), FAMILIES)
+    return FAMILIES[model_type]
 
 
 def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 0.0, *,
@@ -107,8 +107,8 @@ def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 
     dim <= 256, no explicit mask), then memory-efficient, then math. "flash" (flash_attention_2) needs
     CUDA and a 16-bit dtype.
     """
-    if requested not in ATTENTION:
-        raise unknown_name("attention implementation", str(requested), ATTENTION)
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise unknown_name("attention implementation", str(requested), ATTENTION_IMPLEMENTATIONS)
     if requested == "eager":
         return "eager"
     half = dtype in ("float16", "bfloat16")
@@ -129,28 +129,27 @@ def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 
     return "math"
 
 
-def attention_kernel(spec, settings: ActivationSettings) -> str:
+def attention_kernel(spec: ModelSpec, settings: ActivationSettings) -> str:
     """The attention kernel PyTorch runs for this model under `settings` (see resolve_attention)."""
-    fam = _family(spec)
-    config = dict(spec.config)
-    dropout = fam.attention_dropout(config) if settings.training else 0.0
+    _family(spec)
+    dropout = spec.dims.attention_dropout if settings.training else 0.0
     return resolve_attention(settings.attention, settings.device, settings.compute_dtype, dropout,
                              head_dim=spec.head_dim)
 
 
 @lru_cache(maxsize=16)
-def build_trace(spec, settings: ActivationSettings) -> Trace:
+def build_trace(spec: ModelSpec, settings: ActivationSettings) -> Trace:
     """Replay the family's forward under `settings` and mark checkpoint regions.
 
-    Cached: an estimate reads the same trace several times (saved tensors, the timeline, the
+    The family reads the spec's description record (`spec.dims`), the one its parameter tensors come
+    from. Cached: an estimate reads the same trace several times (saved tensors, the timeline, the
     allocator replay). Callers only read it."""
     fam = _family(spec)
-    config = dict(spec.config)
     kernel = attention_kernel(spec, settings)
     tr = Trace(settings.batch_size, settings.seq_len, settings.param_dtype, settings.compute_dtype,
                settings.autocast, settings.device, settings.training,
                checkpointing=settings.checkpointing, sharded_params=settings.sharded_params)
-    fam.forward(tr, config, kernel)
+    fam.forward(tr, spec.dims, kernel)
     _mark_regions(tr, settings.checkpointing)
     return tr
 
@@ -163,13 +162,13 @@ def _mark_regions(tr: Trace, mode: str) -> None:
             op.region = ("core", op.layer)
 
 
-def region_inputs(tr: Trace) -> dict[object, list[T]]:
+def region_inputs(tr: Trace) -> dict[Region, list[T]]:
     """The tensors a checkpointed region keeps from outside (its inputs), by region."""
-    produced: dict[int, object] = {}
+    produced: dict[int, Region | None] = {}
     for op in tr.ops:
         for t in op.outputs:
             produced[id(t)] = op.region
-    out: dict[object, list[T]] = {}
+    out: dict[Region, list[T]] = {}
     for op in tr.ops:
         if op.region is None:
             continue
@@ -182,7 +181,7 @@ def region_inputs(tr: Trace) -> dict[object, list[T]]:
     return out
 
 
-def saved_tensors(spec, settings: ActivationSettings) -> list[SavedTensor]:
+def saved_tensors(spec: ModelSpec, settings: ActivationSettings) -> list[SavedTensor]:
     """Every tensor autograd keeps at the end of forward, each storage once."""
     tr = build_trace(spec, settings)
     return _saved_from_trace(tr)
@@ -208,6 +207,6 @@ def _saved_from_trace(tr: Trace) -> list[SavedTensor]:
     return out
 
 
-def activation_bytes(spec, settings: ActivationSettings) -> int:
+def activation_bytes(spec: ModelSpec, settings: ActivationSettings) -> int:
     """Bytes autograd holds for backward at the end of forward (saved tensors, each storage once)."""
     return sum(t.nbytes for t in saved_tensors(spec, settings))

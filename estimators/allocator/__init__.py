@@ -8,6 +8,7 @@ allocated/reserved, fragmentation and retries, or ask which PYTORCH_CUDA_ALLOC_C
 The names below are loaded from their modules on first use, so that `memprof estimate` (which needs
 only the simulator and the training replay) does not pay for reading snapshots and profiles.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,8 +22,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("what_if", "WhatIf", "min_capacity"), "whatif"),
     **dict.fromkeys(("device_events", "devices_in"), "timeline"),
     **dict.fromkeys(("load_profile_timeline", "replay_profile", "ProfileReplay"), "profile_replay"),
-    **dict.fromkeys(("simulate_training_step", "TrainingSimulation", "training_events",
-                     "states_per_parameter"), "training"),
+    **dict.fromkeys(
+        ("simulate_training_step", "TrainingSimulation", "training_events", "states_per_parameter"), "training"
+    ),
 }
 
 __all__ = list(_EXPORTS)

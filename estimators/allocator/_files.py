@@ -1,4 +1,5 @@
 """Reading an input file of `memprof replay` with one-line errors for the usual failures."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import os
 from ..errors import MemprofUserError
 
 
-def read_bytes(path: str | os.PathLike, what: str, expected: str) -> tuple[str, bytes]:
+def read_bytes(path: str | os.PathLike[str], what: str, expected: str) -> tuple[str, bytes]:
     """(the path as a string, the file's bytes); `what` names the input ("snapshot"), `expected`
     what a directory is not ("a snapshot pickle")."""
     name = os.fspath(path)

@@ -12,30 +12,46 @@ pytorch/pytorch on GitHub:
 - booleans are exactly `True` or `False` (PyTorch rejects `true`);
 - `backend:cudaMallocAsync` replaces this allocator entirely, so it cannot be simulated here.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from ..errors import MemprofUserError, unknown_name
 
 MB = 1 << 20
-NUM_ROUNDUP_INTERVALS = 16        # kRoundUpPowerOfTwoIntervals: 1 MB .. 64 GB
-DEFAULT_LARGE_SEGMENT = 20 * MB   # kLargeBuffer / large_segment_size_
+NUM_ROUNDUP_INTERVALS = 16  # kRoundUpPowerOfTwoIntervals: 1 MB .. 64 GB
+DEFAULT_LARGE_SEGMENT = 20 * MB  # kLargeBuffer / large_segment_size_
 
 # options that only affect pinned host memory, locking or CUDA graphs: accepted and ignored
-_IGNORED_KEYS = frozenset({
-    "release_lock_on_cudamalloc", "release_lock_on_hipmalloc",
-    "pinned_use_cuda_host_register", "pinned_use_hip_host_register",
-    "pinned_num_register_threads", "pinned_use_background_threads",
-    "pinned_reserve_segment_size_mb", "pinned_free_catch_all",
-    "graph_capture_record_stream_reuse", "throw_on_cudamalloc_oom",
-})
-_SIMULATED_KEYS = frozenset({
-    "large_segment_size_mb", "max_split_size_mb", "max_non_split_rounding_mb",
-    "roundup_power2_divisions", "expandable_segments", "garbage_collection_threshold",
-    "per_process_memory_fraction", "backend",
-})
+_IGNORED_KEYS = frozenset(
+    {
+        "release_lock_on_cudamalloc",
+        "release_lock_on_hipmalloc",
+        "pinned_use_cuda_host_register",
+        "pinned_use_hip_host_register",
+        "pinned_num_register_threads",
+        "pinned_use_background_threads",
+        "pinned_reserve_segment_size_mb",
+        "pinned_free_catch_all",
+        "graph_capture_record_stream_reuse",
+        "throw_on_cudamalloc_oom",
+    }
+)
+_SIMULATED_KEYS = frozenset(
+    {
+        "large_segment_size_mb",
+        "max_split_size_mb",
+        "max_non_split_rounding_mb",
+        "roundup_power2_divisions",
+        "expandable_segments",
+        "garbage_collection_threshold",
+        "per_process_memory_fraction",
+        "backend",
+    }
+)
 VALID_KEYS = tuple(sorted(_SIMULATED_KEYS | _IGNORED_KEYS))
 
 
@@ -43,15 +59,15 @@ VALID_KEYS = tuple(sorted(_SIMULATED_KEYS | _IGNORED_KEYS))
 class AllocatorConfig:
     """The caching-allocator settings the simulator honours (defaults = no PYTORCH_CUDA_ALLOC_CONF)."""
 
-    max_split_size: int | None = None          # bytes; None = unlimited (every block may be split)
+    max_split_size: int | None = None  # bytes; None = unlimited (every block may be split)
     max_non_split_rounding: int = DEFAULT_LARGE_SEGMENT
     roundup_power2_divisions: tuple[int, ...] = (0,) * NUM_ROUNDUP_INTERVALS
     expandable_segments: bool = False
     large_segment_size: int = DEFAULT_LARGE_SEGMENT
     garbage_collection_threshold: float = 0.0  # parsed; not simulated (needs a memory fraction)
-    per_process_memory_fraction: float = 1.0   # scales the capacity given to the simulator
+    per_process_memory_fraction: float = 1.0  # scales the capacity given to the simulator
 
-    def replace(self, **changes) -> "AllocatorConfig":
+    def replace(self, **changes: Any) -> AllocatorConfig:
         return dataclasses.replace(self, **changes)
 
     def divisions_for(self, size: int) -> int:
@@ -90,7 +106,7 @@ class AllocatorConfig:
 def _roundup_items(divs: tuple[int, ...]) -> list[str]:
     """List entries reproducing `divs`: the first entry also fills the intervals below it and '>'
     fills those after the last entry; intervals in between must be listed one by one."""
-    runs = []  # [start, end, value]
+    runs: list[list[int]] = []  # [start, end, value]
     for i, d in enumerate(divs):
         if runs and runs[-1][2] == d:
             runs[-1][1] = i + 1
@@ -210,6 +226,18 @@ def _parse_roundup(tok: _Tokens, i: int) -> tuple[int, tuple[int, ...]]:
     return i, tuple(divs)
 
 
+class _Fields(TypedDict, total=False):
+    """The AllocatorConfig fields a PYTORCH_CUDA_ALLOC_CONF string sets."""
+
+    max_split_size: int | None
+    max_non_split_rounding: int
+    roundup_power2_divisions: tuple[int, ...]
+    expandable_segments: bool
+    large_segment_size: int
+    garbage_collection_threshold: float
+    per_process_memory_fraction: float
+
+
 def parse_alloc_conf(text: str | None) -> AllocatorConfig:
     """AllocatorConfig for a PYTORCH_CUDA_ALLOC_CONF string ("" or None: the defaults).
 
@@ -230,7 +258,7 @@ def parse_alloc_conf(text: str | None) -> AllocatorConfig:
             if value <= 10:
                 raise tok.error("large_segment_size_mb must be > 10")
             large = value * MB
-    fields: dict = {"large_segment_size": large, "max_non_split_rounding": large}
+    fields: _Fields = {"large_segment_size": large, "max_non_split_rounding": large}
     i = 0
     while i < len(items):
         key = items[i]
@@ -253,28 +281,28 @@ def parse_alloc_conf(text: str | None) -> AllocatorConfig:
             i += 2
         elif key == "garbage_collection_threshold":
             tok.expect(i + 1, ":")
-            value = _float(tok, i + 2, key)
-            if not 0.0 < value < 1.0:
+            threshold = _float(tok, i + 2, key)
+            if not 0.0 < threshold < 1.0:
                 raise tok.error("garbage_collection_threshold must be in (0.0, 1.0)")
-            fields["garbage_collection_threshold"] = value
+            fields["garbage_collection_threshold"] = threshold
             i += 2
         elif key == "per_process_memory_fraction":
             tok.expect(i + 1, ":")
-            value = _float(tok, i + 2, key)
-            if not 0.0 <= value <= 1.0:
+            fraction = _float(tok, i + 2, key)
+            if not 0.0 <= fraction <= 1.0:
                 raise tok.error("per_process_memory_fraction must be in [0.0, 1.0]")
-            fields["per_process_memory_fraction"] = value
+            fields["per_process_memory_fraction"] = fraction
             i += 2
         elif key == "backend":
             tok.expect(i + 1, ":")
-            value = tok.at(i + 2, "a value for backend")
-            if value == "cudaMallocAsync":
+            backend = tok.at(i + 2, "a value for backend")
+            if backend == "cudaMallocAsync":
                 raise MemprofUserError(
                     "backend:cudaMallocAsync replaces the caching allocator; memprof simulates only the "
                     "native backend (use backend:native or drop the option)"
                 )
-            if value != "native":
-                raise tok.error(f"unknown backend {value!r}; options are native and cudaMallocAsync")
+            if backend != "native":
+                raise tok.error(f"unknown backend {backend!r}; options are native and cudaMallocAsync")
             i += 2
         elif key in _IGNORED_KEYS:
             i = tok.skip_value(i)
@@ -297,6 +325,7 @@ def _float(tok: _Tokens, i: int, key: str) -> float:
 
 def merge_alloc_conf(base: str | None, override: str) -> str:
     """`base` with the options of `override` replacing those of the same name (both conf strings)."""
+
     def split(text: str | None) -> dict[str, str]:
         out: dict[str, str] = {}
         depth = 0

@@ -8,10 +8,12 @@ allocated and freed in the same order, rounded and packed into segments as on a 
 CPU run predicts its CUDA reserved memory and fragmentation. (What the CPU kernels do differently -
 dropout keeping its noise instead of a bool mask, another attention backend - is not translated.)
 
-Reading stays torch-free (the profiler package imports torch), so the file is checked here:
-memprof's schema tag, then an `events` list of well-formed entries. Tensors that existed when the
-tracking began (parameters, states) appear first, in the order the profiler registered them.
+Reading stays torch-free: the file is checked by the profile record's own reader
+(memprof.estimators.records.profile): memprof's schema tag, then an `events` list of well-formed
+entries, then the rest of the record. Tensors that existed when the tracking began (parameters,
+states) appear first, in the order the profiler registered them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +21,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MemprofUserError
+from ..errors import MemprofUserError, RecordError
+from ..records.profile import EVENT_KEYS, PROFILE_SCHEMA, ProfileRecord, check_profile_schema, read_events
 from ._files import read_bytes
 from .config import AllocatorConfig, parse_alloc_conf
-from .simulator import SimResult, simulate
+from .simulator import Event, SimResult, simulate
 from .timeline import device_events, devices_in
 
-PROFILE_SCHEMA_PREFIX = "memprof.profile/"   # memprof.profiler.profile.SCHEMA is "memprof.profile/1"
-_HOW_TO_SAVE = ("record it with memprof.track(model, optimizer, events=True) and save it with "
-                "profile.save(path, events=True)")
+_HOW_TO_SAVE = (
+    "record it with memprof.track(model, optimizer, events=True) and save it with profile.save(path, events=True)"
+)
 
 
 def looks_like_json(head: bytes) -> bool:
@@ -40,56 +43,45 @@ def looks_like_json(head: bytes) -> bool:
 class ProfileTimeline:
     """A saved profile's allocation timeline and the record around it."""
 
-    data: dict                 # the profile record without its events
-    events: list[tuple]
-    phases: list               # the phase current at each event (None before the first forward)
+    record: ProfileRecord  # the profile record without its events
+    events: list[Event]
+    phases: list[str | None]  # the phase current at each event (None before the first forward)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The profile JSON without its events."""
+        return self.record.to_dict()
 
 
-def load_profile_timeline(path: str | os.PathLike) -> ProfileTimeline:
+def load_profile_timeline(path: str | os.PathLike[str]) -> ProfileTimeline:
     """The events of the profile JSON at `path`; MemprofUserError (one line) for anything else."""
     name, raw_bytes = read_bytes(path, "profile", "a profile")
     try:
         data = json.loads(raw_bytes.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemprofUserError(f"{name} is not readable JSON ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:120]}); expected a memprof profile") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if not isinstance(schema, str) or not schema.startswith(PROFILE_SCHEMA_PREFIX):
-        found = repr(schema) if isinstance(data, dict) else f"a JSON {type(data).__name__}"
-        raise MemprofUserError(f"{name} is not a memprof profile (schema {found}, expected "
-                               f"'{PROFILE_SCHEMA_PREFIX}1'); memprof replay reads snapshot pickles and "
-                               f"memprof profiles saved with events")
-    raw = data.pop("events", None)
-    phases = data.pop("event_phases", None)
-    if raw is None:
+        raise MemprofUserError(
+            f"{name} is not readable JSON ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); expected a memprof profile"
+        ) from None
+    # the record's reader, in its order (schema, events, the rest), with replay's words between
+    try:
+        check_profile_schema(data, where=name)
+    except RecordError:
+        found = repr(data.get("schema")) if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise MemprofUserError(
+            f"{name} is not a memprof profile (schema {found}, expected "
+            f"{PROFILE_SCHEMA!r}); memprof replay reads snapshot pickles and "
+            f"memprof profiles saved with events"
+        ) from None
+    if data.get("events") is None:
         raise MemprofUserError(f"{name} was saved without its allocation timeline; {_HOW_TO_SAVE}")
-    if not isinstance(raw, list):
-        raise MemprofUserError(f"{name} is a corrupt memprof profile: 'events' is not a list")
-    events = [_event(e, i, name) for i, e in enumerate(raw)]
+    read, read_phases = read_events(data["events"], data.get("event_phases"), where=name)
+    events: list[Event] = list(read or ())
     if not any(e[0] == "alloc" for e in events):
         raise MemprofUserError(f"{name} holds no allocation event; {_HOW_TO_SAVE}")
-    if not isinstance(phases, list) or len(phases) != len(events):
-        phases = [None] * len(events)
-    return ProfileTimeline(data, events, phases)
-
-
-def _event(entry: Any, index: int, name: str) -> tuple:
-    if isinstance(entry, list) and entry:
-        kind = entry[0]
-        if kind == "alloc" and len(entry) == 4 and _is_count(entry[2]) and _is_id(entry[1]):
-            return tuple(entry)
-        if kind == "free" and len(entry) == 2 and _is_id(entry[1]):
-            return tuple(entry)
-    raise MemprofUserError(f"{name} is a corrupt memprof profile: event {index} is {str(entry)[:60]}, "
-                           f"expected [\"alloc\", id, bytes, device] or [\"free\", id]")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
+    phases: list[str | None] = [None] * len(events) if read_phases is None else list(read_phases)
+    record = ProfileRecord.from_dict({k: v for k, v in data.items() if k not in EVENT_KEYS}, where=name)
+    return ProfileTimeline(record, events, phases)
 
 
 def pick_profile_device(timeline: ProfileTimeline, device: str | None = None) -> str:
@@ -98,10 +90,9 @@ def pick_profile_device(timeline: ProfileTimeline, device: str | None = None) ->
     if device is not None:
         wanted = f"cuda:{device}" if str(device).isdigit() else str(device)
         if wanted not in devices:
-            raise MemprofUserError(f"device {wanted!r} has no allocation in the profile; it holds "
-                                   f"{', '.join(devices)}")
+            raise MemprofUserError(f"device {wanted!r} has no allocation in the profile; it holds {', '.join(devices)}")
         return wanted
-    reported = timeline.data.get("device")
+    reported = timeline.record.device
     return reported if reported in devices else devices[0]
 
 
@@ -111,16 +102,16 @@ class ProfileReplay:
 
     result: SimResult
     device: str
-    config_source: str                # "--alloc-conf" or "default"
+    config_source: str  # "--alloc-conf" or "default"
     events_in_profile: int
-    profile: dict
-    events: list[tuple] = field(repr=False, default_factory=list)   # what was replayed
+    profile: dict[str, Any]
+    events: list[Event] = field(repr=False, default_factory=list)  # what was replayed
 
     @property
     def as_if_cuda(self) -> bool:
         return not self.device.startswith("cuda")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = self.result.to_dict()
         out["source"] = "profile"
         out["device"] = self.device
@@ -128,22 +119,31 @@ class ProfileReplay:
         out["config_source"] = self.config_source
         out["events_in_profile"] = self.events_in_profile
         if self.as_if_cuda:
-            out["note"] = (f"a {self.device} run replayed as if on CUDA: what the caching allocator would "
-                           f"reserve for the same tensors, allocated in the same order, on a GPU")
+            out["note"] = (
+                f"a {self.device} run replayed as if on CUDA: what the caching allocator would "
+                f"reserve for the same tensors, allocated in the same order, on a GPU"
+            )
         peak = self.profile.get("peak") or {}
         devices = self.profile.get("devices") or {}
         measured = (devices.get(self.device) or {}).get("peak_allocated")
         if measured is None and self.profile.get("device") == self.device:
             measured = peak.get("allocated")
         settings = self.profile.get("settings") or {}
-        out["profile"] = {"model": settings.get("model"), "device": self.profile.get("device"),
-                          "peak_allocated": measured, "measured_reserved": peak.get("reserved")
-                          if not self.as_if_cuda else None}
+        out["profile"] = {
+            "model": settings.get("model"),
+            "device": self.profile.get("device"),
+            "peak_allocated": measured,
+            "measured_reserved": peak.get("reserved") if not self.as_if_cuda else None,
+        }
         return out
 
 
-def replay_profile(timeline: ProfileTimeline, config: AllocatorConfig | str | None = None,
-                   capacity: int | None = None, device: str | None = None) -> ProfileReplay:
+def replay_profile(
+    timeline: ProfileTimeline,
+    config: AllocatorConfig | str | None = None,
+    capacity: int | None = None,
+    device: str | None = None,
+) -> ProfileReplay:
     """Replay one device of a profile's timeline (a CPU device is replayed as if it were CUDA)."""
     source = "--alloc-conf" if config is not None else "default"
     if config is None or isinstance(config, str):

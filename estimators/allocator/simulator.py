@@ -34,21 +34,27 @@ Events (the input format, shared with the profiler and the estimator):
     ("empty_cache",)                torch.cuda.empty_cache()
 ids are any hashable values unique among live allocations; streams are any orderable values.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Hashable, Iterable
+from typing import Any, TypeAlias
 
 from ..errors import MemprofUserError
 from .config import AllocatorConfig, parse_alloc_conf
 
-K_MIN_BLOCK = 512                 # kMinBlockSize
-K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request
-K_SMALL_BUFFER = 2 << 20          # kSmallBuffer: small-pool segment
-K_MIN_LARGE_ALLOC = 10 << 20      # kMinLargeAlloc
-K_ROUND_LARGE = 2 << 20           # kRoundLarge
-_SPAN = 1 << 52                   # free-list key = size * _SPAN + address (addresses stay below)
+# One allocation event, in one of the shapes listed above (the first item names the kind; the
+# profiler's timelines add items of their own, see timeline.py).
+Event: TypeAlias = tuple[Any, ...]
+
+K_MIN_BLOCK = 512  # kMinBlockSize
+K_SMALL_SIZE = 1 << 20  # kSmallSize: largest small-pool request
+K_SMALL_BUFFER = 2 << 20  # kSmallBuffer: small-pool segment
+K_MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
+K_ROUND_LARGE = 2 << 20  # kRoundLarge
+_SPAN = 1 << 52  # free-list key = size * _SPAN + address (addresses stay below)
 _NO_LIMIT = 1 << 62
 _DEFAULT_ADDRESS_SPACE = 1 << 40  # virtual size of an expandable segment when no capacity is given
 
@@ -56,20 +62,19 @@ _DEFAULT_ADDRESS_SPACE = 1 << 40  # virtual size of an expandable segment when n
 class Block:
     """A piece of a segment: allocated, cached (free) or, in expandable segments, unmapped."""
 
-    __slots__ = ("addr", "size", "stream", "small", "prev", "next", "busy", "counted", "mapped", "seg",
-                 "requested")
+    __slots__ = ("addr", "size", "stream", "small", "prev", "next", "busy", "counted", "mapped", "seg", "requested")
 
-    def __init__(self, addr: int, size: int, stream: Any, small: bool, seg: "_Expandable | None" = None):
+    def __init__(self, addr: int, size: int, stream: Any, small: bool, seg: _Expandable | None = None):
         self.addr = addr
         self.size = size
         self.stream = stream
         self.small = small
         self.prev: Block | None = None
         self.next: Block | None = None
-        self.busy = False      # allocated, or freed but awaiting free_completed (not mergeable)
-        self.counted = False   # its size is in allocated_bytes
+        self.busy = False  # allocated, or freed but awaiting free_completed (not mergeable)
+        self.counted = False  # its size is in allocated_bytes
         self.mapped = True
-        self.seg = seg         # the expandable segment holding it, or None
+        self.seg = seg  # the expandable segment holding it, or None
         self.requested = 0
 
 
@@ -124,11 +129,11 @@ class OutOfMemory:
     """Where the replay ran out of memory (the allocator would raise torch.OutOfMemoryError)."""
 
     event_index: int
-    requested: int      # bytes asked for
-    rounded: int        # after round_size
-    segment: int        # what cudaMalloc was asked for (or pages to map)
-    allocated: int      # allocated bytes at that moment
-    reserved: int       # reserved bytes after releasing every cached segment it could
+    requested: int  # bytes asked for
+    rounded: int  # after round_size
+    segment: int  # what cudaMalloc was asked for (or pages to map)
+    allocated: int  # allocated bytes at that moment
+    reserved: int  # reserved bytes after releasing every cached segment it could
     inactive_split: int
 
 
@@ -154,7 +159,7 @@ class SimResult:
     unmatched_frees: int
     oom: OutOfMemory | None = None
     segment_events: list[tuple[str, int]] | None = field(default=None, repr=False)
-    retries_before_reset: int = 0     # num_alloc_retries when the peaks were last reset
+    retries_before_reset: int = 0  # num_alloc_retries when the peaks were last reset
 
     @property
     def fragmentation(self) -> float:
@@ -166,15 +171,21 @@ class SimResult:
         """1 - max_memory_allocated/max_memory_reserved: what the profiler can measure."""
         return 1.0 - self.peak_allocated / self.peak_reserved if self.peak_reserved else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
             "capacity": self.capacity,
             "events": self.events,
-            "peak": {"allocated": self.peak_allocated, "reserved": self.peak_reserved,
-                     "requested": self.peak_requested},
-            "at_peak": {"allocated": self.peak_allocated, "reserved": self.reserved_at_peak,
-                        "inactive_split": self.inactive_split_at_peak},
+            "peak": {
+                "allocated": self.peak_allocated,
+                "reserved": self.peak_reserved,
+                "requested": self.peak_requested,
+            },
+            "at_peak": {
+                "allocated": self.peak_allocated,
+                "reserved": self.reserved_at_peak,
+                "inactive_split": self.inactive_split_at_peak,
+            },
             "fragmentation": round(self.fragmentation, 6),
             "fragmentation_of_peaks": round(self.fragmentation_of_peaks, 6),
             "inactive_split": self.inactive_split_at_peak,
@@ -192,8 +203,9 @@ class SimResult:
 class CachingAllocatorSimulator:
     """DeviceCachingAllocator for one device: call malloc/free/empty_cache, read the counters."""
 
-    def __init__(self, config: AllocatorConfig | str | None = None, capacity: int | None = None,
-                 record_segments: bool = False):
+    def __init__(
+        self, config: AllocatorConfig | str | None = None, capacity: int | None = None, record_segments: bool = False
+    ):
         if config is None or isinstance(config, str):
             config = parse_alloc_conf(config)
         self.config = config
@@ -211,7 +223,7 @@ class CachingAllocatorSimulator:
         self.live: dict[Hashable, Block] = {}
         self._next_addr = 1 << 21
         self._spare_ranges: dict[int, list[int]] = {}
-        self._empty: set = set()          # ids of 0-byte allocations (no block)
+        self._empty: set[Hashable] = set()  # ids of 0-byte allocations (no block)
         # statistics (DeviceStats, aggregate)
         self.allocated = 0
         self.reserved = 0
@@ -370,7 +382,8 @@ class CachingAllocatorSimulator:
         net = 0
         prev = block.prev
         if prev is not None and not prev.busy and prev.mapped:
-            key = prev.size * _SPAN + prev.addr          # pool.remove(prev), inlined for speed
+            assert lst is not None  # prev is cached on this stream
+            key = prev.size * _SPAN + prev.addr  # pool.remove(prev), inlined for speed
             del blocks[key]
             del lst[bisect_left(lst, key)]
             block.addr = prev.addr
@@ -381,6 +394,7 @@ class CachingAllocatorSimulator:
             net -= prev.size
         nxt = block.next
         if nxt is not None and not nxt.busy and nxt.mapped:
+            assert lst is not None  # nxt is cached on this stream
             key = nxt.size * _SPAN + nxt.addr
             del blocks[key]
             del lst[bisect_left(lst, key)]
@@ -389,7 +403,7 @@ class CachingAllocatorSimulator:
             if nxt.next is not None:
                 nxt.next.prev = block
             net -= nxt.size
-        key = block.size * _SPAN + block.addr                # pool.insert(block)
+        key = block.size * _SPAN + block.addr  # pool.insert(block)
         blocks[key] = block
         if lst is None:
             pool.free[block.stream] = [key]
@@ -534,7 +548,7 @@ class CachingAllocatorSimulator:
             for block in to_unmap:
                 self._unmap_block(pool, block)
                 if block.prev is None and block.next is None and not block.mapped:
-                    pool.remove_unmapped(block)   # release_expandable_segment
+                    pool.remove_unmapped(block)  # release_expandable_segment
                     self._spare_ranges.setdefault(block.size, []).append(block.addr)
 
     # ---------------------------------------------------------------- expandable segments
@@ -555,7 +569,7 @@ class CachingAllocatorSimulator:
         span = -(-self._es_space // page) * page
         spare = self._spare_ranges.get(span)
         if spare:
-            base = spare.pop()   # reuse a released segment's address range: addresses stay bounded
+            base = spare.pop()  # reuse a released segment's address range: addresses stay bounded
         else:
             base = self._next_addr
             self._next_addr += span
@@ -567,6 +581,7 @@ class CachingAllocatorSimulator:
 
     def _map_block(self, pool: _Pool, block: Block, size: int) -> bool:
         seg = block.seg
+        assert seg is not None  # only blocks of expandable segments are mapped
         page = seg.page
         begin = (block.addr - seg.base) // page
         end = -(-(block.addr + size - seg.base) // page)
@@ -610,6 +625,7 @@ class CachingAllocatorSimulator:
             return None
         while candidate.size < size:
             following = candidate.next
+            assert following is not None  # _find_expandable_block found room for `size` in this segment
             if not self._map_block(pool, following, min(size - candidate.size, following.size)):
                 return None
             candidate = following
@@ -618,6 +634,7 @@ class CachingAllocatorSimulator:
 
     def _unmap_block(self, pool: _Pool, block: Block) -> None:
         seg = block.seg
+        assert seg is not None  # only blocks of expandable segments are unmapped
         page = seg.page
         begin = -(-(block.addr - seg.base) // page)
         end = (block.addr + block.size - seg.base) // page
@@ -668,14 +685,23 @@ class CachingAllocatorSimulator:
     # ---------------------------------------------------------------- results and checks
     def result(self, events: int = 0, oom: OutOfMemory | None = None) -> SimResult:
         return SimResult(
-            config=self.config.to_conf(), capacity=self.capacity, events=events,
-            peak_allocated=self.peak_allocated, peak_reserved=self.peak_reserved,
-            peak_requested=self.peak_requested, reserved_at_peak=self.reserved_at_peak,
+            config=self.config.to_conf(),
+            capacity=self.capacity,
+            events=events,
+            peak_allocated=self.peak_allocated,
+            peak_reserved=self.peak_reserved,
+            peak_requested=self.peak_requested,
+            reserved_at_peak=self.reserved_at_peak,
             inactive_split_at_peak=self.inactive_split_at_peak,
-            peak_inactive_split=self.peak_inactive_split, num_alloc_retries=self.num_alloc_retries,
-            num_ooms=self.num_ooms, num_device_alloc=self.num_device_alloc,
-            num_device_free=self.num_device_free, final_allocated=self.allocated,
-            final_reserved=self.reserved, unmatched_frees=self.unmatched_frees, oom=oom,
+            peak_inactive_split=self.peak_inactive_split,
+            num_alloc_retries=self.num_alloc_retries,
+            num_ooms=self.num_ooms,
+            num_device_alloc=self.num_device_alloc,
+            num_device_free=self.num_device_free,
+            final_allocated=self.allocated,
+            final_reserved=self.reserved,
+            unmatched_frees=self.unmatched_frees,
+            oom=oom,
             segment_events=list(self.segment_events) if self.segment_events is not None else None,
             retries_before_reset=self.retries_before_reset,
         )
@@ -700,38 +726,44 @@ class CachingAllocatorSimulator:
         heads = [b for b in blocks.values() if b.prev is None]
         seen = 0
         for head in heads:
-            b: Block | None = head
+            node: Block | None = head
             end = head.addr
             split = head.next is not None
-            while b is not None:
-                assert b.addr == end, "blocks of a segment must be contiguous"
-                assert id(b) in blocks, "a block of a segment is missing from the pools"
+            while node is not None:
+                assert node.addr == end, "blocks of a segment must be contiguous"
+                assert id(node) in blocks, "a block of a segment is missing from the pools"
                 seen += 1
-                end = b.addr + b.size
-                if b.mapped:
-                    reserved += b.size
-                if split and b.seg is None and not b.busy:
-                    inactive += b.size
-                nxt = b.next
-                assert nxt is None or nxt.prev is b
-                assert not (nxt is not None and not b.busy and not nxt.busy and b.mapped == nxt.mapped), \
+                end = node.addr + node.size
+                if node.mapped:
+                    reserved += node.size
+                if split and node.seg is None and not node.busy:
+                    inactive += node.size
+                nxt = node.next
+                assert nxt is None or nxt.prev is node
+                assert not (nxt is not None and not node.busy and not nxt.busy and node.mapped == nxt.mapped), (
                     "two free neighbours were not merged"
-                b = nxt
+                )
+                node = nxt
         assert seen == len(blocks)
         assert reserved == self.reserved, (reserved, self.reserved)
         assert inactive == self.inactive_split, (inactive, self.inactive_split)
 
 
-def _ordered(keys) -> list:
+def _ordered(keys: Iterable[Any]) -> list[Any]:
     try:
         return sorted(keys)
     except TypeError:
         return list(keys)
 
 
-def simulate(events: Iterable[tuple], config: AllocatorConfig | str | None = None,
-             capacity: int | None = None, record_segments: bool = False,
-             stop_at_oom: bool = True, reset_peaks_at: int | None = None) -> SimResult:
+def simulate(
+    events: Iterable[Event],
+    config: AllocatorConfig | str | None = None,
+    capacity: int | None = None,
+    record_segments: bool = False,
+    stop_at_oom: bool = True,
+    reset_peaks_at: int | None = None,
+) -> SimResult:
     """Replay allocation events (see the module docstring) through a fresh simulator.
 
     With a capacity, the first allocation that cannot be satisfied even after releasing the cache
@@ -755,13 +787,14 @@ def simulate(events: Iterable[tuple], config: AllocatorConfig | str | None = Non
             try:
                 ok = malloc(event[1], event[2], event[3] if len(event) > 3 else 0)
             except (TypeError, IndexError):
-                raise MemprofUserError(
-                    f"event {index}: {event!r} is not ('alloc', id, nbytes, stream)") from None
+                raise MemprofUserError(f"event {index}: {event!r} is not ('alloc', id, nbytes, stream)") from None
             if not ok:
                 if oom is None:
+                    assert sim.last_oom is not None  # set by the malloc that failed
                     requested, rounded, segment = sim.last_oom
-                    oom = OutOfMemory(index, requested, rounded, segment, sim.allocated, sim.reserved,
-                                      sim.inactive_split)
+                    oom = OutOfMemory(
+                        index, requested, rounded, segment, sim.allocated, sim.reserved, sim.inactive_split
+                    )
                 if stop_at_oom:
                     break
         elif kind == "free_requested":
@@ -770,5 +803,6 @@ def simulate(events: Iterable[tuple], config: AllocatorConfig | str | None = Non
             sim.empty_cache()
         else:
             raise MemprofUserError(
-                f"event {index}: unknown kind {kind!r}; valid: alloc, free, free_requested, empty_cache")
+                f"event {index}: unknown kind {kind!r}; valid: alloc, free, free_requested, empty_cache"
+            )
     return sim.result(index + 1, oom)

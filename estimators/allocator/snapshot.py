@@ -13,29 +13,40 @@ simulator's own segment events are compared with.
 The file is unpickled with a loader that refuses every class or function reference, so a foreign
 or malicious pickle cannot run code: a real snapshot holds only dicts, lists, strings and numbers.
 """
+
 from __future__ import annotations
 
 import difflib
 import io
 import os
 import pickle
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..errors import MemprofUserError
 from ._files import read_bytes
 from .config import AllocatorConfig, parse_alloc_conf
-from .simulator import SimResult, simulate
+from .simulator import Event, SimResult, simulate
+
+# a snapshot as torch pickles it (see above): plain dicts, lists, strings and numbers
+Snapshot: TypeAlias = dict[str, Any]
 
 _SEGMENT_ACTIONS = ("segment_alloc", "segment_free", "segment_map", "segment_unmap")
 _RELEASE_ACTIONS = ("segment_free", "segment_unmap")
 # what follows the releases of a retry inside malloc: the retried cudaMalloc (or map) or the OOM;
 # releases followed by anything else come from torch.cuda.empty_cache()
 _MALLOC_ACTIONS = ("segment_alloc", "segment_map", "oom")
-_SAFE_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
-                 ("collections", "OrderedDict")}
-_HOW_TO_RECORD = ("record one with torch.cuda.memory._record_memory_history() before running, "
-                  "then torch.cuda.memory._dump_snapshot(path)")
+_SAFE_GLOBALS = {
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("collections", "OrderedDict"),
+}
+_HOW_TO_RECORD = (
+    "record one with torch.cuda.memory._record_memory_history() before running, "
+    "then torch.cuda.memory._dump_snapshot(path)"
+)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -52,19 +63,21 @@ class _ForeignObject(Exception):
     pass
 
 
-def load_snapshot(path: str | os.PathLike) -> dict:
+def load_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     """The snapshot dict in `path`; MemprofUserError (one line) if it is missing, corrupt or foreign."""
     name, data = read_bytes(path, "snapshot", "a snapshot pickle")
     try:
-        snapshot = _PlainUnpickler(io.BytesIO(data)).load()
+        snapshot: Snapshot = _PlainUnpickler(io.BytesIO(data)).load()  # checked below
     except _ForeignObject as exc:
         raise MemprofUserError(
             f"{name} is not a CUDA memory snapshot: it references {exc}; memprof reads only the plain "
-            f"pickles written by torch.cuda.memory._dump_snapshot") from None
+            f"pickles written by torch.cuda.memory._dump_snapshot"
+        ) from None
     except Exception as exc:  # any unpickling failure: truncated, not a pickle, wrong protocol...
         raise MemprofUserError(
             f"{name} is not a readable pickle ({type(exc).__name__}: {_short(exc)}); expected a snapshot "
-            f"written by torch.cuda.memory._dump_snapshot") from None
+            f"written by torch.cuda.memory._dump_snapshot"
+        ) from None
     check_snapshot(snapshot, name)
     return snapshot
 
@@ -81,7 +94,8 @@ def check_snapshot(snapshot: Any, name: str = "snapshot") -> None:
         keys = f" with keys {sorted(map(str, snapshot))[:6]}" if isinstance(snapshot, dict) else ""
         raise MemprofUserError(
             f"{name} is not a CUDA memory snapshot: found a {kind}{keys}, expected a dict with 'segments' "
-            f"and 'device_traces' as written by torch.cuda.memory._dump_snapshot")
+            f"and 'device_traces' as written by torch.cuda.memory._dump_snapshot"
+        )
     traces = snapshot.get("device_traces")
     if not isinstance(traces, list) or not all(isinstance(t, list) for t in traces):
         raise MemprofUserError(f"{name} has no 'device_traces' list; {_HOW_TO_RECORD}")
@@ -89,10 +103,11 @@ def check_snapshot(snapshot: Any, name: str = "snapshot") -> None:
         for entry in trace:
             if not isinstance(entry, dict) or "action" not in entry:
                 raise MemprofUserError(
-                    f"{name} is not a CUDA memory snapshot: trace entries must be dicts with an 'action'")
+                    f"{name} is not a CUDA memory snapshot: trace entries must be dicts with an 'action'"
+                )
 
 
-def snapshot_conf(snapshot: dict) -> str | None:
+def snapshot_conf(snapshot: Snapshot) -> str | None:
     """The PYTORCH_CUDA_ALLOC_CONF recorded in the snapshot, if any."""
     settings = snapshot.get("allocator_settings")
     if isinstance(settings, dict):
@@ -103,13 +118,14 @@ def snapshot_conf(snapshot: dict) -> str | None:
     return None
 
 
-def pick_device(snapshot: dict, device: int | None = None) -> int:
+def pick_device(snapshot: Snapshot, device: int | None = None) -> int:
     """`device` if given (checked), else the device whose trace holds the most alloc entries."""
     traces = snapshot["device_traces"]
     if device is not None:
         if not 0 <= device < len(traces):
             raise MemprofUserError(
-                f"device {device} is not in the snapshot; it holds traces for devices 0..{len(traces) - 1}")
+                f"device {device} is not in the snapshot; it holds traces for devices 0..{len(traces) - 1}"
+            )
         return device
     counts = [sum(1 for e in t if e.get("action") == "alloc") for t in traces]
     if not counts or max(counts) == 0:
@@ -121,20 +137,20 @@ def pick_device(snapshot: dict, device: int | None = None) -> int:
 class TraceEvents:
     """A device trace turned into simulator events, with what the trace itself says."""
 
-    events: list[tuple]
-    segment_events: list[tuple[str, int]]   # (action, bytes) in trace order
-    unmatched_frees: int                    # frees of blocks allocated before the trace window
+    events: list[Event]
+    segment_events: list[tuple[str, int]]  # (action, bytes) in trace order
+    unmatched_frees: int  # frees of blocks allocated before the trace window
     ooms: int
     empty_cache_calls: int
 
 
-def snapshot_events(snapshot: dict, device: int | None = None) -> TraceEvents:
+def snapshot_events(snapshot: Snapshot, device: int | None = None) -> TraceEvents:
     """Simulator events for one device's trace (alloc, free_requested/free, empty_cache)."""
     trace = snapshot["device_traces"][pick_device(snapshot, device)]
-    events: list[tuple] = []
+    events: list[Event] = []
     segments: list[tuple[str, int]] = []
-    live: dict[int, int] = {}          # address -> event id
-    requested_only: set[int] = set()   # addresses whose free_requested had no alloc in the window
+    live: dict[int, int] = {}  # address -> event id
+    requested_only: set[int] = set()  # addresses whose free_requested had no alloc in the window
     unmatched = ooms = empty_cache = 0
     next_id = 0
     n = len(trace)
@@ -174,7 +190,8 @@ def snapshot_events(snapshot: dict, device: int | None = None) -> TraceEvents:
         except (KeyError, TypeError, ValueError) as exc:
             raise MemprofUserError(
                 f"trace entry {i} ({action!r}) is malformed: {type(exc).__name__} {exc}; "
-                f"expected 'addr', 'size' and 'stream' as torch writes them") from None
+                f"expected 'addr', 'size' and 'stream' as torch writes them"
+            ) from None
     return TraceEvents(events, segments, unmatched, ooms, empty_cache)
 
 
@@ -184,10 +201,10 @@ class ReplayReport:
 
     result: SimResult
     device: int
-    config_source: str                # "--alloc-conf", "snapshot" or "default"
+    config_source: str  # "--alloc-conf", "snapshot" or "default"
     trace: TraceEvents
     segments_matching: int
-    snapshot_reserved: int            # reserved when the snapshot was taken (sum of segments)
+    snapshot_reserved: int  # reserved when the snapshot was taken (sum of segments)
     snapshot_allocated: int
 
     @property
@@ -195,7 +212,7 @@ class ReplayReport:
         sim = self.result.segment_events or []
         return sim == self.trace.segment_events
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = self.result.to_dict()
         out["device"] = self.device
         out["config_source"] = self.config_source
@@ -216,18 +233,22 @@ class ReplayReport:
         return out
 
 
-def count_matching(a: list, b: list) -> int:
+def count_matching(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
     """How many events of two sequences line up (longest matching blocks, in order)."""
     if a == b:
         return len(a)
-    if len(a) * len(b) > 50_000_000:   # keep it linear on huge traces: compare position by position
+    if len(a) * len(b) > 50_000_000:  # keep it linear on huge traces: compare position by position
         return sum(1 for x, y in zip(a, b) if x == y)
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return sum(block.size for block in matcher.get_matching_blocks())
 
 
-def replay_snapshot(snapshot: dict, config: AllocatorConfig | str | None = None,
-                    capacity: int | None = None, device: int | None = None) -> ReplayReport:
+def replay_snapshot(
+    snapshot: Snapshot,
+    config: AllocatorConfig | str | None = None,
+    capacity: int | None = None,
+    device: int | None = None,
+) -> ReplayReport:
     """Replay a snapshot's trace. Without `config`, the settings recorded in the snapshot are used."""
     source = "--alloc-conf"
     if config is None:
@@ -245,7 +266,10 @@ def replay_snapshot(snapshot: dict, config: AllocatorConfig | str | None = None,
     result = simulate(trace.events, config, capacity, record_segments=True)
     segs = [s for s in snapshot.get("segments", []) if isinstance(s, dict) and s.get("device", dev) == dev]
     return ReplayReport(
-        result=result, device=dev, config_source=source, trace=trace,
+        result=result,
+        device=dev,
+        config_source=source,
+        trace=trace,
         segments_matching=count_matching(trace.segment_events, result.segment_events or []),
         snapshot_reserved=sum(int(s.get("total_size", 0)) for s in segs),
         snapshot_allocated=sum(int(s.get("allocated_size", 0)) for s in segs),

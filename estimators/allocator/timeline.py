@@ -6,14 +6,19 @@ records ("alloc", storage_id, nbytes, device) / ("free", storage_id) with a devi
 streams. One caching allocator serves one device, so such a timeline is replayed per device:
 `device_events` keeps one device's allocations and their frees, all on the default stream.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MemprofUserError
 
+if TYPE_CHECKING:
+    from .simulator import Event
 
-def devices_in(events: Iterable[tuple]) -> list[Any]:
+
+def devices_in(events: Iterable[Event]) -> list[Any]:
     """The devices named by the alloc events of a profiler timeline, in order of first use."""
     seen: dict[Any, None] = {}
     for event in events:
@@ -22,7 +27,7 @@ def devices_in(events: Iterable[tuple]) -> list[Any]:
     return list(seen)
 
 
-def device_events(events: Iterable[tuple], device: Any = None) -> Iterator[tuple]:
+def device_events(events: Iterable[Event], device: Any = None) -> Iterator[Event]:
     """One device's part of a profiler timeline as simulator events on stream 0.
 
     device: e.g. "cuda:0"; None picks the first CUDA device named in the timeline (the timeline
@@ -33,10 +38,12 @@ def device_events(events: Iterable[tuple], device: Any = None) -> Iterator[tuple
             events = list(events)
         cuda = [d for d in devices_in(events) if str(d).startswith("cuda")]
         if not cuda:
-            raise MemprofUserError("the timeline holds no CUDA allocation; the allocator simulation needs "
-                                   "a run on a CUDA device (or name the device to replay)")
+            raise MemprofUserError(
+                "the timeline holds no CUDA allocation; the allocator simulation needs "
+                "a run on a CUDA device (or name the device to replay)"
+            )
         device = cuda[0]
-    mine: set = set()
+    mine: set[Hashable] = set()
     for event in events:
         kind = event[0]
         if kind == "alloc":

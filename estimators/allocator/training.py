@@ -24,17 +24,33 @@ Not modelled: several streams, DDP/FSDP/DeepSpeed communication buckets and flat
 partitions are single large tensors, not one per parameter), optimizer param groups (foreach runs
 once per group), and the data loader's pinned host memory.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MemprofUserError
-from .simulator import OutOfMemory, SimResult, simulate
+from .simulator import Event, OutOfMemory, SimResult, simulate
 
-__all__ = ["spread", "states_per_parameter", "TrainingEvents", "training_events", "compose_run",
-           "replay_run", "TrainingSimulation", "simulate_training_step"]
+if TYPE_CHECKING:
+    from ..activations import ActivationSettings
+    from ..models import ModelSpec
+    from ..timeline import Timeline
+    from .whatif import WhatIf
+
+__all__ = [
+    "spread",
+    "states_per_parameter",
+    "TrainingEvents",
+    "training_events",
+    "compose_run",
+    "replay_run",
+    "TrainingSimulation",
+    "simulate_training_step",
+]
 
 
 def spread(total: int, weights: Sequence[int]) -> list[int]:
@@ -55,8 +71,9 @@ def spread(total: int, weights: Sequence[int]) -> list[int]:
     return parts
 
 
-def states_per_parameter(params: Sequence[Any], state_tensors: Sequence[Any], *,
-                         master_bytes_per_element: int = 0, device: str = "cuda") -> list[tuple[int, ...]]:
+def states_per_parameter(
+    params: Sequence[Any], state_tensors: Sequence[Any], *, master_bytes_per_element: int = 0, device: str = "cuda"
+) -> list[tuple[int, ...]]:
     """Optimizer state sizes per parameter, aligned with `params`, for `simulate_training_step`.
 
     state_tensors: `OptimizerSpec.state_tensors(params, dtype)` (each names its parameter; host
@@ -66,8 +83,7 @@ def states_per_parameter(params: Sequence[Any], state_tensors: Sequence[Any], *,
     A state that belongs to no parameter (a shared buffer) goes with the first parameter.
     """
     index = {p.name: i for i, p in enumerate(params)}
-    rows: list[list[int]] = [[p.numel * master_bytes_per_element] if master_bytes_per_element else []
-                             for p in params]
+    rows: list[list[int]] = [[p.numel * master_bytes_per_element] if master_bytes_per_element else [] for p in params]
     for state in state_tensors:
         if device == "cuda" and getattr(state, "host", False):
             continue
@@ -81,10 +97,10 @@ def states_per_parameter(params: Sequence[Any], state_tensors: Sequence[Any], *,
 class TrainingEvents:
     """The allocation events of an estimated run and where each stretch of it begins."""
 
-    events: list[tuple]
-    marks: list[tuple[int, str]]        # (first event index, label), in order
-    measured_from: int                  # index of the measured step's first event
-    timeline: Any = None                # the step's Timeline (byte totals by category, unrounded)
+    events: list[Event]
+    marks: list[tuple[int, str]]  # (first event index, label), in order
+    measured_from: int  # index of the measured step's first event
+    timeline: Timeline | None = None  # the step's Timeline (byte totals by category, unrounded)
 
     def where(self, index: int) -> str:
         """The label of the stretch holding event `index` ("step 2 (measured): backward", ...)."""
@@ -117,21 +133,33 @@ def _state_rows(optimizer_states: Any, numels: list[int]) -> list[tuple[int, ...
     try:
         rows = list(optimizer_states)
     except TypeError:
-        raise MemprofUserError(f"optimizer_states must be a number of bytes or one entry per parameter, "
-                               f"got {optimizer_states!r}") from None
+        raise MemprofUserError(
+            f"optimizer_states must be a number of bytes or one entry per parameter, got {optimizer_states!r}"
+        ) from None
     if len(rows) != len(numels):
         raise MemprofUserError(
             f"optimizer_states lists {len(rows)} parameters but the model has {len(numels)}; give one entry "
-            f"per tensor of spec.parameter_tensors() (bytes, or the sizes of its state tensors), or a total")
+            f"per tensor of spec.parameter_tensors() (bytes, or the sizes of its state tensors), or a total"
+        )
     return [tuple(n for n in _sizes_list("optimizer_states", r) if n) for r in rows]
 
 
-def training_events(spec, settings, *, param_bytes: int, grad_bytes: int, grad_dtype: str,
-                    optimizer_states: int | Sequence[int | Sequence[int]],
-                    optimizer_temporaries: int | Sequence[int] = 0,
-                    warmup_steps: int = 1, grad_accumulation: int = 1, held_outputs: bool = True,
-                    states_at_creation: bool = False, workspaces: Sequence[int] = (),
-                    create_graph: bool = False) -> TrainingEvents:
+def training_events(
+    spec: ModelSpec,
+    settings: ActivationSettings,
+    *,
+    param_bytes: int,
+    grad_bytes: int,
+    grad_dtype: str,
+    optimizer_states: int | Sequence[int | Sequence[int]],
+    optimizer_temporaries: int | Sequence[int] = 0,
+    warmup_steps: int = 1,
+    grad_accumulation: int = 1,
+    held_outputs: bool = True,
+    states_at_creation: bool = False,
+    workspaces: Sequence[int] = (),
+    create_graph: bool = False,
+) -> TrainingEvents:
     """The allocation events of model creation, `warmup_steps` steps and the measured step.
 
     Arguments as for `simulate_training_step`; the forward and backward come from step_timeline.
@@ -142,27 +170,52 @@ def training_events(spec, settings, *, param_bytes: int, grad_bytes: int, grad_d
     numels = [p.numel for p in params]
     states = _state_rows(optimizer_states, numels)
     temporaries = _temporaries(optimizer_temporaries, numels)
-    step: list[tuple] = []
-    phases: list[str] = []
-    timeline = step_timeline(spec, settings, param_bytes=param_bytes, grad_bytes=grad_bytes,
-                             grad_dtype=grad_dtype, optimizer_state_bytes=sum(map(sum, states)),
-                             optimizer_temporaries_bytes=sum(temporaries),
-                             grad_accumulation=grad_accumulation, held_outputs=held_outputs,
-                             states_exist=warmup_steps > 0 or states_at_creation,
-                             events=step, event_phases=phases, create_graph=create_graph)
-    run = compose_run([p.name for p in params], spread(param_bytes, numels), step, phases,
-                      optimizer_states=states, optimizer_temporaries=temporaries,
-                      buffers=_buffers(spec, settings), warmup_steps=warmup_steps,
-                      states_at_creation=states_at_creation, workspaces=workspaces)
+    step: list[Event] = []
+    phases: list[str | None] = []
+    timeline = step_timeline(
+        spec,
+        settings,
+        param_bytes=param_bytes,
+        grad_bytes=grad_bytes,
+        grad_dtype=grad_dtype,
+        optimizer_state_bytes=sum(map(sum, states)),
+        optimizer_temporaries_bytes=sum(temporaries),
+        grad_accumulation=grad_accumulation,
+        held_outputs=held_outputs,
+        states_exist=warmup_steps > 0 or states_at_creation,
+        events=step,
+        event_phases=phases,
+        create_graph=create_graph,
+    )
+    run = compose_run(
+        [p.name for p in params],
+        spread(param_bytes, numels),
+        step,
+        phases,
+        optimizer_states=states,
+        optimizer_temporaries=temporaries,
+        buffers=_buffers(spec, settings),
+        warmup_steps=warmup_steps,
+        states_at_creation=states_at_creation,
+        workspaces=workspaces,
+    )
     run.timeline = timeline
     return run
 
 
-def compose_run(param_names: Sequence[str], param_sizes: Sequence[int], step: Sequence[tuple],
-                step_phases: Sequence[str | None] | None = None, *,
-                optimizer_states: Sequence[Sequence[int]], optimizer_temporaries: Sequence[int] = (),
-                buffers: dict[str, int] | None = None, warmup_steps: int = 1,
-                states_at_creation: bool = False, workspaces: Sequence[int] = ()) -> TrainingEvents:
+def compose_run(
+    param_names: Sequence[str],
+    param_sizes: Sequence[int],
+    step: Sequence[Event],
+    step_phases: Sequence[str | None] | None = None,
+    *,
+    optimizer_states: Sequence[Sequence[int]],
+    optimizer_temporaries: Sequence[int] = (),
+    buffers: dict[str, int] | None = None,
+    warmup_steps: int = 1,
+    states_at_creation: bool = False,
+    workspaces: Sequence[int] = (),
+) -> TrainingEvents:
     """Wrap one step's forward/backward events (step_timeline's `events`) in the program around it.
 
     param_sizes and optimizer_states (the sizes of each parameter's state tensors) are aligned with
@@ -186,13 +239,17 @@ def compose_run(param_names: Sequence[str], param_sizes: Sequence[int], step: Se
             live.pop(e[1], None)
     # zero_grad walks the parameters in order (a gradient named otherwise by the trace goes last)
     order = {name: i for i, name in enumerate(param_names)}
-    grads = sorted((i for i in live if isinstance(i, tuple) and i[0] == "grad"),
-                   key=lambda i: order.get(i[1], len(order)))
+    grads = sorted(
+        (i for i in live if isinstance(i, tuple) and i[0] == "grad"), key=lambda i: order.get(i[1], len(order))
+    )
     held = [i for i in live if not (isinstance(i, tuple) and i[0] == "grad")]
-    state_allocs = [("alloc", ("state", name, k), n, 0)
-                    for name, row in zip(param_names, optimizer_states) for k, n in enumerate(row)]
+    state_allocs = [
+        ("alloc", ("state", name, k), n, 0)
+        for name, row in zip(param_names, optimizer_states)
+        for k, n in enumerate(row)
+    ]
 
-    events: list[tuple] = [("alloc", ("param", name), n, 0) for name, n in zip(param_names, param_sizes)]
+    events: list[Event] = [("alloc", ("param", name), n, 0) for name, n in zip(param_names, param_sizes)]
     events += [("alloc", ("buffer", name), n, 0) for name, n in (buffers or {}).items()]
     if states_at_creation:
         events += state_allocs
@@ -230,7 +287,7 @@ def _temporaries(value: Any, numels: list[int]) -> list[int]:
     return list(_sizes_list("optimizer_temporaries", value))
 
 
-def _buffers(spec, settings) -> dict[str, int]:
+def _buffers(spec: ModelSpec, settings: ActivationSettings) -> dict[str, int]:
     from ..activations import build_trace
 
     return dict(build_trace(spec, settings).buffers)
@@ -296,15 +353,19 @@ class TrainingSimulation:
         """False when the run ran out of memory before the measured step began."""
         return self.result.oom is None or self.result.oom.event_index >= self.run.measured_from
 
-    def what_if(self, candidates: Sequence[str] | None = None):
+    def what_if(self, candidates: Sequence[str] | None = None) -> WhatIf:
         """Replay the same run under other PYTORCH_CUDA_ALLOC_CONF settings (whatif.what_if)."""
         from .whatif import DEFAULT_CANDIDATES, what_if
 
-        return what_if(self.run.events, self.result.config, self.result.capacity,
-                       DEFAULT_CANDIDATES if candidates is None else candidates,
-                       reset_peaks_at=self.run.measured_from)
+        return what_if(
+            self.run.events,
+            self.result.config,
+            self.result.capacity,
+            DEFAULT_CANDIDATES if candidates is None else candidates,
+            reset_peaks_at=self.run.measured_from,
+        )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = self.result.to_dict()
         out["peak"]["scope"] = "measured step" if self.measured else "until the out-of-memory error"
         out["num_alloc_retries"] = self.num_alloc_retries
@@ -316,13 +377,24 @@ class TrainingSimulation:
         return out
 
 
-def simulate_training_step(spec, settings, *, param_bytes: int, grad_bytes: int, grad_dtype: str,
-                           optimizer_states: int | Sequence[int | Sequence[int]],
-                           optimizer_temporaries: int | Sequence[int] = 0,
-                           alloc_conf: str | None = None, capacity: int | None = None,
-                           warmup_steps: int = 1, grad_accumulation: int = 1, held_outputs: bool = True,
-                           states_at_creation: bool = False,
-                           workspaces: Sequence[int] = (), create_graph: bool = False) -> TrainingSimulation:
+def simulate_training_step(
+    spec: ModelSpec,
+    settings: ActivationSettings,
+    *,
+    param_bytes: int,
+    grad_bytes: int,
+    grad_dtype: str,
+    optimizer_states: int | Sequence[int | Sequence[int]],
+    optimizer_temporaries: int | Sequence[int] = 0,
+    alloc_conf: str | None = None,
+    capacity: int | None = None,
+    warmup_steps: int = 1,
+    grad_accumulation: int = 1,
+    held_outputs: bool = True,
+    states_at_creation: bool = False,
+    workspaces: Sequence[int] = (),
+    create_graph: bool = False,
+) -> TrainingSimulation:
     """Peak allocated/reserved, fragmentation, retries and the OOM point of a steady-state step.
 
     spec, settings: the ModelSpec and ActivationSettings of `step_timeline`.
@@ -339,12 +411,21 @@ def simulate_training_step(spec, settings, *, param_bytes: int, grad_bytes: int,
     workspaces: allocations made at the first forward and kept (overheads.blas_workspace_allocations).
     create_graph: the backward records its own graph (Hessian optimizers; see step_timeline).
     """
-    run = training_events(spec, settings, param_bytes=param_bytes, grad_bytes=grad_bytes,
-                          grad_dtype=grad_dtype, optimizer_states=optimizer_states,
-                          optimizer_temporaries=optimizer_temporaries, warmup_steps=warmup_steps,
-                          grad_accumulation=grad_accumulation, held_outputs=held_outputs,
-                          states_at_creation=states_at_creation, workspaces=workspaces,
-                          create_graph=create_graph)
+    run = training_events(
+        spec,
+        settings,
+        param_bytes=param_bytes,
+        grad_bytes=grad_bytes,
+        grad_dtype=grad_dtype,
+        optimizer_states=optimizer_states,
+        optimizer_temporaries=optimizer_temporaries,
+        warmup_steps=warmup_steps,
+        grad_accumulation=grad_accumulation,
+        held_outputs=held_outputs,
+        states_at_creation=states_at_creation,
+        workspaces=workspaces,
+        create_graph=create_graph,
+    )
     return replay_run(run, alloc_conf, capacity)
 
 

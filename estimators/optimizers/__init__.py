@@ -1,4 +1,5 @@
-"""Optimizer registry: the state each real optimizer implementation keeps, to the byte.
+"""Optimizer registry: the state each real optimizer implementation keeps, to the byte, and the
+scratch memory its step() allocates on top.
 
     >>> from memprof.estimators.optimizers import get_optimizer
     >>> from memprof.estimators.tensors import ParamTensor
@@ -9,60 +10,36 @@ Each entry names the implementation (package, class, version) whose source it wa
 checked against by tests/test_optimizers.py, except the population methods (analytic only).
 `state_bytes` counts every state tensor; `device_state_bytes` leaves out the scalars torch keeps in
 host memory (non-capturable `step`), which is what a GPU's optimizer_states category should use.
+`step_temporary_bytes` and its companions (`default_implementation`, `implementations`, `exactness`,
+`needs_create_graph`, `create_graph_caveat`) read the entry's step model, `OptimizerSpec.step`.
+
+One optimizer, one place: its states and its step scratch are defined together in one module:
+- torch.optim (torch_optim.py lists them in registry order): torch_sgd.py (sgd, sgd-momentum, asgd),
+  torch_adagrad.py (adagrad, adadelta, rmsprop, rprop), torch_adam.py (adam, adamw, adamax, nadam,
+  radam, sparse-adam), torch_matrix.py (adafactor, muon), torch_lbfgs.py (lbfgs)
+- adaptive.py: lion, adabelief, diffgrad, adamw8bit, galore
+- second_order.py: shampoo, soap, sophia, adahessian
+- tuning_free.py: prodigy, dadapt-adam, schedulefree-adamw
+- population.py: ga, pso
+What they share: _spec.py (OptimizerSpec, state helpers, the one place options are validated),
+_scratch.py (step-scratch machinery), _torch.py (torch.optim's state helpers); the registry is
+_registry.py, the step-scratch functions _step.py.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from ._registry import OPTIMIZERS, get_optimizer, optimizer_names, optimizer_table
+from ._scratch import IMPLEMENTATIONS, StepScratch
+from ._spec import Family, OptimizerSpec, OptimizerStateTensor
+from ._step import (
+    create_graph_caveat,
+    default_implementation,
+    exactness,
+    implementations,
+    needs_create_graph,
+    step_option_defaults,
+    step_temporary_bytes,
+)
 
-from ..errors import unknown_name
-from ..tensors import ParamTensor
-from . import adaptive, population, second_order, torch_optim, tuning_free
-from ._spec import FAMILY_ORDER, Family, OptimizerSpec, OptimizerStateTensor
-
-OPTIMIZERS: dict[str, OptimizerSpec] = {
-    spec.name: spec
-    for module in (torch_optim, adaptive, second_order, tuning_free, population)
-    for spec in module.SPECS
-}
-
-_LOOKUP: dict[str, str] = {}
-for _spec in OPTIMIZERS.values():
-    for _key in (_spec.name, *_spec.aliases):
-        assert _key.lower() not in _LOOKUP, f"duplicate optimizer name {_key}"
-        _LOOKUP[_key.lower()] = _spec.name
-
-
-def optimizer_names() -> list[str]:
-    """Registry names, sorted."""
-    return sorted(OPTIMIZERS)
-
-
-def get_optimizer(name: str) -> OptimizerSpec:
-    """The spec for a name or alias, case-insensitive (`AdamW`, `adamw8bit`, `L-BFGS`)."""
-    key = _LOOKUP.get(name.strip().lower())
-    if key is None:
-        raise unknown_name("optimizer", name, OPTIMIZERS)
-    return OPTIMIZERS[key]
-
-
-def optimizer_table(params: Sequence[ParamTensor], param_dtype: str = "float32") -> list[dict[str, Any]]:
-    """One row per optimizer (default options), sorted by family then state bytes."""
-    n = sum(p.numel for p in params)
-    rows = []
-    for spec in OPTIMIZERS.values():
-        nbytes = spec.state_bytes(params, param_dtype)
-        rows.append({
-            "name": spec.name,
-            "family": spec.family.value,
-            "implementation": spec.implementation,
-            "state_bytes": nbytes,
-            "bytes_per_param": nbytes / n if n else 0.0,
-            "measured": spec.measured,
-        })
-    rows.sort(key=lambda r: (FAMILY_ORDER.index(Family(r["family"])), r["state_bytes"], r["name"]))
-    return rows
-
-
-__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "OPTIMIZERS", "get_optimizer", "optimizer_names", "optimizer_table"]
-
-from .temporaries import default_implementation, step_temporary_bytes  # noqa: E402  (needs get_optimizer)
+__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "OPTIMIZERS", "get_optimizer", "optimizer_names",
+           "optimizer_table", "StepScratch", "IMPLEMENTATIONS", "step_temporary_bytes", "default_implementation",
+           "implementations", "exactness", "needs_create_graph", "create_graph_caveat", "step_option_defaults"]

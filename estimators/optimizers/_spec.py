@@ -1,4 +1,5 @@
-"""The optimizer-state model: one `OptimizerSpec` per optimizer, built from its implementation's source.
+"""The optimizer model: one `OptimizerSpec` per optimizer, built from its implementation's source: the
+states it keeps and (`OptimizerSpec.step`, see _scratch.py) the scratch memory its step() allocates.
 
 A spec lists the tensors the real optimizer keeps in `optimizer.state` once it has reached its steady
 size, as `StateTensor`s (key, shape, dtype, owning parameter). Only tensors count: python ints and
@@ -13,14 +14,16 @@ parameter it was given.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..dtypes import dtype_bytes
 from ..errors import MemprofUserError
 from ..tensors import ParamTensor, StateTensor
+from ._scratch import TORCH_SCALAR_DTYPE, StepScratch
 
 
 class Family(str, Enum):
@@ -40,9 +43,9 @@ class Family(str, Enum):
 
 FAMILY_ORDER = list(Family)
 
-# torch's `_get_scalar_dtype()`: the dtype of scalar states such as Adam's `step` (float64 only when
-# torch's default dtype has been set to float64, which memprof does not model).
-TORCH_SCALAR_DTYPE = "float32"
+# the pytorch-optimizer release its entries were read from and are checked against (adaptive.py, second_order.py)
+PYTORCH_OPTIMIZER = "pytorch-optimizer 4.1.0"
+
 
 @dataclass(frozen=True)
 class OptimizerStateTensor(StateTensor):
@@ -57,7 +60,8 @@ StateBuilder = Callable[[Sequence[ParamTensor], str, Mapping[str, Any]], list[St
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """What one optimizer implementation keeps per parameter, and where that knowledge comes from."""
+    """What one optimizer implementation keeps per parameter, what its step() allocates on top, and
+    where that knowledge comes from."""
 
     name: str
     aliases: tuple[str, ...]
@@ -68,23 +72,34 @@ class OptimizerSpec:
     build: StateBuilder = field(repr=False, compare=False)
     measured: bool = True        # False: no implementation is run against this model
     states_at_init: bool = False  # the constructor creates the states (Adagrad), not the first step()
+    # the scratch memory of its step(), per implementation (None: not modelled)
+    step: StepScratch | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
-    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(self.options))
+    def resolve_options(self, options: Mapping[str, Any], *, step: bool = False) -> dict[str, Any]:
+        """`options` checked and completed with the defaults: the one place options are validated.
+
+        The spec's own options (those that change the states) are valid everywhere; with `step`,
+        also those only the step's scratch depends on (`StepScratch.options`: weight_decay,
+        maximize, ...), and the settings the entry implies for its step models are filled in."""
+        scratch = self.step if step else None
+        step_only: Mapping[str, Any] = scratch.options if scratch is not None else {}
+        unknown = sorted(set(options) - set(self.options) - set(step_only))
         if unknown:
-            valid = ", ".join(sorted(self.options)) or "none"
+            valid = ", ".join(sorted({*self.options, *step_only})) or "none"
             raise MemprofUserError(
                 f"unknown option(s) {', '.join(unknown)} for optimizer {self.name!r}; valid: {valid}")
-        return {**self.options, **options}
+        if scratch is None:
+            return {**self.options, **options}
+        return {**scratch.options, **scratch.implied, **self.options, **options}
 
     def state_tensors(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
                       **options: Any) -> list[StateTensor]:
         """Every state tensor in steady state, in `optimizer.state` order (parameter, then key)."""
         dtype_bytes(param_dtype)  # validates the name
-        return self.build(list(params), param_dtype.removeprefix("torch."), self._options(options))
+        return self.build(list(params), param_dtype.removeprefix("torch."), self.resolve_options(options))
 
     def state_bytes(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
                     **options: Any) -> int:
@@ -136,5 +151,5 @@ def check_int(optimizer: str, option: str, value: Any, minimum: int) -> int:
     return value
 
 
-__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "FAMILY_ORDER", "TORCH_SCALAR_DTYPE",
-           "like", "scalar", "check_choice", "check_int"]
+__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "StateBuilder", "FAMILY_ORDER", "PYTORCH_OPTIMIZER",
+           "TORCH_SCALAR_DTYPE", "like", "scalar", "check_choice", "check_int"]

@@ -4,6 +4,7 @@ FILE is either a CUDA memory snapshot pickle (torch.cuda.memory._dump_snapshot) 
 JSON saved with its events (Profile.save(path, events=True)); the content decides, not the name.
 A profile of a CPU run is replayed as if on CUDA: it predicts that run's reserved memory on a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,34 @@ import click
 
 @click.command()
 @click.argument("snapshot", metavar="FILE", type=click.Path(dir_okay=True))
-@click.option("--capacity", default=None,
-              help="Memory the allocator may reserve (device memory minus the CUDA context and other "
-                   "processes), e.g. 78GiB, 80GB, 512MiB or bytes [default: unlimited].")
-@click.option("--alloc-conf", default=None,
-              help='PYTORCH_CUDA_ALLOC_CONF to simulate, e.g. "expandable_segments:True" '
-                   "[default: the settings recorded in the snapshot, else PyTorch's defaults].")
-@click.option("--device", default=None,
-              help="Snapshot: the device index to replay [default: the one with the most allocations]. "
-                   "Profile: the device, e.g. cpu or cuda:0 [default: the device the profile reports].")
-@click.option("--what-if/--no-what-if", default=True, show_default=True,
-              help="Also replay under alternative allocator settings and recommend one.")
+@click.option(
+    "--capacity",
+    default=None,
+    help="Memory the allocator may reserve (device memory minus the CUDA context and other "
+    "processes), e.g. 78GiB, 80GB, 512MiB or bytes [default: unlimited].",
+)
+@click.option(
+    "--alloc-conf",
+    default=None,
+    help='PYTORCH_CUDA_ALLOC_CONF to simulate, e.g. "expandable_segments:True" '
+    "[default: the settings recorded in the snapshot, else PyTorch's defaults].",
+)
+@click.option(
+    "--device",
+    default=None,
+    help="Snapshot: the device index to replay [default: the one with the most allocations]. "
+    "Profile: the device, e.g. cpu or cuda:0 [default: the device the profile reports].",
+)
+@click.option(
+    "--what-if/--no-what-if",
+    default=True,
+    show_default=True,
+    help="Also replay under alternative allocator settings and recommend one.",
+)
 @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
-def replay(snapshot: str, capacity: str | None, alloc_conf: str | None, device: str | None,
-           what_if: bool, fmt: str) -> None:
+def replay(
+    snapshot: str, capacity: str | None, alloc_conf: str | None, device: str | None, what_if: bool, fmt: str
+) -> None:
     """Replay FILE (a CUDA memory snapshot pickle, or a memprof profile JSON saved with events) and
     report peaks and fragmentation; a CPU profile is replayed as if on CUDA."""
     from memprof.estimators.allocator import parse_alloc_conf
@@ -47,7 +62,9 @@ def replay(snapshot: str, capacity: str | None, alloc_conf: str | None, device: 
     if fmt == "json":
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(render_table(out))
+        from memprof.render import replay_table
+
+        click.echo(replay_table(out))
 
 
 def _is_json(path: str) -> bool:
@@ -82,60 +99,3 @@ def _replay_profile(path: str, alloc_conf: str | None, cap: int | None, device: 
 
     report = replay_profile(load_profile_timeline(path), alloc_conf, cap, device)
     return report, report.events
-
-
-def render_table(out: dict) -> str:
-    """The replay report as aligned text lines (plain records in, lines out)."""
-    from memprof.estimators.units import format_bytes
-
-    def size(n: int | None) -> str:
-        return "-" if n is None else f"{format_bytes(n)} ({n:,} B)"
-
-    conf = out["config"] or "(defaults)"
-    profile = out.get("source") == "profile"
-    lines = []
-    if profile and out["as_if_cuda"]:
-        lines.append(f"profile of a {out['device']} run replayed as if on CUDA: what the caching allocator "
-                     f"would reserve for the same tensors on a GPU")
-    lines += [
-        f"device {out['device']}   PYTORCH_CUDA_ALLOC_CONF {conf}   [{out['config_source']}]",
-        f"capacity               {size(out['capacity']) if out['capacity'] is not None else 'unlimited'}",
-        f"events replayed        {out['events']:,}",
-        f"peak allocated         {size(out['peak']['allocated'])}",
-        f"peak reserved          {size(out['peak']['reserved'])}",
-        f"reserved at the peak   {size(out['at_peak']['reserved'])}",
-        f"inactive split at peak {size(out['inactive_split'])}",
-        f"fragmentation at peak  {out['fragmentation']:.1%}   (1 - allocated/reserved)",
-        f"alloc retries          {out['num_alloc_retries']}",
-    ]
-    oom = out["oom"]
-    if oom:
-        lines.append(f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
-                     f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
-                     f"(the figures above stop there)")
-    if profile:
-        measured = out["profile"]
-        lines.append(f"profiled peak          {size(measured['peak_allocated'])} of live tensors (unrounded)"
-                     + (f", {size(measured['measured_reserved'])} reserved as measured"
-                        if measured["measured_reserved"] is not None else ""))
-    else:
-        trace = out["trace"]
-        if not trace["complete"]:
-            lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
-                         f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
-        agreement = out["segment_agreement"]
-        if agreement["trace_events"]:
-            lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
-                         f"trace reproduced ({agreement['simulated_events']} simulated)")
-        lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
-                     f"{size(out['snapshot']['reserved'])} reserved")
-    whatif = out.get("what_if")
-    if whatif:
-        lines.append("")
-        lines.append(f"{'what if':<52} {'peak reserved':>14} {'frag':>6} {'retries':>7} {'oom':>4}")
-        for row in [whatif["baseline"], *whatif["candidates"]]:
-            label = row["change"] or "current settings"
-            lines.append(f"{label:<52} {format_bytes(row['peak_reserved']):>14} {row['fragmentation']:>6.1%} "
-                         f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}")
-        lines.append(whatif["recommendation"])
-    return "\n".join(lines)

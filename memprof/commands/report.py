@@ -5,6 +5,7 @@ when one is given (`memprof estimate MODEL --format json > ESTIMATE.json`). With
 the breakdown table. Every input is checked before anything is drawn, and the file is written
 atomically, so a bad input leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ FORMATS = {".png": "png", ".html": "html", ".htm": "html"}
 
 
 def _load_estimate(path: str) -> dict[str, Any]:
-    from memprof.comparison import as_estimate_dict
+    from memprof.comparison import as_estimate_record
 
     try:
         record = json.loads(Path(path).read_text())
@@ -28,15 +29,17 @@ def _load_estimate(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MemprofUserError(f"{path!r} is not a memprof estimate (not readable JSON: {exc})") from None
     hint = "write one with `memprof estimate MODEL --format json`"
+    if isinstance(record, dict) and record.get("schema"):  # a profile, say: it has model_states and peak too
+        raise MemprofUserError(f"{path!r} is not a memprof estimate (it is a {record['schema']!r} record); {hint}")
     try:
-        record = as_estimate_dict(record)
+        as_estimate_record(record)  # the estimate record's own check of the JSON
     except MemprofUserError as exc:
         raise MemprofUserError(f"{path!r} is not a memprof estimate ({exc}); {hint}") from None
     missing = [k for k in ("model", "parameters", "settings") if k not in record]
-    if missing or record.get("schema"):   # a profile has model_states and peak too, and a schema
-        what = f"it is a {record['schema']!r} record" if record.get("schema") else f"missing {', '.join(missing)}"
-        raise MemprofUserError(f"{path!r} is not a memprof estimate ({what}); {hint}")
-    return record
+    if missing:
+        raise MemprofUserError(f"{path!r} is not a memprof estimate (missing {', '.join(missing)}); {hint}")
+    estimate: dict[str, Any] = record
+    return estimate
 
 
 def _out_format(out: str) -> str:
@@ -56,24 +59,36 @@ def _text(profile: dict[str, Any], estimate: dict[str, Any] | None) -> str:
     header, rows = breakdown_rows(profile, estimate)
     table = [header, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     .rstrip() for r in table)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in table
+    )
 
 
 @click.command()
 @click.argument("profile_path", metavar="PROFILE.json")
-@click.option("--estimate", "estimate_path", default=None, metavar="ESTIMATE.json",
-              help="An estimate to compare with (`memprof estimate MODEL --format json`).")
-@click.option("--out", default=None, metavar="FILE.png|FILE.html",
-              help="Write the figures (PNG) or a self-contained page with figures and tables (HTML).")
+@click.option(
+    "--estimate",
+    "estimate_path",
+    default=None,
+    metavar="ESTIMATE.json",
+    help="An estimate to compare with (`memprof estimate MODEL --format json`).",
+)
+@click.option(
+    "--out",
+    default=None,
+    metavar="FILE.png|FILE.html",
+    help="Write the figures (PNG) or a self-contained page with figures and tables (HTML).",
+)
 def report(profile_path: str, estimate_path: str | None, out: str | None) -> None:
     """Draw a saved profile, predicted beside measured when an estimate is given."""
     fmt = _out_format(out) if out else None
     from memprof.comparison import check_same_model
-    from memprof.profiler.profile import Profile, _atomic_write
+    from memprof.estimators.records import read_profile
+    from memprof.profiler.record import atomic_write
     from memprof.reports.data import comparison_bars, measured_timeline
 
-    profile = Profile.load(profile_path).to_dict()
+    profile = read_profile(profile_path).to_dict()
     estimate = _load_estimate(estimate_path) if estimate_path else None
     if estimate is not None:
         check_same_model(estimate, profile)
@@ -81,10 +96,13 @@ def report(profile_path: str, estimate_path: str | None, out: str | None) -> Non
         click.echo(_text(profile, estimate))
         return
     if not comparison_bars(profile, estimate)["categories"] and not measured_timeline(profile):
-        raise MemprofUserError(f"{profile_path!r} measured no bytes by category (a stats-mode profile on the "
-                               "CPU): nothing to draw; profile in attribution mode")
+        raise MemprofUserError(
+            f"{profile_path!r} measured no bytes by category (a stats-mode profile on the "
+            "CPU): nothing to draw; profile in attribution mode"
+        )
     from memprof.reports.page import report_html, report_png
 
+    assert out is not None  # fmt is set only with --out
     payload = report_png(profile, estimate) if fmt == "png" else report_html(profile, estimate).encode()
-    _atomic_write(Path(out), payload)
+    atomic_write(Path(out), payload)
     click.echo(f"wrote {out}")

@@ -5,6 +5,7 @@ estimates it and compares. Exit code 0 when every case passes (model states to t
 within the tolerance) or has no peak prediction yet; 1 when a case is beyond tolerance or fails to
 run; 2 for bad arguments.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,20 +28,34 @@ class _CasesFailed(click.ClickException):
 def _line(r: dict) -> str:
     peak = r["rows"].get("peak.allocated") or {}
     pct = peak.get("error_pct")
-    states = all((r["rows"].get(f"model_states.{c}") or {}).get("error_bytes") == 0
-                 for c in ("parameters", "gradients", "optimizer_states"))
-    peak_txt = "peak not predicted" if peak.get("predicted") is None else \
-        f"peak {peak['predicted']:>10,} vs {peak['measured']:>10,} B ({pct:+.2f}%)"
+    states = all(
+        (r["rows"].get(f"model_states.{c}") or {}).get("error_bytes") == 0
+        for c in ("parameters", "gradients", "optimizer_states")
+    )
+    peak_txt = (
+        "peak not predicted"
+        if peak.get("predicted") is None
+        else f"peak {peak['predicted']:>10,} vs {peak['measured']:>10,} B ({pct:+.2f}%)"
+    )
     tail = r["error"] or ("" if states else "model states differ")
     return f"{r['status']:8s} {r['id']:58s} {'states exact' if states else 'STATES OFF  '}  {peak_txt}  {tail}".rstrip()
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="A representative subset (25 cases, well under a minute on 2 cores).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write the record (JSON) here, e.g. profiles/measurements/validation-cpu-full.json.")
-@click.option("--only", "only", multiple=True, metavar="TEXT",
-              help="Run only the cases whose id contains TEXT (repeatable), e.g. --only sophia.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the record (JSON) here, e.g. profiles/measurements/validation-cpu-full.json.",
+)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="TEXT",
+    help="Run only the cases whose id contains TEXT (repeatable), e.g. --only sophia.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def validate(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
     """Train the validation matrix for real on the CPU and compare every case with its estimate."""
@@ -52,8 +67,10 @@ def validate(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> N
     if only:
         chosen = [c for c in cases if any(t in c.id for t in only)]
         if not chosen:
-            raise MemprofUserError(f"no case id contains {' or '.join(map(repr, only))}; ids look like "
-                                   f"{cases[0].id!r} (family-optimizer-precision-attention-checkpointing-shape)")
+            raise MemprofUserError(
+                f"no case id contains {' or '.join(map(repr, only))}; ids look like "
+                f"{cases[0].id!r} (family-optimizer-precision-attention-checkpointing-shape)"
+            )
         cases = chosen
     progress = None
     if fmt == "table":
@@ -61,21 +78,25 @@ def validate(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> N
 
         def progress(r: dict) -> None:
             click.echo(_line(r))
+
     subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
     record = run_matrix(cases, subset, progress)
     if out is not None:
-        from memprof.profiler.profile import _atomic_write
+        from memprof.profiler.record import atomic_write as _atomic_write
 
         _atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
     s = record["summary"]
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
     else:
-        click.echo(f"\n{s['cases']} cases in {record['duration_s']} s: {s['pass']} pass, {s['fail']} beyond "
-                   f"tolerance, {s['no_peak']} without a peak prediction, {s['error']} errors; model "
-                   f"states exact in {s['model_states_exact']}; peak within {record['tolerance']['peak_allocated_pct']}% "
-                   f"in {s['peak_within_tolerance']} of {s['peak_predicted']} predicted (median |error| "
-                   f"{s['peak_abs_error_pct_median']}%, max {s['peak_abs_error_pct_max']}%)")
+        click.echo(
+            f"\n{s['cases']} cases in {record['duration_s']} s: {s['pass']} pass, {s['fail']} beyond "
+            f"tolerance, {s['no_peak']} without a peak prediction, {s['error']} errors; model "
+            f"states exact in {s['model_states_exact']}; peak within "
+            f"{record['tolerance']['peak_allocated_pct']}% "
+            f"in {s['peak_within_tolerance']} of {s['peak_predicted']} predicted (median |error| "
+            f"{s['peak_abs_error_pct_median']}%, max {s['peak_abs_error_pct_max']}%)"
+        )
         if out is not None:
             click.echo(f"record saved to {out}")
     if s["fail"] or s["error"]:

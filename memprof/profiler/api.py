@@ -23,21 +23,23 @@ import platform
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 
 from memprof.estimators.errors import MemprofUserError, unknown_name
-from memprof.estimators.vocabulary import CATEGORIES, Category, Phase, PHASES
+from memprof.estimators.records import ProfileRecord
+from memprof.estimators.vocabulary import CATEGORIES, PHASES, Category, Phase
 from memprof.profiler import tracker as T
 from memprof.profiler.cuda_stats import CudaStats, cuda_device_of
 from memprof.profiler.nvml import Nvml
 from memprof.profiler.phases import PhaseHooks, flat_tensors
-from memprof.profiler.profile import Profile, empty_record
+from memprof.profiler.record import Profile, empty_record
 
 MODES = ("attribution", "stats")
 _LOCK = threading.Lock()
-_active: "Session | None" = None
+_active: Session | None = None
 
 
 def _as_list(obj: Any, kind: type, name: str) -> list[Any]:
@@ -67,7 +69,7 @@ def _jsonable(v: Any, depth: int = 0) -> Any:
 
 
 def _model_description(model: torch.nn.Module) -> dict[str, Any]:
-    """What an estimate of this model needs (memprof.profiler.observed): its Hugging Face config
+    """What an estimate of this model needs (memprof.comparison.observed): its Hugging Face config
     when it has one, the trainable parameters' (name, shape), attention and checkpointing."""
     config = getattr(model, "config", None)
     hf_config = None
@@ -138,7 +140,7 @@ class Session:
         self.input_shapes: dict[int, list[list[int]]] = {}
         self.autocast: str | None = None
         self.steps = 0
-        self.model_state_max = {c: 0 for c in ("parameters", "gradients", "optimizer_states")}
+        self.model_state_max = dict.fromkeys(("parameters", "gradients", "optimizer_states"), 0)
         self._mode_entered = False
         self._params_cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
         self._t0 = 0.0
@@ -161,22 +163,20 @@ class Session:
         self.started = True
         return self.profile
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        record = None
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        record: ProfileRecord | None = None
         try:
             try:
                 self._final_scan()
             finally:
                 self._teardown()
-            record = self._build(exc, final=True)
+            record = ProfileRecord.from_dict(self._build(exc, final=True))
         except Exception:
             if exc is None:
                 raise
             # never hide the user's exception behind a profiler failure
         finally:
-            if record is not None:
-                self.profile._data = record
-            self.profile._live = None
+            self.profile.finish(record)
         return False
 
     def _start(self) -> None:
@@ -204,7 +204,7 @@ class Session:
         if self.tracker is not None:
             self.tracker.__enter__()
             self._mode_entered = True
-        self.profile._live = lambda: self._build(None, final=False)
+        self.profile.attach(lambda: self._build(None, final=False))
 
     def _teardown(self) -> None:
         """Remove everything this session installed; each step runs even if another fails."""
@@ -424,7 +424,7 @@ class Session:
         s.update(opts[0] if opts else {"optimizer": None, "optimizer_class": None, "optimizer_defaults": None})
         if len(opts) > 1:
             s["optimizers"] = opts
-        counts = self.hooks.counts if self.hooks else {p: 0 for p in PHASES}
+        counts = self.hooks.counts if self.hooks else dict.fromkeys(PHASES, 0)
         s.update(forward_calls=counts[Phase.FORWARD.value], backward_calls=counts[Phase.BACKWARD.value],
                  optimizer_steps=self.steps)
         return s
@@ -501,8 +501,8 @@ class Session:
                            "reason": self.nvml.reason if self.nvml is not None else
                            f"no CUDA device is profiled ({self.cuda_reason})"}
 
-        counts = self.hooks.counts if self.hooks else {p: 0 for p in PHASES}
-        times = self.hooks.times if self.hooks else {p: 0.0 for p in PHASES}
+        counts = self.hooks.counts if self.hooks else dict.fromkeys(PHASES, 0)
+        times = self.hooks.times if self.hooks else dict.fromkeys(PHASES, 0.0)
         for phase in PHASES:
             info: dict[str, Any] = {"calls": counts[phase], "time_s": round(times[phase], 6),
                                     "peak": {"allocated": None, "by_category": None}}

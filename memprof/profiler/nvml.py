@@ -50,7 +50,8 @@ class Nvml:
         try:
             import torch
             props = torch.cuda.get_device_properties(device_index)
-            bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+            domain, bus, device = (getattr(props, f"pci_{k}_id") for k in ("domain", "bus", "device"))
+            bus_id = f"{domain:08X}:{bus:02X}:{device:02X}.0"
             return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
         except Exception:
             pass

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 from torch.nn.modules import module as _nn_module
@@ -68,7 +69,7 @@ class PhaseHooks:
         self._handles: list[Any] = []
         self._grad_handles: dict[int, Any] = {}
         self._names: dict[int, str] = {}
-        self._seen_roots: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+        self._seen_roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._recompute_depth = 0
 
     # -- install / remove ---------------------------------------------------------------
@@ -93,7 +94,9 @@ class PhaseHooks:
             except Exception:   # a handle whose owner is gone
                 pass
             # torch's handle for a global forward hook forgets its with_kwargs flag
-            _nn_module._global_forward_hooks_with_kwargs.pop(getattr(h, "id", None), None)
+            hook_id = getattr(h, "id", None)
+            if hook_id is not None:
+                _nn_module._global_forward_hooks_with_kwargs.pop(hook_id, None)
         self._close_phase()
 
     # -- phases -------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -59,7 +60,7 @@ class _Rec:
 
     __slots__ = ("sid", "nbytes", "book", "cat", "cat_seq", "epoch")
 
-    def __init__(self, sid: int, nbytes: int, book: "_Book", cat: int, seq: int, epoch: int) -> None:
+    def __init__(self, sid: int, nbytes: int, book: _Book, cat: int, seq: int, epoch: int) -> None:
         self.sid, self.nbytes, self.book, self.cat, self.cat_seq, self.epoch = sid, nbytes, book, cat, seq, epoch
 
 
@@ -333,7 +334,8 @@ class StorageTracker(TorchDispatchMode):
             cat = TEMP
         self._add(st, cat)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         # the hot path: kept flat, since it runs for every operator
         Tensor = torch.Tensor
         reg = self._reg
@@ -348,9 +350,9 @@ class StorageTracker(TorchDispatchMode):
             elif isinstance(a, (list, tuple)):
                 for b in a:
                     if isinstance(b, Tensor):
-                        st = _storage(b)
-                        if st is not None and id(st) not in reg:
-                            self._add(st, INPUT)
+                        inner = _storage(b)
+                        if inner is not None and id(inner) not in reg:
+                            self._add(inner, INPUT)
         out = func(*args, **(kwargs or {}))
         if self.phase != _BACKWARD and not self.in_step and _graph_task_id() != -1:
             self._on_backward()

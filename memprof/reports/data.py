@@ -7,7 +7,8 @@ so tests check the drawing against them and notebooks can print them beside the 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from memprof.estimators.errors import MemprofUserError
 from memprof.estimators.vocabulary import CATEGORIES
@@ -95,18 +96,23 @@ def peak_sweep(model: Any, values: Sequence[int], *, axis: str = "batch_size", g
     if not values:
         raise MemprofUserError("a sweep needs at least one value")
     spec = model if isinstance(model, ModelSpec) else load_model(model)
-    records = [estimate(spec, optimizer, precision, **{axis: v}, **knobs).to_dict() for v in values]
+    records = [estimate(spec, optimizer, precision, **_point(axis, v), **knobs).to_dict() for v in values]
     measure = next((m for m in PEAK_MEASURES if all(r["peak"][m] is not None for r in records)), None)
     if measure is None:
         raise MemprofUserError(f"the estimate of {spec.name} has no peak figure yet; nothing to sweep")
     capacity = []
     for name in gpu_presets:   # the estimate resolves the preset and its usable memory (one rule, in one place)
-        capacity.append(estimate(spec, optimizer, precision, **{axis: values[0]}, gpu=name, **knobs)
+        capacity.append(estimate(spec, optimizer, precision, **_point(axis, values[0]), gpu=name, **knobs)
                         .to_dict()["gpu"])
     return {"model": spec.name, "axis": axis, "values": list(values),
             "peaks": [r["peak"][measure] for r in records], "measure": measure,
             "settings": records[0]["settings"],
             "gpus": [{"name": g["name"], "memory": g["memory"], "usable": g["usable"]} for g in capacity]}
+
+
+def _point(axis: str, value: int) -> dict[str, Any]:
+    """The keyword argument of one point of a sweep (its swept knob)."""
+    return {axis: value}
 
 
 def largest_fitting(sweep: dict[str, Any]) -> dict[str, int | None]:

@@ -9,7 +9,8 @@ functions make a stand-alone Figure. Sizes are drawn in bytes, with axes labelle
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -154,6 +155,9 @@ def draw_timeline(ax: Axes, points: Sequence[dict[str, Any]], *, x: Sequence[flo
     ax.set_xlabel(xlabel, fontsize=8)
 
 
+Panel = Callable[[Axes, list[dict[str, Any]]], None]   # draws one timeline panel
+
+
 def draw_measured_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
     draw_timeline(ax, points, x=[p["seq"] for p in points],
                   xlabel="allocation events (sampled; the exact peaks included)")
@@ -166,11 +170,13 @@ def draw_predicted_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
     ax.set_title("predicted", fontsize=9, loc="left")
 
 
-def timeline_panels(profile: dict[str, Any] | None, estimate: dict[str, Any] | None) -> list[tuple[Any, list]]:
+def timeline_panels(profile: dict[str, Any] | None, estimate: dict[str, Any] | None) -> list[tuple[Panel, list]]:
     """(draw function, points) for each timeline available: predicted first, then measured."""
     measured = data.measured_timeline(profile) if profile is not None else None
     predicted = data.predicted_timeline(estimate)
-    return [p for p in ((draw_predicted_panel, predicted), (draw_measured_panel, measured)) if p[1]]
+    candidates: list[tuple[Panel, list[dict[str, Any]] | None]] = [
+        (draw_predicted_panel, predicted), (draw_measured_panel, measured)]
+    return [(draw, points) for draw, points in candidates if points]
 
 
 def timeline_figure(profile: dict[str, Any] | None = None, estimate: dict[str, Any] | None = None,

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 from memprof.estimators.units import format_bytes
 from memprof.estimators.vocabulary import CATEGORIES, PHASES
-from memprof.reports import data, figures as F
+from memprof.reports import data
+from memprof.reports import figures as F
 
 
 def report_figure(profile: dict[str, Any], estimate: dict[str, Any] | None = None) -> Figure:

@@ -1,0 +1,328 @@
+"""The per-operation vocabulary: what each operation allocates and what autograd saves for backward.
+
+A family module (memprof.estimators.families: gpt2.py, llama.py, ...) replays a model's forward as a
+sequence of these operations on `T` handles (element count and dtype, no data). Each operation records
+its inputs, outputs and the tensors autograd keeps for backward, following torch's derivatives.yaml and
+the kernels PyTorch picks:
+
+- linear / addmm / mm saves its input and its weight; the weight is the parameter itself (no new
+  memory) unless autocast made a low-precision copy, which is then saved (and cached per forward);
+- layer_norm saves its input, mean and rstd (one per row; fp32 on CUDA and for mixed dtypes, the
+  input dtype on the CPU when input and weight agree); embedding saves its int64 indices;
+- softmax, tanh, relu save their output; gelu (fused), silu, pow save their input;
+- mul saves each operand the other needs for its gradient; add, views and reshapes save nothing;
+- dropout saves a mask only: on CUDA `native_dropout` keeps a bool mask (1 byte per element); on the
+  CPU `torch.nn.functional.dropout` runs `input * noise` and keeps the noise in the input's dtype;
+- scaled_dot_product_attention saves q, k, v, its output and a fp32 log-sum-exp (flash and
+  memory-efficient kernels), or, with the math backend, every tensor of the decomposition;
+- cross_entropy = log_softmax (saves its output, fp32 when upcast or under autocast) + nll_loss
+  (saves the int64 targets and a scalar weight);
+- under autocast, linear/matmul/sdpa/conv inputs are cast to the compute dtype: activations on every
+  call (three projections of one input make three copies), weights once per forward.
+
+The `Trace` keeps these records in execution order; `saved_tensors` and the timeline read them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .dtypes import dtype_bytes
+
+# A checkpointed region: a layer index (full checkpointing) or ("core", layer) (selective).
+Region = int | tuple[str, int]
+
+
+@dataclass(eq=False)
+class T:
+    """One tensor of the replayed forward (storage identity is object identity)."""
+
+    numel: int
+    dtype: str
+    name: str
+    kind: str = "act"          # "act" (activation), "param", "const" (no grad), "index" (integer)
+    layer: int | None = None
+    contig: bool = False       # known to be contiguous (a matmul can use it without a copy)
+    is_input: bool = False     # part of the batch handed to the model
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_bytes(self.dtype)
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.kind in ("act", "param")
+
+
+@dataclass(eq=False)
+class Op:
+    """One executed operation: what it read, what it allocated, what autograd kept for backward."""
+
+    op: str
+    module: str
+    layer: int | None
+    inputs: tuple[T, ...]
+    outputs: tuple[T, ...]
+    saved: tuple[tuple[str, T], ...]
+    core: bool = False              # part of the attention core (recomputed by selective checkpointing)
+    region: Region | None = None    # checkpoint region it belongs to (set by build_trace)
+
+
+def promote(*dtypes: str) -> str:
+    """Type promotion between floating dtypes (fp32 wins over the 16-bit types)."""
+    ds = set(dtypes)
+    if len(ds) == 1:
+        return dtypes[0]
+    for d in ("float64", "float32"):
+        if d in ds:
+            return d
+    return "float32"  # bfloat16 with float16 promotes to float32
+
+
+@dataclass
+class Trace:
+    """The replay of one forward pass under given settings."""
+
+    batch_size: int
+    seq_len: int
+    param_dtype: str
+    compute_dtype: str
+    autocast: bool
+    device: str
+    training: bool
+    ops: list[Op] = field(default_factory=list)
+    held: list[T] = field(default_factory=list)   # kept by the caller: batch, logits, kv cache, loss (last)
+    params: dict[str, T] = field(default_factory=dict)
+    buffers: dict[str, int] = field(default_factory=dict)   # module buffers: name -> bytes
+    weight_casts: dict[str, T] = field(default_factory=dict)   # autocast weight cache, per forward
+    layer: int | None = None
+    module: str = ""
+    core: bool = False
+    checkpointing: str = "none"
+    sharded_params: bool = False   # ZeRO-3 / FSDP full-shard: weights are gathered per layer (see lowp)
+
+    # -- tensors ------------------------------------------------------------------------------
+    def act(self, numel: int, dtype: str, name: str, kind: str = "act") -> T:
+        return T(numel, dtype, name, kind, self.layer)
+
+    def param(self, name: str, numel: int, dtype: str | None = None) -> T:
+        """The parameter `name` (one handle per name, so a tied weight is one tensor); `dtype` None:
+        the training precision's parameter dtype."""
+        if name not in self.params:
+            self.params[name] = T(numel, dtype or self.param_dtype, name, "param", None)
+        return self.params[name]
+
+    def buffer(self, name: str, numel: int, dtype: str) -> None:
+        """A registered module buffer (resident like a parameter, no gradient)."""
+        self.buffers[name] = numel * dtype_bytes(dtype)
+
+    def inputs(self, *tensors: T) -> None:
+        """The batch handed to the model: it exists before forward and the loop keeps it."""
+        for t in tensors:
+            t.is_input = True
+        self.held += list(tensors)
+        self.record("inputs", [], list(tensors))
+
+    def record(self, op: str, inputs: Sequence[T], outputs: Sequence[T],
+               saved: Sequence[tuple[str, T]] = ()) -> None:
+        self.ops.append(Op(op, self.module, self.layer, tuple(inputs), tuple(outputs),
+                           tuple(saved), core=self.core))
+
+    # -- autocast -----------------------------------------------------------------------------
+    def lowp(self, x: T) -> T:
+        """The input of an autocast lower-precision op (matmul, linear, sdpa): a copy if needed.
+
+        Activations are cast on every call; leaf parameters are cast once per forward (autocast's
+        weight cache), which is why a tied weight is copied only once.
+        """
+        if not self.autocast or x.dtype == self.compute_dtype or x.kind == "index":
+            return x
+        if x.kind == "param":
+            if self.sharded_params:
+                # the gathered full weight (and its cast) lives for its layer only and is gathered
+                # again in backward: FSDP/ZeRO-3 free it even while autograd refers to it, so the
+                # cast neither stays in autocast's cache nor counts as saved (the gathered layers
+                # are a buffer of the estimate)
+                return T(x.numel, self.compute_dtype, x.name, "param", None)
+            if x.name not in self.weight_casts:
+                c = T(x.numel, self.compute_dtype, x.name + "@" + self.compute_dtype, "act", self.layer)
+                self.weight_casts[x.name] = c
+                self.record("to_copy", [x], [c])
+            return self.weight_casts[x.name]
+        return self.to(x, self.compute_dtype)
+
+    def to(self, x: T, dtype: str) -> T:
+        if x.dtype == dtype:
+            return x
+        y = self.act(x.numel, dtype, x.name + "." + dtype, x.kind)
+        y.contig = getattr(x, "contig", False)  # .to() preserves the memory layout
+        self.record("to_copy", [x], [y])
+        return y
+
+    # -- operations ---------------------------------------------------------------------------
+    def embedding(self, weight: T, indices: T, dim: int) -> T:
+        out = self.act(indices.numel * dim, weight.dtype, "embedding")
+        self.record("embedding", [weight, indices], [out], [("indices", indices)])
+        return out
+
+    def linear(self, x: T, weight: T, out_features: int, bias: T | None = None) -> T:
+        xi, wi = self.lowp(x), self.lowp(weight)
+        if bias is not None:
+            bias = self.lowp(bias)
+        rows = x.numel // (weight.numel // out_features)
+        out = self.act(rows * out_features, xi.dtype if self.autocast else promote(x.dtype, weight.dtype),
+                       "linear")
+        saved = [("input", xi)]
+        if wi.kind != "param":
+            saved.append(("weight", wi))
+        ins = [xi, wi] + ([bias] if bias is not None else [])
+        self.record("linear", ins, [out], saved)
+        return out
+
+    def matmul(self, a: T, b: T, out_numel: int, autocast: bool = True) -> T:
+        """A batched matmul of two activations (both saved). autocast=False inside composite
+        kernels (sdpa's math backend), where autocast no longer applies."""
+        if autocast:
+            a, b = self.lowp(a), self.lowp(b)
+        out = self.act(out_numel, promote(a.dtype, b.dtype), "matmul")
+        self.record("matmul", [a, b], [out], [("self", a), ("mat2", b)])
+        return out
+
+    def copy(self, x: T, name: str = "contiguous") -> T:
+        """A materialised view (reshape/contiguous/repeat of a non-contiguous tensor)."""
+        y = self.act(x.numel, x.dtype, name, x.kind)
+        self.record("copy", [x], [y])
+        return y
+
+    def cast(self, x: T, dtype: str, numel: int, force: bool = False, name: str = "") -> T:
+        """x.to(dtype) of a `numel`-element view of x (no copy when nothing changes, unless forced)."""
+        if x.dtype == dtype and not force:
+            return x  # .to() of the same dtype is a no-op (views stay views)
+        y = self.act(numel, dtype, name or x.name + "." + dtype, x.kind)
+        # .to() keeps the strides of a dense tensor; a slice (not dense) comes out contiguous
+        y.contig = getattr(x, "contig", False) if x.numel == numel else True
+        self.record("to_copy", [x], [y])
+        return y
+
+    def contiguous(self, x: T, numel: int) -> T:
+        """A matmul operand: a fresh contiguous copy unless it already is one (marked `contig`).
+
+        `numel` is the operand's size, smaller than x's storage when x is a slice (q of a fused qkv)."""
+        if getattr(x, "contig", False) and x.numel == numel:
+            return x
+        y = self.act(numel, x.dtype, x.name + ".contiguous", x.kind)
+        y.contig = True
+        self.record("copy", [x], [y])
+        return y
+
+    def expand_copy(self, x: T, numel: int, name: str) -> T:
+        y = self.act(numel, x.dtype, name, x.kind)
+        y.contig = True
+        self.record("copy", [x], [y])
+        return y
+
+    def add(self, a: T, b: T) -> T:
+        out = self.act(max(a.numel, b.numel), promote(a.dtype, b.dtype), "add")
+        self.record("add", [a, b], [out])
+        return out
+
+    def mul(self, a: T, b: T) -> T:
+        out = self.act(max(a.numel, b.numel), promote(a.dtype, b.dtype), "mul")
+        saved: list[tuple[str, T]] = []
+        if b.requires_grad:
+            saved.append(("self", a))
+        if a.requires_grad:
+            saved.append(("other", b))
+        self.record("mul", [a, b], [out], saved)
+        return out
+
+    def scale(self, x: T, name: str = "mul_scalar", numel: int | None = None) -> T:
+        """x * python scalar (or + scalar): a new tensor, nothing saved."""
+        out = self.act(numel or x.numel, x.dtype, name)
+        self.record(name, [x], [out])
+        return out
+
+    def unary(self, op: str, x: T, saves: str) -> T:
+        """Elementwise op saving its input ("self"), its output ("result") or nothing ("")."""
+        out = self.act(x.numel, x.dtype, op)
+        saved = [("self", x)] if saves == "self" else [("result", out)] if saves == "result" else []
+        self.record(op, [x], [out], saved)
+        return out
+
+    def dropout(self, x: T, p: float) -> T:
+        if not self.training or p <= 0:
+            return x
+        out = self.act(x.numel, x.dtype, "dropout")
+        if self.device == "cpu":
+            mask = self.act(x.numel, x.dtype, "dropout_noise", "const")
+        else:
+            mask = self.act(x.numel, "bool", "dropout_mask", "const")
+        self.record("dropout", [x], [out, mask], [("mask", mask)])
+        return out
+
+    def layer_norm(self, x: T, hidden: int, weight: T, bias: T | None) -> T:
+        rows = x.numel // hidden
+        # mean/rstd: CUDA keeps them in the accumulation type (fp32 for 16-bit inputs); the CPU
+        # kernel keeps the input dtype when weight and input agree, fp32 when they are mixed
+        if x.dtype in ("float32", "float64") or (self.device == "cpu" and weight.dtype == x.dtype):
+            stats_dtype = x.dtype
+        else:
+            stats_dtype = "float32"
+        out = self.act(x.numel, x.dtype, "layer_norm")
+        mean = self.act(rows, stats_dtype, "ln_mean", "const")
+        rstd = self.act(rows, stats_dtype, "ln_rstd", "const")
+        ins = [x, weight] + ([bias] if bias is not None else [])
+        self.record("layer_norm", ins, [out, mean, rstd], [("input", x), ("mean", mean), ("rstd", rstd)])
+        return out
+
+    def softmax(self, x: T, dtype: str | None = None) -> T:
+        """softmax(x, dtype=...): the CPU kernel casts its input first (a copy whose gradient is
+        cast back in backward); CUDA converts half to float inside the kernel."""
+        if dtype and dtype != x.dtype and self.device == "cpu":
+            x = self.to(x, dtype)
+        out = self.act(x.numel, dtype or x.dtype, "softmax")
+        self.record("softmax", [x], [out], [("result", out)])
+        return out
+
+    def sdpa_fused(self, q: T, k: T, v: T, out_numel: int, heads: int, kernel: str) -> T:
+        """Flash / memory-efficient attention: keeps q, k, v, the output and a fp32 log-sum-exp."""
+        q, k, v = self.lowp(q), self.lowp(k), self.lowp(v)
+        out = self.act(out_numel, q.dtype, "sdpa_out")
+        rows = self.batch_size * heads * self.seq_len
+        if kernel == "efficient":   # CUDA mem-efficient pads the lse rows to a multiple of 32
+            rows = self.batch_size * heads * (-(-self.seq_len // 32) * 32)
+        lse = self.act(rows, "float32", "logsumexp", "const")
+        outs, saved = [out, lse], [("query", q), ("key", k), ("value", v), ("output", out),
+                                   ("logsumexp", lse)]
+        if self.device != "cpu":     # philox seed and offset
+            rng = self.act(2, "int64", "philox", "index")
+            outs.append(rng)
+            saved.append(("philox", rng))
+        self.record("sdpa_" + kernel, [q, k, v], outs, saved)
+        if self.device == "cpu" and getattr(q, "contig", False):
+            # the CPU kernel lays its output out like q: a contiguous (b, h, s, d) q gives an output
+            # whose transpose(1, 2).contiguous() is a copy; a (b, s, h, d)-strided q's is a view
+            out = self.copy(out, "attn_out")
+        return out
+
+    def cross_entropy(self, logits: T, vocab: int, rows: int, labels: T | None = None,
+                      upcast: bool = True) -> T:
+        """cross_entropy: log_softmax (output saved) + nll_loss (int64 targets and a scalar weight).
+
+        upcast: the caller runs it on logits.float() (transformers' causal-LM and masked-LM loss
+        functions); otherwise it runs in the logits' dtype, except under autocast, which runs
+        cross_entropy in fp32. labels: the caller's targets as they are; None: a new (shifted)
+        target tensor."""
+        dtype = "float32" if upcast or self.autocast else logits.dtype
+        x = self.to(logits, dtype)
+        logp = self.act(x.numel, dtype, "log_softmax")
+        self.record("log_softmax", [x], [logp], [("result", logp)])
+        target = labels
+        if target is None:
+            target = self.act(rows, "int64", "shift_labels", "index")
+            self.record("labels", [], [target])
+        total_weight = self.act(1, dtype, "total_weight", "const")
+        loss = self.act(1, dtype, "loss")
+        self.record("nll_loss", [logp, target], [loss, total_weight],
+                    [("target", target), ("total_weight", total_weight)])
+        return loss

@@ -1,0 +1,431 @@
+"""The estimate of what a profile observed: `Profile.compare()` without an estimate in hand.
+
+From the profile's `settings` (memprof.profiler.api records them):
+- the model: its Hugging Face config (`hf_config`, model_type) when memprof models that family and
+  the config gives the measured parameter count; otherwise its trainable parameter tensors, from
+  which only the model states can be predicted (the peak needs the architecture);
+- the optimizer: the registry entry whose implementation names the optimizer's class (package and
+  class name), with the options that change memory read from its hyperparameters; torch.optim.Muon
+  with an AdamW for the other parameters is the registry's "muon". An optimizer memprof does not
+  know leaves optimizer states and the peak unpredicted, never an exception;
+- precision from the parameter dtypes and the autocast dtype (fp32 + bf16 autocast -> bf16-mixed,
+  bf16 parameters -> bf16-true, ...); batch and sequence from the root module's input shapes;
+  attention from `config._attn_implementation`; checkpointing "full" when the model reports
+  gradient checkpointing (selective recomputation cannot be observed); the profiled device.
+
+Pure Python over the profile's record: no torch needed. The prediction is an `EstimateRecord`: the
+estimator's own, with what cannot be predicted left out (`without_peak()`, `without_optimizer()`),
+or one holding model states only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from memprof.comparison.frame import as_estimate_record, as_profile_record, comparison_frame
+from memprof.estimators.errors import MemprofUserError
+from memprof.estimators.families import FAMILIES, SUPPORTED_MODEL_TYPES
+from memprof.estimators.models import ModelSpec
+from memprof.estimators.records import EstimateRecord, EstimateSettings, ModelStates, Peak
+from memprof.estimators.tensors import ParamTensor
+
+__all__ = [
+    "Observed",
+    "observe",
+    "predict",
+    "observed_estimate",
+    "compare_observed",
+    "registry_optimizer",
+    "precision_of",
+]
+
+ATTENTION_NAMES = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash", "flash": "flash"}
+_PRECISIONS = {
+    ("float32", None): "32-true",
+    ("float32", "bfloat16"): "bf16-mixed",
+    ("float32", "float16"): "16-mixed",
+    ("bfloat16", None): "bf16-true",
+    ("bfloat16", "bfloat16"): "bf16-true",
+    ("float16", None): "16-true",
+    ("float16", "float16"): "16-true",
+}
+
+
+@dataclass
+class Observed:
+    """The estimate's inputs as far as the profile shows them; `missing` says what it does not."""
+
+    model: ModelSpec | None = None  # None: only `params` are known
+    params: tuple[ParamTensor, ...] = ()  # trainable parameters (what the optimizer steps)
+    parameters: int | None = None  # all parameters, trainable or not
+    optimizer: str | None = None  # registry name
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    attention: str | None = None
+    checkpointing: str = "none"
+    grad_accumulation: int = 1  # micro-batches (forward + backward) per optimizer step
+    device: str = "cpu"
+    missing: list[str] = field(default_factory=list)  # why a part of the prediction is absent
+    affects: dict[str, str] = field(default_factory=dict)  # message -> "all" | "optimizer" | "peak"
+    peak_unknown: bool = False  # something the peak depends on is not modelled
+    step_options: dict[str, Any] = field(default_factory=dict)  # change only step() temporaries
+
+    def miss(self, message: str, affects: str = "peak") -> None:
+        """Record why a part of the prediction is absent; `affects` says which rows lack it."""
+        self.missing.append(message)
+        self.affects[message] = affects
+
+    def why(self, scope: str, category: str) -> str:
+        """The reasons a comparison row has no predicted figure."""
+
+        def applies(affects: str) -> bool:
+            if affects == "all":
+                return True
+            if affects == "optimizer":
+                return scope == "peak" or category in ("optimizer_states", "total")
+            return scope == "peak"
+
+        return "; ".join(m for m in self.missing if applies(self.affects.get(m, "peak"))) or "not modelled"
+
+    def estimate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `estimate()` (model first), for the parts that are known."""
+        kw: dict[str, Any] = {
+            "optimizer": self.optimizer,
+            "precision": self.precision,
+            "batch_size": self.batch_size or 1,
+            "seq_len": self.seq_len,
+            "checkpointing": self.checkpointing,
+            "attention": self.attention or "auto",
+            "device": self.device,
+        }
+        if self.grad_accumulation > 1:
+            kw["grad_accumulation"] = self.grad_accumulation
+        kw.update(self.optimizer_options)
+        return kw
+
+
+# -- optimizer ----------------------------------------------------------------------------------
+
+
+def _implementation_class(implementation: str) -> tuple[str, str] | None:
+    """("torch", "AdamW") from "torch.optim.AdamW (torch 2.13.0)"; None for analytic entries."""
+    dotted = implementation.split(" ", 1)[0]
+    if "." not in dotted:
+        return None
+    return dotted.split(".", 1)[0], dotted.rsplit(".", 1)[1]
+
+
+def registry_optimizer(optimizer_class: str | None, defaults: Mapping[str, Any] | None = None) -> str | None:
+    """The registry entry whose implementation is `optimizer_class` ("pkg.module.Class").
+
+    Matched by package and class name ("torch.optim.adamw.AdamW" -> torch.optim.AdamW), else by
+    importing the implementation a package exports under another name (galore_torch.GaLoreAdamW
+    is galore_torch.adamw.AdamW). When several entries share a class (SGD: sgd, sgd-momentum), the
+    one whose default options the hyperparameters `defaults` change least.
+    """
+    from memprof.estimators.optimizers import OPTIMIZERS
+
+    if not optimizer_class:
+        return None
+    package, name = optimizer_class.split(".", 1)[0], optimizer_class.rsplit(".", 1)[-1]
+    candidates = [s for s in OPTIMIZERS.values() if _implementation_class(s.implementation) == (package, name)]
+    if not candidates:
+        candidates = [
+            s
+            for s in OPTIMIZERS.values()
+            if (_implementation_class(s.implementation) or ("",))[0] == package
+            and _exported_as(s.implementation) == optimizer_class
+        ]
+    if not candidates:
+        return None
+    defaults = defaults or {}
+    return min(candidates, key=lambda s: len(_changed_options(s, defaults))).name
+
+
+def _exported_as(implementation: str) -> str | None:
+    """ "module.Class" of the class an implementation string names, when its package is installed."""
+    import importlib
+
+    dotted = implementation.split(" ", 1)[0]
+    module, _, cls = dotted.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), cls)
+    except Exception:  # not installed, or it fails to import: no match
+        return None
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _changed_options(spec: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec options whose value in the optimizer's hyperparameters differs from the spec's."""
+    out = {}
+    for k, v in spec.options.items():
+        if k in defaults and _option_value(defaults[k], v) != v:
+            out[k] = _option_value(defaults[k], v)
+    return out
+
+
+def _option_value(value: Any, default: Any) -> Any:
+    if value is None:  # torch's "let torch decide" (fused=None, foreach=None)
+        return default
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _optimizer(settings: Mapping[str, Any], obs: Observed) -> None:
+    from memprof.estimators.optimizers import get_optimizer
+
+    entries = settings.get("optimizers") or (
+        [
+            {
+                "optimizer": settings.get("optimizer"),
+                "optimizer_class": settings.get("optimizer_class"),
+                "optimizer_defaults": settings.get("optimizer_defaults"),
+            }
+        ]
+        if settings.get("optimizer_class")
+        else []
+    )
+    if not entries:
+        obs.miss("no optimizer was seen: optimizer states not predicted", "optimizer")
+        return
+    names = [registry_optimizer(e.get("optimizer_class"), e.get("optimizer_defaults")) for e in entries]
+    if len(entries) > 1:
+        # torch.optim.Muon steps 2-D parameters only; an AdamW takes the rest (the registry's fallback)
+        if names[0] == "muon" and all(n == "adamw" for n in names[1:]):
+            names = ["muon"]
+            entries = entries[:1]
+        else:
+            classes = ", ".join(str(e.get("optimizer")) for e in entries)
+            obs.miss(f"several optimizers ({classes}): memprof predicts one optimizer per model", "optimizer")
+            return
+    if names[0] is None:
+        obs.miss(
+            f"optimizer {entries[0].get('optimizer_class')!r} is not in memprof's registry "
+            f"(see `memprof presets optimizers`): no prediction of its states",
+            "optimizer",
+        )
+        return
+    spec = get_optimizer(names[0])
+    defaults = entries[0].get("optimizer_defaults") or {}
+    obs.optimizer = spec.name
+    obs.optimizer_options = _changed_options(spec, defaults)
+    obs.step_options = _changed_step_options(spec.name, defaults)
+
+
+def _changed_step_options(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters that change only the step's temporaries (Adam's weight_decay, maximize)."""
+    from memprof.estimators.optimizers import step_option_defaults
+
+    extra = step_option_defaults(name)
+    return {k: defaults[k] for k, v in extra.items() if k in defaults and defaults[k] is not None and defaults[k] != v}
+
+
+# -- precision, shapes, model -------------------------------------------------------------------
+
+
+def precision_of(param_dtypes: Mapping[str, int], autocast_dtype: str | None) -> str | None:
+    """The memprof precision of parameters in `param_dtypes` (dtype -> elements) under autocast."""
+    if not param_dtypes:
+        return None
+    dtype = max(param_dtypes, key=lambda k: param_dtypes[k])  # the dtype of most elements
+    return _PRECISIONS.get((dtype, autocast_dtype))
+
+
+def _shapes(settings: Mapping[str, Any], model_type: str | None, obs: Observed) -> None:
+    shapes = [s for s in settings.get("input_shapes") or [] if s]
+    if not shapes:
+        obs.miss("no model inputs were seen: batch and sequence unknown, peak not predicted")
+        return
+    shape = max(shapes, key=lambda s: s[0] * (s[1] if len(s) > 1 else 1))
+    obs.batch_size = int(shape[0])
+    if model_type != "vit":  # a ViT's sequence comes from its image and patch sizes
+        obs.seq_len = int(shape[1]) if len(shape) > 1 else 1
+
+
+def _model(settings: Mapping[str, Any], obs: Observed) -> str | None:
+    """Fill obs.model (a ModelSpec) or only obs.params; returns the model_type when known."""
+    obs.parameters = settings.get("parameters")
+    obs.params = tuple(
+        ParamTensor(str(n), tuple(int(d) for d in shape)) for n, shape in settings.get("parameter_tensors") or []
+    )
+    config = settings.get("hf_config")
+    name = settings.get("model") or "model"
+    if not isinstance(config, Mapping):
+        obs.miss(
+            f"{name} has no Hugging Face config: model states predicted from its parameter tensors, peak not predicted"
+        )
+        return None
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        obs.miss(
+            f"model_type {model_type!r} is not modelled (supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}): peak not predicted"
+        )
+        return model_type
+    family = FAMILIES[model_type]
+    try:
+        spec = ModelSpec(name, model_type, dict(config), family.task)
+    except MemprofUserError as exc:
+        obs.miss(f"the model's config is not usable ({exc}): peak not predicted")
+        return model_type
+    trainable = sum(p.numel for p in obs.params) if obs.params else obs.parameters
+    if spec.num_parameters != obs.parameters or trainable != obs.parameters:
+        obs.miss(
+            f"{name} has {obs.parameters:,} parameters ({trainable:,} trainable) but memprof's "
+            f"{family.head_class} of this config has {spec.num_parameters:,}: model states predicted "
+            f"from the parameter tensors, peak not predicted"
+        )
+        return model_type
+    obs.model = spec
+    return model_type
+
+
+def observe(profile: Any) -> Observed:
+    """What the profile (a Profile, its record or dict) shows about the run, in the estimate's terms."""
+    record = as_profile_record(profile)
+    settings = record.settings.values
+    obs = Observed(device=str(record.device or "cpu").split(":")[0])
+    if settings.get("model") is None:
+        obs.miss("no model was seen (pass it to memprof.track): nothing to predict", "all")
+        return obs
+    model_type = _model(settings, obs)
+    config = settings.get("hf_config") or {}
+    _optimizer(settings, obs)
+    obs.precision = precision_of(settings.get("param_dtypes") or {}, settings.get("autocast_dtype"))
+    if obs.precision is None:
+        obs.miss(
+            f"parameters in {settings.get('param_dtypes')} with autocast "
+            f"{settings.get('autocast_dtype')}: no memprof precision matches, no prediction",
+            "all",
+        )
+    _shapes(settings, model_type, obs)
+    attn = settings.get("attn_implementation") or config.get("_attn_implementation")
+    if attn is not None:
+        obs.attention = ATTENTION_NAMES.get(attn)
+        if obs.attention is None:
+            obs.peak_unknown = True
+            obs.miss(f"attention {attn!r} is not modelled (eager, sdpa, flash_attention_2): peak not predicted")
+    obs.checkpointing = "full" if settings.get("gradient_checkpointing") else "none"
+    steps, backwards = settings.get("optimizer_steps") or 0, settings.get("backward_calls") or 0
+    # LBFGS runs forward and backward inside step() through its closure: not accumulation
+    if steps and backwards > steps and backwards % steps == 0 and obs.optimizer != "lbfgs":
+        obs.grad_accumulation = backwards // steps
+    return obs
+
+
+# -- the estimate -------------------------------------------------------------------------------
+
+
+class _Tensors:
+    """The parameter tensors of a model memprof has no config for (what model_state_bytes reads)."""
+
+    def __init__(self, params: tuple[ParamTensor, ...]) -> None:
+        self._params = params
+
+    def parameter_tensors(self) -> tuple[ParamTensor, ...]:
+        return self._params
+
+
+def _settings(obs: Observed) -> EstimateSettings:
+    """The settings of an estimate of `obs` made without the estimator (model states only)."""
+    kw = obs.estimate_kwargs()
+    return EstimateSettings(
+        optimizer=obs.optimizer,
+        precision=obs.precision,
+        batch_size=kw["batch_size"],
+        seq_len=obs.seq_len,
+        checkpointing=obs.checkpointing,
+        attention=kw["attention"],
+        device=obs.device,
+        grad_accumulation=obs.grad_accumulation,
+    )
+
+
+def _model_states_only(obs: Observed) -> EstimateRecord | None:
+    """An estimate holding model states only (parameters of every tensor, gradients and optimizer
+    states of the trainable ones; optimizer states None for an unknown optimizer) and no peak; None
+    when the precision is unknown."""
+    from memprof.estimators.estimation import model_state_bytes
+    from memprof.estimators.optimizers import get_optimizer
+    from memprof.estimators.precision import get_precision
+
+    if obs.precision is None or not obs.params:
+        return None
+    prec = get_precision(obs.precision)
+    opt = get_optimizer(obs.optimizer or "sgd")
+    try:
+        by_cat, breakdown = model_state_bytes(_Tensors(obs.params), opt, prec, obs.device, **obs.optimizer_options)
+    except MemprofUserError as exc:
+        obs.miss(f"the optimizer's options cannot be modelled: {exc}", "all")
+        return None
+    known = obs.optimizer is not None
+    states = ModelStates(
+        parameters=(obs.parameters or 0) * prec.param_bytes,
+        gradients=by_cat["gradients"],
+        optimizer_states=by_cat["optimizer_states"] if known else None,
+    )
+    return EstimateRecord(
+        model=None,
+        parameters=obs.parameters,
+        settings=_settings(obs),
+        model_states=states,
+        optimizer_state_breakdown=breakdown if known else {},
+        peak=Peak.unknown(),
+    )
+
+
+def predict(obs: Observed) -> EstimateRecord | None:
+    """The estimate of `obs`: a full estimate when the model's architecture is known, model
+    states only otherwise (or when the estimator cannot give the rest: its reason is appended to
+    `obs.missing`); None when nothing can be predicted (no precision)."""
+    from memprof.estimators.estimation import estimate
+
+    if obs.precision is None:
+        return None
+    if obs.model is None:
+        return _model_states_only(obs)
+    kwargs = obs.estimate_kwargs()
+    kwargs["optimizer"] = obs.optimizer or "sgd"  # parameters and gradients do not depend on it
+    try:
+        try:
+            est = as_estimate_record(estimate(obs.model, **kwargs, **obs.step_options))
+        except MemprofUserError:
+            if not obs.step_options:
+                raise
+            est = as_estimate_record(estimate(obs.model, **kwargs))
+            obs.miss(
+                f"the estimator does not take {obs.step_options}: the step's temporaries "
+                f"are predicted for the registry defaults"
+            )
+    except MemprofUserError as exc:
+        obs.miss(f"the estimator cannot predict the peak: {exc}")
+        if not obs.params:
+            obs.params = tuple(obs.model.parameter_tensors())
+            obs.parameters = obs.model.num_parameters
+        return _model_states_only(obs)
+    if obs.optimizer is None:  # an unknown optimizer: its states and the peak are not predicted
+        return est.without_optimizer()
+    if obs.batch_size is None or obs.peak_unknown:
+        return est.without_peak()
+    return est
+
+
+def observed_estimate(profile: Any) -> tuple[EstimateRecord | None, Observed]:
+    """The estimate of what `profile` observed (None when nothing can be predicted)."""
+    obs = observe(profile)
+    return predict(obs), obs
+
+
+def compare_observed(profile: Any) -> Any:
+    """`Profile.compare()`: the comparison frame of a profile against the estimate of what it observed."""
+    prof = as_profile_record(profile)
+    est, obs = observed_estimate(prof)
+    frame = comparison_frame(est, prof, missing_prediction=obs.why)
+    frame.attrs["observed"] = obs.estimate_kwargs()
+    frame.attrs["missing"] = list(obs.missing)
+    return frame

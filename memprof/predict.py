@@ -1,0 +1,78 @@
+"""`memprof.estimate` and `memprof.fit`: the analytic estimator for any MODEL a user can name.
+
+A MODEL is a preset name, a Hugging Face config.json (or a folder holding one), a `ModelSpec`, or
+`package.module:factory` — a function returning a Hugging Face model, built on the meta device
+(memprof/factory.py; the one path that imports torch). `memprof.estimators` knows the first three and
+stays torch-free; this module adds the factory and is what the CLI and the public API call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from memprof.estimators.estimation import Estimate
+from memprof.estimators.estimation import estimate as _estimate
+from memprof.estimators.fit import DEFAULT_HEADROOM, FitResult
+from memprof.estimators.fit import fit as _fit
+from memprof.estimators.models import ModelSpec, is_factory_ref, load_model
+
+__all__ = ["estimate", "fit", "optimizer_rows", "resolve_model"]
+
+
+def resolve_model(model: str | ModelSpec) -> ModelSpec:
+    """The ModelSpec a MODEL names (a factory reference is built on the meta device and checked)."""
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, str) and is_factory_ref(model.strip()) and not Path(model.strip()).exists():
+        from memprof.factory import spec_from_factory
+
+        return spec_from_factory(model.strip())
+    return load_model(model)
+
+
+def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = "bf16-mixed", **knobs: Any) -> Estimate:
+    """Predict the memory of training `model` with `optimizer` at `precision`, per device.
+
+    `knobs` are those of `memprof.estimators.estimation.estimate` (batch_size, seq_len,
+    checkpointing, attention, device, gpus, zero, offload, gpu, grad_accumulation, optimizer_impl,
+    cuda_version, alloc_conf, and the optimizer's own options). The result's `.record` is the
+    `EstimateRecord` every report reads; `.to_dict()` is its JSON.
+    """
+    return _estimate(resolve_model(model), optimizer, precision, **knobs)
+
+
+def fit(
+    model: str | ModelSpec,
+    gpu: str,
+    *,
+    headroom: str | int = DEFAULT_HEADROOM,
+    batch_size: int | None = None,
+    seq_len: int | str | None = None,
+    **knobs: Any,
+) -> FitResult:
+    """The largest batch size (or, with seq_len="auto", sequence) of `model` that fits `gpu`."""
+    return _fit(resolve_model(model), gpu, headroom=headroom, batch_size=batch_size, seq_len=seq_len, **knobs)
+
+
+def optimizer_rows(model: str | ModelSpec, **knobs: Any) -> list[dict[str, object]]:
+    """One plain row per registered optimizer, grouped by family, cheapest first within a family."""
+    from memprof.estimators.optimizers import OPTIMIZERS, Family
+
+    spec = resolve_model(model)
+    family_order = {family: i for i, family in enumerate(Family)}
+    rows = []
+    for opt in OPTIMIZERS.values():
+        result = _estimate(spec, opt.name, **knobs)
+        full_states = result.full_model_states["optimizer_states"]
+        rows.append({
+            "family": opt.family.value, "optimizer": opt.name, "implementation": opt.implementation,
+            "state_bytes_per_param": full_states / result.parameters,
+            "optimizer_states": result.model_states["optimizer_states"],
+            "model_states": result.model_state_bytes,
+            "peak": result.device_total, "fits": result.fits,
+            "_order": (family_order[opt.family], full_states, opt.name)})
+    rows.sort(key=lambda row: row["_order"])
+    for row in rows:
+        del row["_order"]
+    return rows
