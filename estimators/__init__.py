@@ -1,4 +1,5 @@
 """Analytic memory estimators: pure Python, no torch import (installed as `memprof.estimators`)."""
+
 from .errors import MemprofUserError
 from .vocabulary import CATEGORIES, PHASES, Category, Phase
 

@@ -22,6 +22,7 @@ the kernels PyTorch picks:
 
 The `Trace` keeps these records in execution order; `saved_tensors` and the timeline read them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,10 +41,10 @@ class T:
     numel: int
     dtype: str
     name: str
-    kind: str = "act"          # "act" (activation), "param", "const" (no grad), "index" (integer)
+    kind: str = "act"  # "act" (activation), "param", "const" (no grad), "index" (integer)
     layer: int | None = None
-    contig: bool = False       # known to be contiguous (a matmul can use it without a copy)
-    is_input: bool = False     # part of the batch handed to the model
+    contig: bool = False  # known to be contiguous (a matmul can use it without a copy)
+    is_input: bool = False  # part of the batch handed to the model
 
     @property
     def nbytes(self) -> int:
@@ -64,8 +65,8 @@ class Op:
     inputs: tuple[T, ...]
     outputs: tuple[T, ...]
     saved: tuple[tuple[str, T], ...]
-    core: bool = False              # part of the attention core (recomputed by selective checkpointing)
-    region: Region | None = None    # checkpoint region it belongs to (set by build_trace)
+    core: bool = False  # part of the attention core (recomputed by selective checkpointing)
+    region: Region | None = None  # checkpoint region it belongs to (set by build_trace)
 
 
 def promote(*dtypes: str) -> str:
@@ -91,15 +92,15 @@ class Trace:
     device: str
     training: bool
     ops: list[Op] = field(default_factory=list)
-    held: list[T] = field(default_factory=list)   # kept by the caller: batch, logits, kv cache, loss (last)
+    held: list[T] = field(default_factory=list)  # kept by the caller: batch, logits, kv cache, loss (last)
     params: dict[str, T] = field(default_factory=dict)
-    buffers: dict[str, int] = field(default_factory=dict)   # module buffers: name -> bytes
-    weight_casts: dict[str, T] = field(default_factory=dict)   # autocast weight cache, per forward
+    buffers: dict[str, int] = field(default_factory=dict)  # module buffers: name -> bytes
+    weight_casts: dict[str, T] = field(default_factory=dict)  # autocast weight cache, per forward
     layer: int | None = None
     module: str = ""
     core: bool = False
     checkpointing: str = "none"
-    sharded_params: bool = False   # ZeRO-3 / FSDP full-shard: weights are gathered per layer (see lowp)
+    sharded_params: bool = False  # ZeRO-3 / FSDP full-shard: weights are gathered per layer (see lowp)
 
     # -- tensors ------------------------------------------------------------------------------
     def act(self, numel: int, dtype: str, name: str, kind: str = "act") -> T:
@@ -123,10 +124,8 @@ class Trace:
         self.held += list(tensors)
         self.record("inputs", [], list(tensors))
 
-    def record(self, op: str, inputs: Sequence[T], outputs: Sequence[T],
-               saved: Sequence[tuple[str, T]] = ()) -> None:
-        self.ops.append(Op(op, self.module, self.layer, tuple(inputs), tuple(outputs),
-                           tuple(saved), core=self.core))
+    def record(self, op: str, inputs: Sequence[T], outputs: Sequence[T], saved: Sequence[tuple[str, T]] = ()) -> None:
+        self.ops.append(Op(op, self.module, self.layer, tuple(inputs), tuple(outputs), tuple(saved), core=self.core))
 
     # -- autocast -----------------------------------------------------------------------------
     def lowp(self, x: T) -> T:
@@ -170,8 +169,7 @@ class Trace:
         if bias is not None:
             bias = self.lowp(bias)
         rows = x.numel // (weight.numel // out_features)
-        out = self.act(rows * out_features, xi.dtype if self.autocast else promote(x.dtype, weight.dtype),
-                       "linear")
+        out = self.act(rows * out_features, xi.dtype if self.autocast else promote(x.dtype, weight.dtype), "linear")
         saved = [("input", xi)]
         if wi.kind != "param":
             saved.append(("weight", wi))
@@ -289,12 +287,11 @@ class Trace:
         q, k, v = self.lowp(q), self.lowp(k), self.lowp(v)
         out = self.act(out_numel, q.dtype, "sdpa_out")
         rows = self.batch_size * heads * self.seq_len
-        if kernel == "efficient":   # CUDA mem-efficient pads the lse rows to a multiple of 32
+        if kernel == "efficient":  # CUDA mem-efficient pads the lse rows to a multiple of 32
             rows = self.batch_size * heads * (-(-self.seq_len // 32) * 32)
         lse = self.act(rows, "float32", "logsumexp", "const")
-        outs, saved = [out, lse], [("query", q), ("key", k), ("value", v), ("output", out),
-                                   ("logsumexp", lse)]
-        if self.device != "cpu":     # philox seed and offset
+        outs, saved = [out, lse], [("query", q), ("key", k), ("value", v), ("output", out), ("logsumexp", lse)]
+        if self.device != "cpu":  # philox seed and offset
             rng = self.act(2, "int64", "philox", "index")
             outs.append(rng)
             saved.append(("philox", rng))
@@ -305,8 +302,7 @@ class Trace:
             out = self.copy(out, "attn_out")
         return out
 
-    def cross_entropy(self, logits: T, vocab: int, rows: int, labels: T | None = None,
-                      upcast: bool = True) -> T:
+    def cross_entropy(self, logits: T, vocab: int, rows: int, labels: T | None = None, upcast: bool = True) -> T:
         """cross_entropy: log_softmax (output saved) + nll_loss (int64 targets and a scalar weight).
 
         upcast: the caller runs it on logits.float() (transformers' causal-LM and masked-LM loss
@@ -323,6 +319,7 @@ class Trace:
             self.record("labels", [], [target])
         total_weight = self.act(1, dtype, "total_weight", "const")
         loss = self.act(1, dtype, "loss")
-        self.record("nll_loss", [logp, target], [loss, total_weight],
-                    [("target", target), ("total_weight", total_weight)])
+        self.record(
+            "nll_loss", [logp, target], [loss, total_weight], [("target", target), ("total_weight", total_weight)]
+        )
         return loss

@@ -341,8 +341,9 @@ def estimate(
     ).build(cuda_version, optimizer_options)
 
 
-def _activation_settings(spec: ModelSpec, prec: Precision, settings: Settings, seq_len: int,
-                         strategy: ParallelStrategy | None = None) -> ActivationSettings:
+def _activation_settings(
+    spec: ModelSpec, prec: Precision, settings: Settings, seq_len: int, strategy: ParallelStrategy | None = None
+) -> ActivationSettings:
     from .activations import ActivationSettings
 
     if strategy is None:
@@ -424,7 +425,9 @@ class _StepEstimator:
 
             context = cuda_context_bytes(self.gpu, cuda_version)
             sim = self._allocator_replay(act, step_scratch, blas, optimizer_options)
-            timeline = sim.run.timeline  # the replay ran the step timeline; its byte totals are ours
+            replayed = sim.run.timeline  # the replay ran the step timeline; its byte totals are ours
+            assert replayed is not None  # compose_run leaves it None only for event lists it did not build
+            timeline = replayed
         else:
             timeline = step_timeline(
                 spec,
@@ -606,7 +609,8 @@ def _resolve_seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) 
     embeddings (the lookup would fail) and a warning for rotary ones (it runs, quality degrades).
     """
     if spec.model_type == "vit":
-        tokens: int = spec.num_patches + 1
+        assert spec.num_patches is not None  # a ViT's config always gives its patches
+        tokens = spec.num_patches + 1
         if seq_len is not None and seq_len != tokens:
             raise ParameterError(
                 f"{spec.name} sees {tokens} tokens per image ({spec.num_patches} patches "
@@ -614,7 +618,8 @@ def _resolve_seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) 
                 "seq_len",
             )
         return tokens
-    max_positions: int = spec.max_positions
+    max_positions = spec.max_positions
+    assert max_positions is not None  # every text family has a position limit
     if seq_len is None:
         return min(max_positions, DEFAULT_MAX_SEQ_LEN)
     if seq_len > max_positions:

@@ -5,6 +5,7 @@ A `ModelSpec` knows the exact parameter tensors of the Hugging Face head class t
 importing torch or transformers from its family's description (memprof.estimators.families).
 `load_model` accepts a preset name or alias, a config.json path, or a folder holding one.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,20 @@ from .errors import MemprofUserError, unknown_name
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Dims
 from .tensors import ParamTensor
 
-__all__ = ["ModelSpec", "SUPPORTED_MODEL_TYPES", "TASKS", "FACTORY_REF", "is_factory_ref", "load_model",
-           "normalize_config", "preset_aliases", "preset_info", "preset_names", "spec_from_config",
-           "spec_from_config_file"]
+__all__ = [
+    "ModelSpec",
+    "SUPPORTED_MODEL_TYPES",
+    "TASKS",
+    "FACTORY_REF",
+    "is_factory_ref",
+    "load_model",
+    "normalize_config",
+    "preset_aliases",
+    "preset_info",
+    "preset_names",
+    "spec_from_config",
+    "spec_from_config_file",
+]
 
 TASKS = ("causal-lm", "masked-lm", "image-classification")
 # MODEL as `package.module:factory` (memprof.factory builds it; that needs torch, so not here)
@@ -39,12 +51,12 @@ def is_factory_ref(ref: str) -> bool:
 class ModelSpec:
     """One model: its normalized Hugging Face config and the parameters of its training head class."""
 
-    name: str                       # preset name ("gpt2-1.5b") or the config path given
-    model_type: str                 # HF model_type
-    config: Mapping[str, Any]       # config.json fields with transformers' defaults applied (read-only)
-    task: str                       # "causal-lm" | "masked-lm" | "image-classification"
+    name: str  # preset name ("gpt2-1.5b") or the config path given
+    model_type: str  # HF model_type
+    config: Mapping[str, Any]  # config.json fields with transformers' defaults applied (read-only)
+    task: str  # "causal-lm" | "masked-lm" | "image-classification"
     hf_id: str | None = None
-    source: str = ""                # where the figures come from
+    source: str = ""  # where the figures come from
     _dims: Dims = field(init=False, repr=False, compare=False)
     _params: tuple[ParamTensor, ...] = field(init=False, repr=False, compare=False)
 
@@ -59,12 +71,13 @@ class ModelSpec:
             )
         config = dict(self.config)
         if config.setdefault("model_type", self.model_type) != self.model_type:
-            raise MemprofUserError(f"{self.name}: config model_type {config['model_type']!r} "
-                                   f"differs from {self.model_type!r}")
+            raise MemprofUserError(
+                f"{self.name}: config model_type {config['model_type']!r} differs from {self.model_type!r}"
+            )
         # idempotent: a raw config.json dict and an already normalized one give the same result
         config = normalize_config(config, where=self.name)
         object.__setattr__(self, "config", MappingProxyType(config))
-        dims = family.describe(self.config)       # one description feeds the parameters and the replay
+        dims = family.describe(self.config)  # one description feeds the parameters and the replay
         object.__setattr__(self, "_dims", dims)
         object.__setattr__(self, "_params", tuple(family.tensors(dims)))
 
@@ -141,7 +154,7 @@ class ModelSpec:
 
     @property
     def norm(self) -> str:
-        """"layernorm" or "rmsnorm"."""
+        """ "layernorm" or "rmsnorm"."""
         return self._dims.norm
 
     @property
@@ -171,8 +184,10 @@ def load_model(ref: str) -> ModelSpec:
     aliases = preset_aliases()
     path = Path(ref).expanduser()
     if is_factory_ref(ref) and not path.exists():
-        raise MemprofUserError(f"model {ref!r} is a factory reference: it needs torch, so resolve it with "
-                               "memprof.estimate(...) or the memprof CLI, not memprof.estimators")
+        raise MemprofUserError(
+            f"model {ref!r} is a factory reference: it needs torch, so resolve it with "
+            "memprof.estimate(...) or the memprof CLI, not memprof.estimators"
+        )
     # an existing config file or model folder wins over a preset of the same spelling
     if path.is_file():
         return spec_from_config_file(path, name=ref)
@@ -200,9 +215,7 @@ def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpe
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise MemprofUserError(
-            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+        raise MemprofUserError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(raw, dict):
         raise MemprofUserError(f"{path}: a config.json must hold a JSON object, found {type(raw).__name__}")
     return spec_from_config(raw, name=name or str(path), where=str(path), source=f"config file {path}")
@@ -214,8 +227,14 @@ def spec_from_config(raw: Mapping[str, Any], *, name: str, where: str, source: s
         raise MemprofUserError(f"{where}: no 'model_type' field; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     config = normalize_config(raw, where=where)
     family = FAMILIES[config["model_type"]]
-    return ModelSpec(name=name, model_type=family.model_type, config=config, task=family.task,
-                     hf_id=raw.get("_name_or_path") or None, source=source)
+    return ModelSpec(
+        name=name,
+        model_type=family.model_type,
+        config=config,
+        task=family.task,
+        hf_id=raw.get("_name_or_path") or None,
+        source=source,
+    )
 
 
 def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
@@ -237,8 +256,9 @@ def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str,
             config.setdefault(canonical, value)
     for key in family.required:
         if key not in config or config[key] is None:
-            raise MemprofUserError(f"{where}: required field {key!r} is missing ({model_type} needs "
-                                   f"{', '.join(family.required)})")
+            raise MemprofUserError(
+                f"{where}: required field {key!r} is missing ({model_type} needs {', '.join(family.required)})"
+            )
         _check_positive_int(config, key, where)
     for key in family.optional_ints:
         if config.get(key) is not None:
@@ -321,8 +341,14 @@ def _load_preset(name: str) -> ModelSpec:
     path = _preset_files()[name]
     data = _read_preset_json(path)
     config = normalize_config(data["config"], where=str(path))
-    return ModelSpec(name=name, model_type=config["model_type"], config=config, task=data["task"],
-                     hf_id=data["hf_id"], source=data["source"])
+    return ModelSpec(
+        name=name,
+        model_type=config["model_type"],
+        config=config,
+        task=data["task"],
+        hf_id=data["hf_id"],
+        source=data["source"],
+    )
 
 
 def preset_info(name: str) -> dict[str, Any]:

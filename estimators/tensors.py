@@ -1,4 +1,5 @@
 """Plain descriptions of tensors: what a model's parameters and an optimizer's states are made of."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ class ParamTensor:
 
     name: str
     shape: tuple[int, ...]
-    dtype: str | None = None     # torch's name; None: the training precision's parameter dtype
-    trainable: bool = True       # False: frozen (requires_grad=False: no gradient, no optimizer state)
+    dtype: str | None = None  # torch's name; None: the training precision's parameter dtype
+    trainable: bool = True  # False: frozen (requires_grad=False: no gradient, no optimizer state)
 
     @property
     def numel(self) -> int:
@@ -25,10 +26,10 @@ class ParamTensor:
 class StateTensor:
     """One tensor an optimizer keeps for a parameter (or globally, with `param` None)."""
 
-    key: str                     # the key in optimizer.state[p], e.g. "exp_avg", "step"
+    key: str  # the key in optimizer.state[p], e.g. "exp_avg", "step"
     shape: tuple[int, ...]
-    dtype: str                   # torch's name: "float32", "bfloat16", "uint8", ...
-    param: str | None = None     # the parameter it belongs to
+    dtype: str  # torch's name: "float32", "bfloat16", "uint8", ...
+    param: str | None = None  # the parameter it belongs to
 
     @property
     def numel(self) -> int:

@@ -3,6 +3,7 @@
 Predicted and measured figures line up by construction because both sides key their bytes by these
 strings (see docs/architecture.md). They are `str` enums so that JSON and DataFrames carry the plain values.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -14,7 +15,7 @@ class Category(str, Enum):
     OPTIMIZER_STATES = "optimizer_states"
     ACTIVATIONS = "activations"
     TEMPORARY = "temporary"
-    CUDA_CONTEXT = "cuda_context"    # device memory outside the caching allocator
+    CUDA_CONTEXT = "cuda_context"  # device memory outside the caching allocator
     FRAGMENTATION = "fragmentation"  # reserved - allocated: cached and stranded blocks
 
     def __str__(self) -> str:
@@ -32,11 +33,18 @@ class Phase(str, Enum):
 
 CATEGORIES: tuple[str, ...] = tuple(c.value for c in Category)
 MODEL_STATE_CATEGORIES: tuple[str, ...] = (
-    Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value)
+    Category.PARAMETERS.value,
+    Category.GRADIENTS.value,
+    Category.OPTIMIZER_STATES.value,
+)
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 TENSOR_CATEGORIES: tuple[str, ...] = (
-    Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
-    Category.ACTIVATIONS.value, Category.TEMPORARY.value)
+    Category.PARAMETERS.value,
+    Category.GRADIENTS.value,
+    Category.OPTIMIZER_STATES.value,
+    Category.ACTIVATIONS.value,
+    Category.TEMPORARY.value,
+)
 
 # The training knobs' vocabularies, defined once for the estimator, the CLI and the activation replay.
 CHECKPOINTING: tuple[str, ...] = ("none", "selective", "full")

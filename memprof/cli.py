@@ -4,6 +4,7 @@ Each subcommand lives in `memprof.commands.<name>` and only parses arguments and
 heavy imports (torch, pandas, matplotlib) happen inside the commands that need them, so that
 `memprof estimate` starts fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,7 @@ from memprof.estimators.errors import MemprofError
 # Parameters whose flag is not `--` + the name with dashes (the model is the MODEL argument).
 FLAGS: dict[str, str] = {"model": "MODEL"}
 
-USAGE_ERROR = 2     # what a user's mistake exits with (click's own usage errors use it too)
+USAGE_ERROR = 2  # what a user's mistake exits with (click's own usage errors use it too)
 
 # name -> module under memprof.commands exposing a click command of the same name
 COMMANDS: dict[str, str] = {

@@ -61,18 +61,24 @@ def optimizer_rows(model: str | ModelSpec, **knobs: Any) -> list[dict[str, objec
 
     spec = resolve_model(model)
     family_order = {family: i for i, family in enumerate(Family)}
-    rows = []
+    ordered: list[tuple[tuple[int, int, str], dict[str, object]]] = []
     for opt in OPTIMIZERS.values():
         result = _estimate(spec, opt.name, **knobs)
         full_states = result.full_model_states["optimizer_states"]
-        rows.append({
-            "family": opt.family.value, "optimizer": opt.name, "implementation": opt.implementation,
-            "state_bytes_per_param": full_states / result.parameters,
-            "optimizer_states": result.model_states["optimizer_states"],
-            "model_states": result.model_state_bytes,
-            "peak": result.device_total, "fits": result.fits,
-            "_order": (family_order[opt.family], full_states, opt.name)})
-    rows.sort(key=lambda row: row["_order"])
-    for row in rows:
-        del row["_order"]
-    return rows
+        ordered.append(
+            (
+                (family_order[opt.family], full_states, opt.name),
+                {
+                    "family": opt.family.value,
+                    "optimizer": opt.name,
+                    "implementation": opt.implementation,
+                    "state_bytes_per_param": full_states / result.parameters,
+                    "optimizer_states": result.model_states["optimizer_states"],
+                    "model_states": result.model_state_bytes,
+                    "peak": result.device_total,
+                    "fits": result.fits,
+                },
+            )
+        )
+    ordered.sort(key=lambda pair: pair[0])
+    return [row for _, row in ordered]

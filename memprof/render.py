@@ -1,4 +1,5 @@
 """Rendering of estimates for people (aligned tables) and for tools (CSV). Plain records in, text out."""
+
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,15 @@ from memprof.estimators.units import format_bytes
 from memprof.estimators.vocabulary import CATEGORIES
 
 ABSENT = "—"
-_LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_states": "optimizer states",
-           "activations": "activations", "temporary": "temporary buffers",
-           "cuda_context": "CUDA context", "fragmentation": "fragmentation"}
+_LABELS = {
+    "parameters": "parameters",
+    "gradients": "gradients",
+    "optimizer_states": "optimizer states",
+    "activations": "activations",
+    "temporary": "temporary buffers",
+    "cuda_context": "CUDA context",
+    "fragmentation": "fragmentation",
+}
 
 
 def _bytes(value: int | None) -> str:
@@ -83,10 +90,16 @@ def _notes(record: EstimateRecord) -> dict[str, str]:
     )
     if whole and not device:
         parts = "offloaded to CPU RAM (below)"
-    notes = {"parameters": labels.param_dtype, "gradients": labels.grad_dtype or "", "optimizer_states": parts or "none"}
+    notes = {
+        "parameters": labels.param_dtype,
+        "gradients": labels.grad_dtype or "",
+        "optimizer_states": parts or "none",
+    }
     ckpt = "" if s.checkpointing == "none" else f", {s.checkpointing} checkpointing"
     saved = "-" if record.activations_saved is None else format_bytes(record.activations_saved)
-    notes["peak:activations"] = f"{s.attention} attention ({s.attention_kernel} kernel){ckpt}; {saved} saved at forward end"
+    notes["peak:activations"] = (
+        f"{s.attention} attention ({s.attention_kernel} kernel){ckpt}; {saved} saved at forward end"
+    )
     temps = dict(record.temporary_breakdown)
     step = temps.pop("optimizer_step", None)
     temp_parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in temps.items() if v]
@@ -151,27 +164,39 @@ def estimate_csv(record: EstimateRecord) -> str:
 def fit_table(record: dict[str, Any]) -> str:
     """The human table of `memprof fit`, from its JSON record."""
     s = record["settings"]
-    budget = (f"{format_bytes(record['usable'])} usable, {format_bytes(record['headroom'])} headroom: "
-              f"budget {format_bytes(record['budget'])}")
-    lines = [f"{record['model']} on {record['gpu']} ({budget})",
-             f"{s.get('optimizer', 'adamw')} · {s.get('precision', 'bf16-mixed')} · checkpointing "
-             f"{s.get('checkpointing', 'none')} · attention {s.get('attention', 'auto')} · "
-             f"{s.get('gpus', 1)} GPU{'s' if s.get('gpus', 1) != 1 else ''} · ZeRO {s.get('zero', 0)}", ""]
+    budget = (
+        f"{format_bytes(record['usable'])} usable, {format_bytes(record['headroom'])} headroom: "
+        f"budget {format_bytes(record['budget'])}"
+    )
+    lines = [
+        f"{record['model']} on {record['gpu']} ({budget})",
+        f"{s.get('optimizer', 'adamw')} · {s.get('precision', 'bf16-mixed')} · checkpointing "
+        f"{s.get('checkpointing', 'none')} · attention {s.get('attention', 'auto')} · "
+        f"{s.get('gpus', 1)} GPU{'s' if s.get('gpus', 1) != 1 else ''} · ZeRO {s.get('zero', 0)}",
+        "",
+    ]
     best, nxt = record["best"], record["next_up"]
     if record["searched"] == "seq_len":
-        lines.append(f"longest sequence that fits at batch {best['batch_size']}: {record['max_seq_len']:,} "
-                     f"(peak {format_bytes(best['device_total'])} at {best['phase']})")
+        lines.append(
+            f"longest sequence that fits at batch {best['batch_size']}: {record['max_seq_len']:,} "
+            f"(peak {format_bytes(best['device_total'])} at {best['phase']})"
+        )
         if nxt:
             lines.append(f"  sequence {nxt['seq_len']:,} would need {format_bytes(nxt['device_total'])}")
     else:
-        lines.append(f"largest batch size that fits at sequence {best['seq_len']:,}: {record['max_batch_size']} "
-                     f"(peak {format_bytes(best['device_total'])} at {best['phase']})")
+        lines.append(
+            f"largest batch size that fits at sequence {best['seq_len']:,}: {record['max_batch_size']} "
+            f"(peak {format_bytes(best['device_total'])} at {best['phase']})"
+        )
         if nxt:
             lines.append(f"  batch {nxt['batch_size']} would need {format_bytes(nxt['device_total'])}")
     ref = record["reference"]
     if record["knobs"]:
-        lines += ["", f"one knob at a time, at batch {ref['batch_size']} × sequence {ref['seq_len']:,} "
-                      f"(peak {format_bytes(ref['device_total'])}):"]
+        lines += [
+            "",
+            f"one knob at a time, at batch {ref['batch_size']} × sequence {ref['seq_len']:,} "
+            f"(peak {format_bytes(ref['device_total'])}):",
+        ]
         rows = [("knob", "peak", "saves", "fits")]
         for k in record["knobs"]:
             rows.append((k["knob"], format_bytes(k["peak"]), format_bytes(k["saves"]), "yes" if k["fits"] else "no"))
@@ -189,8 +214,17 @@ def optimizers_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         fits = {True: "yes", False: "no", None: ""}[row["fits"]]
         peak = "—" if row["peak"] is None else format_bytes(row["peak"])
-        table.append((row["family"], row["optimizer"], f"{row['state_bytes_per_param']:.2f}",
-                      format_bytes(row["optimizer_states"]), format_bytes(row["model_states"]), peak, fits))
+        table.append(
+            (
+                row["family"],
+                row["optimizer"],
+                f"{row['state_bytes_per_param']:.2f}",
+                format_bytes(row["optimizer_states"]),
+                format_bytes(row["model_states"]),
+                peak,
+                fits,
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     previous_family = None
     for i, r in enumerate(table):
@@ -198,14 +232,14 @@ def optimizers_table(rows: list[dict[str, Any]]) -> str:
             lines.append("")
         previous_family = r[0] if i > 0 else None
         family = r[0] if i == 0 or r[0] != table[i - 1][0] else ""
-        cells = [f"{family:<{widths[0]}}", f"{r[1]:<{widths[1]}}"] + [
-            f"{c:>{w}}" for c, w in zip(r[2:], widths[2:])]
+        cells = [f"{family:<{widths[0]}}", f"{r[1]:<{widths[1]}}"] + [f"{c:>{w}}" for c, w in zip(r[2:], widths[2:])]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def replay_table(out: dict[str, Any]) -> str:
     """The replay report as aligned text lines (plain records in, lines out)."""
+
     def size(n: int | None) -> str:
         return "-" if n is None else f"{format_bytes(n)} ({n:,} B)"
 
@@ -213,8 +247,10 @@ def replay_table(out: dict[str, Any]) -> str:
     profile = out.get("source") == "profile"
     lines = []
     if profile and out["as_if_cuda"]:
-        lines.append(f"profile of a {out['device']} run replayed as if on CUDA: what the caching allocator "
-                     f"would reserve for the same tensors on a GPU")
+        lines.append(
+            f"profile of a {out['device']} run replayed as if on CUDA: what the caching allocator "
+            f"would reserve for the same tensors on a GPU"
+        )
     lines += [
         f"device {out['device']}   PYTORCH_CUDA_ALLOC_CONF {conf}   [{out['config_source']}]",
         f"capacity               {size(out['capacity']) if out['capacity'] is not None else 'unlimited'}",
@@ -228,32 +264,47 @@ def replay_table(out: dict[str, Any]) -> str:
     ]
     oom = out["oom"]
     if oom:
-        lines.append(f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
-                     f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
-                     f"(the figures above stop there)")
+        lines.append(
+            f"OUT OF MEMORY          at event {oom['event_index']:,}: asked {size(oom['requested'])} "
+            f"with {size(oom['allocated'])} allocated, {size(oom['reserved'])} reserved "
+            f"(the figures above stop there)"
+        )
     if profile:
         measured = out["profile"]
-        lines.append(f"profiled peak          {size(measured['peak_allocated'])} of live tensors (unrounded)"
-                     + (f", {size(measured['measured_reserved'])} reserved as measured"
-                        if measured["measured_reserved"] is not None else ""))
+        lines.append(
+            f"profiled peak          {size(measured['peak_allocated'])} of live tensors (unrounded)"
+            + (
+                f", {size(measured['measured_reserved'])} reserved as measured"
+                if measured["measured_reserved"] is not None
+                else ""
+            )
+        )
     else:
         trace = out["trace"]
         if not trace["complete"]:
-            lines.append(f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
-                         f"earlier allocations were skipped (raise max_entries of _record_memory_history)")
+            lines.append(
+                f"note                   the trace starts mid-run: {trace['unmatched_frees']} frees of "
+                f"earlier allocations were skipped (raise max_entries of _record_memory_history)"
+            )
         agreement = out["segment_agreement"]
         if agreement["trace_events"]:
-            lines.append(f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
-                         f"trace reproduced ({agreement['simulated_events']} simulated)")
-        lines.append(f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
-                     f"{size(out['snapshot']['reserved'])} reserved")
+            lines.append(
+                f"segment events         {agreement['matching']} of {agreement['trace_events']} in the "
+                f"trace reproduced ({agreement['simulated_events']} simulated)"
+            )
+        lines.append(
+            f"snapshot at dump       {size(out['snapshot']['allocated'])} allocated, "
+            f"{size(out['snapshot']['reserved'])} reserved"
+        )
     whatif = out.get("what_if")
     if whatif:
         lines.append("")
         lines.append(f"{'what if':<52} {'peak reserved':>14} {'frag':>6} {'retries':>7} {'oom':>4}")
         for row in [whatif["baseline"], *whatif["candidates"]]:
             label = row["change"] or "current settings"
-            lines.append(f"{label:<52} {format_bytes(row['peak_reserved']):>14} {row['fragmentation']:>6.1%} "
-                         f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}")
+            lines.append(
+                f"{label:<52} {format_bytes(row['peak_reserved']):>14} {row['fragmentation']:>6.1%} "
+                f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}"
+            )
         lines.append(whatif["recommendation"])
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """The exception tree: library messages name parameters, the CLI names flags, one line, exit 2."""
+
 import pytest
 
 import memprof
@@ -19,12 +20,13 @@ def test_the_tree():
     for cls in (UnknownNameError, ParameterError, RecordError):
         assert issubclass(cls, MemprofUserError)
     assert issubclass(UserCodeError, MemprofError) and not issubclass(UserCodeError, ValueError)
-    assert not hasattr(MemprofUserError("x"), "exit_code")   # the exit code is the CLI's business
+    assert not hasattr(MemprofUserError("x"), "exit_code")  # the exit code is the CLI's business
 
 
 def test_a_parameter_error_speaks_python_in_the_library_and_flags_on_the_cli():
-    err = ParameterError("{batch_size} must be at least 1; or set {seq_len} lower ({other} stays)",
-                         "batch_size", "seq_len")
+    err = ParameterError(
+        "{batch_size} must be at least 1; or set {seq_len} lower ({other} stays)", "batch_size", "seq_len"
+    )
     assert str(err) == "batch_size must be at least 1; or set seq_len lower ({other} stays)"
     assert err.cli_message(flag_of) == "--batch-size must be at least 1; or set --seq-len lower ({other} stays)"
 
@@ -39,18 +41,33 @@ def test_library_calls_name_parameters():
         memprof.estimate("gpt2-124m", checkpointing="some")
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["estimate", "gpt2-124m", "--batch-size", "0"],
-     "memprof: error: --batch-size must be a whole number from 1 to 1,048,576, got 0"),
-    (["estimate", "gpt2-124m", "--zero", "1", "--offload", "optimizer+parameters"],
-     "memprof: error: parameter offload needs ZeRO stage 3 (--zero 3); use --offload optimizer with stages 1 and 2"),
-    (["estimate", "gpt2-124m", "--device", "cpu", "--alloc-conf", "expandable_segments:True"],
-     "memprof: error: --alloc-conf configures the CUDA caching allocator; drop it with --device cpu"),
-    (["estimate", "gpt2-124m", "--seq-len", "4096"],
-     "memprof: error: --seq-len 4096 exceeds the 1024 learned positions of gpt2-124m; use --seq-len 1024 or less"),
-    (["estimate", "gpt2-124m", "--optimizer", "adamww"],
-     "memprof: error: unknown optimizer 'adamww'; did you mean adamw, adam, radam?"),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["estimate", "gpt2-124m", "--batch-size", "0"],
+            "memprof: error: --batch-size must be a whole number from 1 to 1,048,576, got 0",
+        ),
+        (
+            ["estimate", "gpt2-124m", "--zero", "1", "--offload", "optimizer+parameters"],
+            "memprof: error: parameter offload needs ZeRO stage 3 (--zero 3); "
+            "use --offload optimizer with stages 1 and 2",
+        ),
+        (
+            ["estimate", "gpt2-124m", "--device", "cpu", "--alloc-conf", "expandable_segments:True"],
+            "memprof: error: --alloc-conf configures the CUDA caching allocator; drop it with --device cpu",
+        ),
+        (
+            ["estimate", "gpt2-124m", "--seq-len", "4096"],
+            "memprof: error: --seq-len 4096 exceeds the 1024 learned positions of gpt2-124m; "
+            "use --seq-len 1024 or less",
+        ),
+        (
+            ["estimate", "gpt2-124m", "--optimizer", "adamww"],
+            "memprof: error: unknown optimizer 'adamww'; did you mean adamw, adam, radam?",
+        ),
+    ],
+)
 def test_the_cli_prints_one_line_with_flags_and_exits_2(capsys, argv, line):
     assert main(argv) == 2
     captured = capsys.readouterr()

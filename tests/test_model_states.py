@@ -1,4 +1,5 @@
 """Model states summed tensor by tensor: each tensor's dtype, gradients and states only where trainable."""
+
 from memprof.estimators.estimation import model_state_bytes
 from memprof.estimators.optimizers import get_optimizer
 from memprof.estimators.precision import get_precision
@@ -15,9 +16,11 @@ class _Model:
 
 def test_frozen_tensors_have_no_gradient_and_no_optimizer_state():
     # GIVEN a 1000 x 100 frozen base weight stored as uint8, and two trainable fp32 adapters
-    model = _Model(ParamTensor("base.weight", (1000, 100), dtype="uint8", trainable=False),
-                   ParamTensor("lora_A.weight", (8, 100), dtype="float32"),
-                   ParamTensor("lora_B.weight", (1000, 8), dtype="float32"))
+    model = _Model(
+        ParamTensor("base.weight", (1000, 100), dtype="uint8", trainable=False),
+        ParamTensor("lora_A.weight", (8, 100), dtype="float32"),
+        ParamTensor("lora_B.weight", (1000, 8), dtype="float32"),
+    )
     # WHEN AdamW trains it in 32-true on the CPU
     by_cat, breakdown = model_state_bytes(model, get_optimizer("adamw"), get_precision("32-true"), "cpu")
     adapters = 8 * 100 + 1000 * 8

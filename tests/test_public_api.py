@@ -1,4 +1,5 @@
 """The public surface: `memprof.__all__` resolves, nothing shadows a module, `import memprof` needs no torch."""
+
 import importlib
 import subprocess
 import sys
@@ -10,8 +11,18 @@ import memprof
 def test_every_public_name_resolves():
     for name in memprof.__all__:
         assert getattr(memprof, name) is not None, name
-    assert set(memprof.__all__) >= {"estimate", "fit", "track", "profile", "compare", "Profile",
-                                     "EstimateRecord", "ProfileRecord", "MemprofError", "MemprofUserError"}
+    assert set(memprof.__all__) >= {
+        "estimate",
+        "fit",
+        "track",
+        "profile",
+        "compare",
+        "Profile",
+        "EstimateRecord",
+        "ProfileRecord",
+        "MemprofError",
+        "MemprofUserError",
+    }
 
 
 def test_estimate_returns_the_record_downstream_code_reads():
@@ -25,6 +36,7 @@ def test_estimate_returns_the_record_downstream_code_reads():
 def test_no_public_function_shadows_a_module():
     # GIVEN every module of the package
     import memprof.profiler
+
     for name in ("profile", "track"):
         value = getattr(memprof.profiler, name)
         # THEN the decorator / context manager are functions, and no submodule of that name exists
@@ -33,7 +45,9 @@ def test_no_public_function_shadows_a_module():
 
 
 def test_import_memprof_and_estimate_load_no_heavy_library():
-    code = ("import sys, memprof; memprof.estimate('gpt2-1.5b'); "
-            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, memprof; memprof.estimate('gpt2-1.5b'); "
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

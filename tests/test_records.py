@@ -1,4 +1,5 @@
 """EstimateRecord: the estimate JSON as a frozen type, and its round trip."""
+
 import dataclasses
 import json
 
@@ -52,33 +53,43 @@ def test_without_optimizer_leaves_states_and_peak_unpredicted():
     data = record.to_dict()
     assert data["model_states"]["optimizer_states"] is None
     assert data["settings"]["optimizer"] is None
-    assert data["peak"] == {"phase": None, "allocated": None, "reserved": None, "device_total": None,
-                            "by_category": {}}
+    assert data["peak"] == {"phase": None, "allocated": None, "reserved": None, "device_total": None, "by_category": {}}
     assert record.model_states.total is None
     assert EstimateRecord.from_dict(data).to_dict() == data
 
 
 def test_an_older_estimate_without_the_new_keys_still_reads():
-    minimal = {"model": "gpt2-124m", "parameters": 124439808,
-               "settings": {"optimizer": "adamw", "precision": "bf16-mixed", "batch_size": 1, "seq_len": 1024},
-               "model_states": {"parameters": 1, "gradients": 2, "optimizer_states": 3},
-               "peak": {"phase": "backward", "allocated": 10, "reserved": 10, "device_total": 10,
-                        "by_category": {"activations": 4}}}
+    minimal = {
+        "model": "gpt2-124m",
+        "parameters": 124439808,
+        "settings": {"optimizer": "adamw", "precision": "bf16-mixed", "batch_size": 1, "seq_len": 1024},
+        "model_states": {"parameters": 1, "gradients": 2, "optimizer_states": 3},
+        "peak": {
+            "phase": "backward",
+            "allocated": 10,
+            "reserved": 10,
+            "device_total": 10,
+            "by_category": {"activations": 4},
+        },
+    }
     record = EstimateRecord.from_dict(minimal)
     assert record.model_states == ModelStates(1, 2, 3)
     assert record.peak.phase == "backward" and record.peak.by_category == {"activations": 4}
     assert record.timeline is None and record.gpu is None and record.warnings == ()
 
 
-@pytest.mark.parametrize("patch, message", [
-    (lambda d: d.pop("peak"), "'peak' must be an object"),
-    (lambda d: d["model_states"].update(gradients="12"), "model_states: 'gradients' must be an integer, got '12'"),
-    (lambda d: d["peak"].update(allocated=True), "peak: 'allocated' must be an integer, got True"),
-    (lambda d: d["settings"].update(batch_size=1.5), "settings: 'batch_size' must be an integer"),
-    (lambda d: d.update(warnings="oops"), "warnings must be a list of strings"),
-    (lambda d: d.update(timeline=[{"phase": "forward"}]), "timeline[0]: missing 'label'"),
-    (lambda d: d.update(gpu={"name": "x"}), "gpu: missing 'memory'"),
-])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        (lambda d: d.pop("peak"), "'peak' must be an object"),
+        (lambda d: d["model_states"].update(gradients="12"), "model_states: 'gradients' must be an integer, got '12'"),
+        (lambda d: d["peak"].update(allocated=True), "peak: 'allocated' must be an integer, got True"),
+        (lambda d: d["settings"].update(batch_size=1.5), "settings: 'batch_size' must be an integer"),
+        (lambda d: d.update(warnings="oops"), "warnings must be a list of strings"),
+        (lambda d: d.update(timeline=[{"phase": "forward"}]), "timeline[0]: missing 'label'"),
+        (lambda d: d.update(gpu={"name": "x"}), "gpu: missing 'memory'"),
+    ],
+)
 def test_a_malformed_estimate_names_the_field(patch, message):
     data = estimate("gpt2-124m", gpu="a100-80gb").to_dict()
     patch(data)

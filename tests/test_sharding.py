@@ -1,4 +1,5 @@
 """ZeRO partitioning and offload, anchored to the ZeRO paper's own example."""
+
 import pytest
 
 from memprof.estimators.errors import MemprofUserError
@@ -6,9 +7,11 @@ from memprof.estimators.parallel import ModelStateBytes, ParallelStrategy, Place
 from memprof.estimators.parallel import strategy_for as Sharding
 
 
-def place_model_states(parameters: int, gradients: int, states: int, fp32_grads: int,
-                       strategy: ParallelStrategy) -> Placement:
+def place_model_states(
+    parameters: int, gradients: int, states: int, fp32_grads: int, strategy: ParallelStrategy
+) -> Placement:
     return strategy.place(ModelStateBytes(parameters, gradients, states, fp32_grads))
+
 
 PSI = 7_500_000_000  # the ZeRO paper's Figure 1: 7.5B parameters, N_d = 64, K = 12
 
@@ -37,25 +40,29 @@ def test_stage_1_keeps_full_gradients_and_parameters():
 def test_optimizer_offload_moves_states_and_an_fp32_gradient_copy_to_the_host():
     placed = place_model_states(2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI, Sharding(gpus=1, zero=2, offload="optimizer"))
     assert placed.optimizer_states == 0
-    assert placed.gradients == 0          # only reduction buckets remain on the device
+    assert placed.gradients == 0  # only reduction buckets remain on the device
     assert placed.parameters == 2 * PSI
-    assert placed.cpu == 16 * PSI         # 12Ψ master + states, 4Ψ fp32 gradients
+    assert placed.cpu == 16 * PSI  # 12Ψ master + states, 4Ψ fp32 gradients
 
 
 def test_parameter_offload_with_stage_3():
-    placed = place_model_states(2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI,
-                                Sharding(gpus=8, zero=3, offload="optimizer+parameters"))
+    placed = place_model_states(
+        2 * PSI, 2 * PSI, 12 * PSI, 4 * PSI, Sharding(gpus=8, zero=3, offload="optimizer+parameters")
+    )
     assert placed.parameters == 0 and placed.optimizer_states == 0
     assert placed.cpu == (12 * PSI + 4 * PSI + 2 * PSI) // 8
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"zero": 4}, "invalid ZeRO stage 4; valid: 0, 1, 2, 3"),
-    ({"gpus": 0}, "gpus must be a whole number from 1"),
-    ({"zero": 0, "offload": "optimizer"}, "CPU offload needs a ZeRO stage"),
-    ({"zero": 2, "offload": "optimizer+parameters"}, "parameter offload needs ZeRO stage 3"),
-    ({"zero": 1, "offload": "disk"}, "invalid offload 'disk'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"zero": 4}, "invalid ZeRO stage 4; valid: 0, 1, 2, 3"),
+        ({"gpus": 0}, "gpus must be a whole number from 1"),
+        ({"zero": 0, "offload": "optimizer"}, "CPU offload needs a ZeRO stage"),
+        ({"zero": 2, "offload": "optimizer+parameters"}, "parameter offload needs ZeRO stage 3"),
+        ({"zero": 1, "offload": "disk"}, "invalid offload 'disk'"),
+    ],
+)
 def test_bad_sharding_is_a_user_error(kwargs, fragment):
     with pytest.raises(MemprofUserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         Sharding(**kwargs)
@@ -64,6 +71,7 @@ def test_bad_sharding_is_a_user_error(kwargs, fragment):
 def test_an_offloaded_optimizer_leaves_no_state_in_the_device_replay():
     # GIVEN one GPU at ZeRO-2, with and without the optimizer offloaded to the host
     from memprof.estimators.estimation import estimate
+
     on_device = estimate("gpt2-124m", zero=2)
     offloaded = estimate("gpt2-124m", zero=2, offload="optimizer")
     # THEN the states leave the device's allocator replay too, not only its model-state rows

@@ -15,24 +15,33 @@ knows, because the real code does it:
 - sdpa's CPU flash kernel runs only without dropout; with dropout the math backend keeps the scores
   (in fp32 for 16-bit inputs) like eager attention does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from ..autograd import Region, T, Trace
 from ..dtypes import dtype_bytes
 from ..errors import MemprofUserError, unknown_name
 from ..vocabulary import ATTENTION_IMPLEMENTATIONS, CHECKPOINTING, DEVICES
-from ..autograd import Region, T, Trace
 
 if TYPE_CHECKING:
     from ..families import Family
     from ..models import ModelSpec
 
 __all__ = [
-    "ActivationSettings", "SavedTensor", "saved_tensors", "activation_bytes", "resolve_attention",
-    "attention_kernel", "build_trace", "region_inputs", "T", "Trace",
+    "ActivationSettings",
+    "SavedTensor",
+    "saved_tensors",
+    "activation_bytes",
+    "resolve_attention",
+    "attention_kernel",
+    "build_trace",
+    "region_inputs",
+    "T",
+    "Trace",
 ]
 
 _FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -46,13 +55,13 @@ class ActivationSettings:
 
     batch_size: int
     seq_len: int
-    compute_dtype: str          # autocast dtype, or the parameter dtype without autocast
+    compute_dtype: str  # autocast dtype, or the parameter dtype without autocast
     param_dtype: str
     autocast: bool
-    attention: str              # ATTENTION_IMPLEMENTATIONS: transformers' attn_implementation
-    checkpointing: str          # CHECKPOINTING: "none" | "selective" | "full"
-    training: bool = True       # dropout active when the config's dropout probabilities are > 0
-    device: str = "cpu"         # DEVICES
+    attention: str  # ATTENTION_IMPLEMENTATIONS: transformers' attn_implementation
+    checkpointing: str  # CHECKPOINTING: "none" | "selective" | "full"
+    training: bool = True  # dropout active when the config's dropout probabilities are > 0
+    device: str = "cpu"  # DEVICES
     sharded_params: bool = False  # ZeRO-3 / FSDP full-shard: weights gathered layer by layer
 
     def __post_init__(self) -> None:
@@ -76,12 +85,12 @@ class ActivationSettings:
 class SavedTensor:
     """One tensor autograd holds for backward when the forward ends."""
 
-    op: str                 # the operation that saved it ("linear", "softmax", "checkpoint", ...)
-    layer: int | None       # decoder/encoder layer index, None outside the layer stack
-    name: str               # what it is to that op ("input", "mask", "result", ...)
+    op: str  # the operation that saved it ("linear", "softmax", "checkpoint", ...)
+    layer: int | None  # decoder/encoder layer index, None outside the layer stack
+    name: str  # what it is to that op ("input", "mask", "result", ...)
     numel: int
     dtype: str
-    module: str = ""        # the module path in the Hugging Face model
+    module: str = ""  # the module path in the Hugging Face model
 
     @property
     def nbytes(self) -> int:
@@ -98,8 +107,15 @@ def _family(spec: ModelSpec) -> Family[Any]:
     return FAMILIES[model_type]
 
 
-def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 0.0, *,
-                      head_dim: int | None = None, has_mask: bool = False) -> str:
+def resolve_attention(
+    requested: str,
+    device: str,
+    dtype: str,
+    dropout: float = 0.0,
+    *,
+    head_dim: int | None = None,
+    has_mask: bool = False,
+) -> str:
     """The attention kernel PyTorch runs for a transformers `attn_implementation`.
 
     Returns "eager", "math", "flash" or "efficient". sdpa on the CPU runs the fused flash kernel
@@ -114,11 +130,14 @@ def resolve_attention(requested: str, device: str, dtype: str, dropout: float = 
     half = dtype in ("float16", "bfloat16")
     if requested == "flash":
         if device != "cuda":
-            raise MemprofUserError(f"attention 'flash' (flash_attention_2) needs a CUDA device, not "
-                                   f"{device!r}; use --attention sdpa or eager")
+            raise MemprofUserError(
+                f"attention 'flash' (flash_attention_2) needs a CUDA device, not "
+                f"{device!r}; use --attention sdpa or eager"
+            )
         if not half:
-            raise MemprofUserError(f"attention 'flash' runs in float16/bfloat16 only, not {dtype}; "
-                                   "use bf16-mixed or --attention sdpa")
+            raise MemprofUserError(
+                f"attention 'flash' runs in float16/bfloat16 only, not {dtype}; use bf16-mixed or --attention sdpa"
+            )
         return "flash"
     if device == "cpu":
         return "math" if dropout > 0 else "flash"
@@ -133,8 +152,9 @@ def attention_kernel(spec: ModelSpec, settings: ActivationSettings) -> str:
     """The attention kernel PyTorch runs for this model under `settings` (see resolve_attention)."""
     _family(spec)
     dropout = spec.dims.attention_dropout if settings.training else 0.0
-    return resolve_attention(settings.attention, settings.device, settings.compute_dtype, dropout,
-                             head_dim=spec.head_dim)
+    return resolve_attention(
+        settings.attention, settings.device, settings.compute_dtype, dropout, head_dim=spec.head_dim
+    )
 
 
 @lru_cache(maxsize=16)
@@ -146,9 +166,17 @@ def build_trace(spec: ModelSpec, settings: ActivationSettings) -> Trace:
     allocator replay). Callers only read it."""
     fam = _family(spec)
     kernel = attention_kernel(spec, settings)
-    tr = Trace(settings.batch_size, settings.seq_len, settings.param_dtype, settings.compute_dtype,
-               settings.autocast, settings.device, settings.training,
-               checkpointing=settings.checkpointing, sharded_params=settings.sharded_params)
+    tr = Trace(
+        settings.batch_size,
+        settings.seq_len,
+        settings.param_dtype,
+        settings.compute_dtype,
+        settings.autocast,
+        settings.device,
+        settings.training,
+        checkpointing=settings.checkpointing,
+        sharded_params=settings.sharded_params,
+    )
     fam.forward(tr, spec.dims, kernel)
     _mark_regions(tr, settings.checkpointing)
     return tr

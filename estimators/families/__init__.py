@@ -19,6 +19,7 @@ tests/test_models.py then checks the tensors against transformers' own model bui
 and tests/test_activations.py the replay against what autograd saves in a tiny real model (add `foo`
 to memprof/tiny_models.py for that).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,14 +30,17 @@ from ._base import Dims, Family
 __all__ = ["Dims", "Family", "FAMILIES", "SUPPORTED_MODEL_TYPES"]
 
 # model_type -> its family; the order is the one error messages list them in
-FAMILIES: dict[str, Family[Any]] = {f.model_type: f for f in (
-    gpt2.FAMILY,
-    llama.LLAMA,
-    llama.MISTRAL,
-    llama.QWEN2,
-    gpt_neox.FAMILY,
-    opt.FAMILY,
-    bert.FAMILY,
-    vit.FAMILY,
-)}
+FAMILIES: dict[str, Family[Any]] = {
+    f.model_type: f
+    for f in (
+        gpt2.FAMILY,
+        llama.LLAMA,
+        llama.MISTRAL,
+        llama.QWEN2,
+        gpt_neox.FAMILY,
+        opt.FAMILY,
+        bert.FAMILY,
+        vit.FAMILY,
+    )
+}
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)

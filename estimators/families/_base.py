@@ -16,6 +16,7 @@ A family module describes one Hugging Face modeling file once, for both estimato
 Names and registration order follow transformers 5.x (checked against the installed package by
 tests/test_models.py); shapes and counts are the same in 4.x.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -44,14 +45,14 @@ class Dims:
     num_kv_heads: int
     head_dim: int
     intermediate_size: int
-    vocab_size: int | None          # None for ViT (no token vocabulary)
-    max_positions: int | None       # None for ViT (sequence = patches + CLS, see num_patches)
+    vocab_size: int | None  # None for ViT (no token vocabulary)
+    max_positions: int | None  # None for ViT (sequence = patches + CLS, see num_patches)
     tie_word_embeddings: bool
-    activation: str                 # hidden_act / activation_function as transformers names it
-    gated_mlp: bool                 # SwiGLU-style gate_proj * up_proj
-    norm: str                       # "layernorm" | "rmsnorm"
+    activation: str  # hidden_act / activation_function as transformers names it
+    gated_mlp: bool  # SwiGLU-style gate_proj * up_proj
+    norm: str  # "layernorm" | "rmsnorm"
     num_patches: int | None = None  # ViT only
-    num_labels: int | None = None   # ViT only (classifier width)
+    num_labels: int | None = None  # ViT only (classifier width)
     attention_dropout: float = 0.0  # dropout on the attention probabilities (training only)
 
 
@@ -67,15 +68,15 @@ class Family(Generic[D]):
     """How one Hugging Face model_type is read, what parameters its head class owns, how it runs forward."""
 
     model_type: str
-    task: str                                  # "causal-lm" | "masked-lm" | "image-classification"
-    head_class: str                            # the transformers class whose parameters we list
-    defaults: Mapping[str, Any]                # transformers' config-class defaults
-    required: tuple[str, ...]                  # structural sizes a config.json must state
-    describe: Callable[[Config], D]            # normalized config -> the description record
+    task: str  # "causal-lm" | "masked-lm" | "image-classification"
+    head_class: str  # the transformers class whose parameters we list
+    defaults: Mapping[str, Any]  # transformers' config-class defaults
+    required: tuple[str, ...]  # structural sizes a config.json must state
+    describe: Callable[[Config], D]  # normalized config -> the description record
     tensors: Callable[[D], list[ParamTensor]]  # the record -> named_parameters()
-    forward: Callable[[Trace, D, str], None]   # replay one forward on the trace with an attention kernel
-    optional_ints: tuple[str, ...] = ()        # integer fields validated when present and not null
-    bools: tuple[str, ...] = ()                # flags validated as JSON booleans
+    forward: Callable[[Trace, D, str], None]  # replay one forward on the trace with an attention kernel
+    optional_ints: tuple[str, ...] = ()  # integer fields validated when present and not null
+    bools: tuple[str, ...] = ()  # flags validated as JSON booleans
     attribute_map: Mapping[str, str] = field(default_factory=dict)  # alias -> canonical (HF attribute_map)
     finalize: Callable[[dict[str, Any], str], None] = _no_finalize  # transformers' __post_init__
 

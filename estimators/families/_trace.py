@@ -4,6 +4,7 @@ Each helper records on a `Trace` (memprof.estimators.autograd) what one piece of
 modeling code allocates and what autograd keeps; the module descriptors of `_base` supply the
 parameters' names and sizes, so the replay and `named_parameters()` cannot drift apart.
 """
+
 from __future__ import annotations
 
 from ..autograd import T, Trace, promote
@@ -90,8 +91,21 @@ def make_mask(tr: Trace, kernel: str) -> T | None:
 # -- attention, activations, heads ------------------------------------------------------------------
 
 
-def attention(tr: Trace, q: T, k: T, v: T, heads: int, kv_heads: int, head_dim: int, kernel: str, p: float,
-              mask: T | None, *, probs_dtype: str | None = None, softmax_dtype: str | None = None) -> T:
+def attention(
+    tr: Trace,
+    q: T,
+    k: T,
+    v: T,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    kernel: str,
+    p: float,
+    mask: T | None,
+    *,
+    probs_dtype: str | None = None,
+    softmax_dtype: str | None = None,
+) -> T:
     """Scaled dot-product attention, returning the (b, s, heads*head_dim) input of the out projection.
 
     eager (transformers' eager_attention_forward): repeat_kv copies k and v to full head count for
@@ -115,7 +129,7 @@ def attention(tr: Trace, q: T, k: T, v: T, heads: int, kv_heads: int, head_dim: 
         else:
             # sdpa's math backend: 16-bit q/k/v are computed in fp32 (the acc dtype), q and k are
             # each scaled by sqrt(scale); grouped kv heads are expanded to full size
-            q = tr.lowp(q)      # autocast casts sdpa's inputs once, before the kernel
+            q = tr.lowp(q)  # autocast casts sdpa's inputs once, before the kernel
             acc = "float32" if q.dtype in ("bfloat16", "float16") else q.dtype
             if heads > kv_heads:
                 k = tr.expand_copy(k, nq, "repeat_kv")
@@ -136,7 +150,7 @@ def attention(tr: Trace, q: T, k: T, v: T, heads: int, kv_heads: int, head_dim: 
         else:
             out = tr.matmul(probs, v, nq, autocast=False)
         if kernel == "math":
-            out = tr.cast(out, q.dtype, nq)     # back to the input dtype
+            out = tr.cast(out, q.dtype, nq)  # back to the input dtype
         out = tr.copy(out, "attn_out")  # transpose(1, 2).contiguous() / reshape of (b, h, s, d)
     else:
         out = tr.sdpa_fused(q, k, v, nq, heads, kernel)
@@ -153,8 +167,9 @@ def activation(tr: Trace, name: str, x: T) -> T:
         return tr.unary(name, x, "result")
     if name == "gelu_new":
         return _gelu_python(tr, x)
-    raise MemprofUserError(f"activation {name!r} is not modelled; supported: gelu, gelu_new, "
-                           "gelu_pytorch_tanh, relu, silu, swish")
+    raise MemprofUserError(
+        f"activation {name!r} is not modelled; supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu, swish"
+    )
 
 
 def _gelu_python(tr: Trace, x: T) -> T:
@@ -180,5 +195,5 @@ def causal_lm_head(tr: Trace, x: T, head_weight: T, vocab: int, labels: T) -> No
         loss = tr.cross_entropy(logits, vocab, tr.seq_len, labels=padded)
     else:
         loss = tr.cross_entropy(logits, vocab, tr.batch_size * tr.seq_len)
-        tr.ops[-2].inputs = (padded,)   # the shifted copy is made from the padded labels
+        tr.ops[-2].inputs = (padded,)  # the shifted copy is made from the padded labels
     tr.held.append(loss)

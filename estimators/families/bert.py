@@ -10,6 +10,7 @@ dropout -> LayerNorm(x + residual) -> intermediate dense -> act -> output dense 
 LayerNorm(x + residual)) -> cls.predictions.transform (dense, act, LayerNorm) -> decoder (tied) ->
 CrossEntropyLoss. Cross-attention modules (add_cross_attention) do not run without encoder states.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,12 +24,26 @@ from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_d
 
 # transformers BertConfig defaults (configuration_bert.py)
 DEFAULTS = {
-    "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
-    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0, "use_cache": True,
-    "classifier_dropout": None, "is_decoder": False, "add_cross_attention": False, "bos_token_id": None,
-    "eos_token_id": None, "tie_word_embeddings": True,
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "use_cache": True,
+    "classifier_dropout": None,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "tie_word_embeddings": True,
 }
 
 
@@ -50,13 +65,23 @@ def _finalize(config: dict[str, Any], where: str) -> None:
 def _describe(config: Config) -> BertDims:
     h, heads = config["hidden_size"], config["num_attention_heads"]
     return BertDims(
-        hidden_size=h, num_layers=config["num_hidden_layers"], num_heads=heads, num_kv_heads=heads,
-        head_dim=h // heads, intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-        max_positions=config["max_position_embeddings"], tie_word_embeddings=config["tie_word_embeddings"],
-        activation=config["hidden_act"], gated_mlp=False, norm="layernorm",
+        hidden_size=h,
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"],
+        max_positions=config["max_position_embeddings"],
+        tie_word_embeddings=config["tie_word_embeddings"],
+        activation=config["hidden_act"],
+        gated_mlp=False,
+        norm="layernorm",
         attention_dropout=config.get("attention_probs_dropout_prob", 0.1) or 0.0,
-        type_vocab_size=config["type_vocab_size"], add_cross_attention=config["add_cross_attention"],
-        hidden_dropout=config.get("hidden_dropout_prob", 0.1) or 0.0)
+        type_vocab_size=config["type_vocab_size"],
+        add_cross_attention=config["add_cross_attention"],
+        hidden_dropout=config.get("hidden_dropout_prob", 0.1) or 0.0,
+    )
 
 
 # -- modules --------------------------------------------------------------------------------------
@@ -78,9 +103,12 @@ class _Embeddings:
 
 def _embeddings(d: BertDims) -> _Embeddings:
     e, h = EMBEDDINGS, d.hidden_size
-    return _Embeddings(Embedding(f"{e}.word_embeddings", d.vocab_size, h),
-                       Embedding(f"{e}.position_embeddings", d.max_positions, h),
-                       Embedding(f"{e}.token_type_embeddings", d.type_vocab_size, h), LayerNorm(f"{e}.LayerNorm", h))
+    return _Embeddings(
+        Embedding(f"{e}.word_embeddings", d.vocab_size, h),
+        Embedding(f"{e}.position_embeddings", d.max_positions, h),
+        Embedding(f"{e}.token_type_embeddings", d.type_vocab_size, h),
+        LayerNorm(f"{e}.LayerNorm", h),
+    )
 
 
 @dataclass(frozen=True)
@@ -96,9 +124,13 @@ class _Attention:
 
 
 def _attention(prefix: str, h: int) -> _Attention:
-    return _Attention(Linear(f"{prefix}.self.query", h, h), Linear(f"{prefix}.self.key", h, h),
-                      Linear(f"{prefix}.self.value", h, h), Linear(f"{prefix}.output.dense", h, h),
-                      LayerNorm(f"{prefix}.output.LayerNorm", h))
+    return _Attention(
+        Linear(f"{prefix}.self.query", h, h),
+        Linear(f"{prefix}.self.key", h, h),
+        Linear(f"{prefix}.self.value", h, h),
+        Linear(f"{prefix}.output.dense", h, h),
+        LayerNorm(f"{prefix}.output.LayerNorm", h),
+    )
 
 
 @dataclass(frozen=True)
@@ -118,8 +150,14 @@ class _Layer:
 def _layer(d: BertDims, i: int) -> _Layer:
     p, h, inter = f"bert.encoder.layer.{i}", d.hidden_size, d.intermediate_size
     cross = _attention(f"{p}.crossattention", h) if d.add_cross_attention else None
-    return _Layer(p, _attention(f"{p}.attention", h), cross, Linear(f"{p}.intermediate.dense", h, inter),
-                  Linear(f"{p}.output.dense", inter, h), LayerNorm(f"{p}.output.LayerNorm", h))
+    return _Layer(
+        p,
+        _attention(f"{p}.attention", h),
+        cross,
+        Linear(f"{p}.intermediate.dense", h, inter),
+        Linear(f"{p}.output.dense", inter, h),
+        LayerNorm(f"{p}.output.LayerNorm", h),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +167,7 @@ class _Head:
     bias: ParamTensor
     dense: Linear
     layer_norm: LayerNorm
-    decoder: Linear | None              # None when tied to the word embeddings (bias tied to `bias`)
+    decoder: Linear | None  # None when tied to the word embeddings (bias tied to `bias`)
 
     def tensors(self) -> list[ParamTensor]:
         return tensors_of(self.bias, self.dense, self.layer_norm, *([self.decoder] if self.decoder else []))
@@ -137,9 +175,12 @@ class _Head:
 
 def _head(d: BertDims) -> _Head:
     h = d.hidden_size
-    return _Head(ParamTensor(f"{HEAD}.bias", (d.vocab_size,)), Linear(f"{HEAD}.transform.dense", h, h),
-                 LayerNorm(f"{HEAD}.transform.LayerNorm", h),
-                 None if d.tie_word_embeddings else Linear(f"{HEAD}.decoder", h, d.vocab_size))
+    return _Head(
+        ParamTensor(f"{HEAD}.bias", (d.vocab_size,)),
+        Linear(f"{HEAD}.transform.dense", h, h),
+        LayerNorm(f"{HEAD}.transform.LayerNorm", h),
+        None if d.tie_word_embeddings else Linear(f"{HEAD}.decoder", h, d.vocab_size),
+    )
 
 
 def _tensors(d: BertDims) -> list[ParamTensor]:
@@ -150,6 +191,7 @@ def _tensors(d: BertDims) -> list[ParamTensor]:
 
 
 # -- forward --------------------------------------------------------------------------------------
+
 
 def _forward(tr: Trace, d: BertDims, attn_kernel: str) -> None:
     h, heads, p = d.hidden_size, d.num_heads, d.hidden_dropout
@@ -210,9 +252,15 @@ def _forward(tr: Trace, d: BertDims, attn_kernel: str) -> None:
 
 
 FAMILY = Family(
-    model_type="bert", task="masked-lm", head_class="BertForMaskedLM", defaults=DEFAULTS,
+    model_type="bert",
+    task="masked-lm",
+    head_class="BertForMaskedLM",
+    defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
-    describe=_describe, tensors=_tensors, forward=_forward,
+    describe=_describe,
+    tensors=_tensors,
+    forward=_forward,
     optional_ints=("max_position_embeddings", "type_vocab_size"),
-    bools=("tie_word_embeddings", "is_decoder", "add_cross_attention"), finalize=_finalize,
+    bools=("tie_word_embeddings", "is_decoder", "add_cross_attention"),
+    finalize=_finalize,
 )

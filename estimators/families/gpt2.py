@@ -5,6 +5,7 @@ attention, c_proj, resid_dropout, residual add; ln_2, c_fc, activation, c_proj, 
 -> ln_f -> lm_head (tied to wte) -> ForCausalLMLoss. Cross-attention modules (add_cross_attention)
 own parameters but do not run without encoder states.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,16 +19,39 @@ from ._base import Config, Conv1D, Dims, Embedding, Family, LayerNorm, Linear, M
 
 # transformers GPT2Config defaults (configuration_gpt2.py)
 DEFAULTS = {
-    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": None,
-    "activation_function": "gelu_new", "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
-    "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "summary_type": "cls_index",
-    "summary_use_proj": True, "summary_activation": None, "summary_proj_to_labels": True,
-    "summary_first_dropout": 0.1, "scale_attn_weights": True, "use_cache": True, "bos_token_id": 50256,
-    "eos_token_id": 50256, "pad_token_id": None, "scale_attn_by_inverse_layer_idx": False,
-    "reorder_and_upcast_attn": False, "add_cross_attention": False, "tie_word_embeddings": True,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "summary_activation": None,
+    "summary_proj_to_labels": True,
+    "summary_first_dropout": 0.1,
+    "scale_attn_weights": True,
+    "use_cache": True,
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+    "pad_token_id": None,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
 }
-ATTRIBUTE_MAP = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
-                 "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+ATTRIBUTE_MAP = {
+    "hidden_size": "n_embd",
+    "max_position_embeddings": "n_positions",
+    "num_attention_heads": "n_head",
+    "num_hidden_layers": "n_layer",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,17 +72,29 @@ def _finalize(config: dict[str, Any], where: str) -> None:
 def _describe(config: Config) -> GPT2Dims:
     h, heads = config["n_embd"], config["n_head"]
     return GPT2Dims(
-        hidden_size=h, num_layers=config["n_layer"], num_heads=heads, num_kv_heads=heads, head_dim=h // heads,
+        hidden_size=h,
+        num_layers=config["n_layer"],
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
         intermediate_size=config["n_inner"] if config["n_inner"] is not None else 4 * h,
-        vocab_size=config["vocab_size"], max_positions=config["n_positions"],
-        tie_word_embeddings=config["tie_word_embeddings"], activation=config["activation_function"],
-        gated_mlp=False, norm="layernorm", attention_dropout=config["attn_pdrop"],
-        add_cross_attention=config["add_cross_attention"], embd_pdrop=config["embd_pdrop"],
-        resid_pdrop=config["resid_pdrop"], reorder_and_upcast_attn=config["reorder_and_upcast_attn"],
-        use_cache=config["use_cache"])
+        vocab_size=config["vocab_size"],
+        max_positions=config["n_positions"],
+        tie_word_embeddings=config["tie_word_embeddings"],
+        activation=config["activation_function"],
+        gated_mlp=False,
+        norm="layernorm",
+        attention_dropout=config["attn_pdrop"],
+        add_cross_attention=config["add_cross_attention"],
+        embd_pdrop=config["embd_pdrop"],
+        resid_pdrop=config["resid_pdrop"],
+        reorder_and_upcast_attn=config["reorder_and_upcast_attn"],
+        use_cache=config["use_cache"],
+    )
 
 
 # -- modules --------------------------------------------------------------------------------------
+
 
 def _wte(d: GPT2Dims) -> Embedding:
     return Embedding("transformer.wte", d.vocab_size, d.hidden_size)
@@ -84,24 +120,34 @@ class _Block:
     c_attn: Conv1D
     attn_proj: Conv1D
     ln_2: LayerNorm
-    cross: tuple[Module, ...]       # crossattention.{c_attn, q_attn, c_proj}, ln_cross_attn
+    cross: tuple[Module, ...]  # crossattention.{c_attn, q_attn, c_proj}, ln_cross_attn
     c_fc: Conv1D
     mlp_proj: Conv1D
 
     def tensors(self) -> list[ParamTensor]:
-        return tensors_of(self.ln_1, self.c_attn, self.attn_proj, self.ln_2, *self.cross, self.c_fc,
-                          self.mlp_proj)
+        return tensors_of(self.ln_1, self.c_attn, self.attn_proj, self.ln_2, *self.cross, self.c_fc, self.mlp_proj)
 
 
 def _block(d: GPT2Dims, i: int) -> _Block:
     p, h, inner = f"transformer.h.{i}", d.hidden_size, d.intermediate_size
     cross: tuple[Module, ...] = ()
     if d.add_cross_attention:
-        cross = (Conv1D(f"{p}.crossattention.c_attn", h, 2 * h), Conv1D(f"{p}.crossattention.q_attn", h, h),
-                 Conv1D(f"{p}.crossattention.c_proj", h, h), LayerNorm(f"{p}.ln_cross_attn", h))
-    return _Block(p, ln_1=LayerNorm(f"{p}.ln_1", h), c_attn=Conv1D(f"{p}.attn.c_attn", h, 3 * h),
-                  attn_proj=Conv1D(f"{p}.attn.c_proj", h, h), ln_2=LayerNorm(f"{p}.ln_2", h), cross=cross,
-                  c_fc=Conv1D(f"{p}.mlp.c_fc", h, inner), mlp_proj=Conv1D(f"{p}.mlp.c_proj", inner, h))
+        cross = (
+            Conv1D(f"{p}.crossattention.c_attn", h, 2 * h),
+            Conv1D(f"{p}.crossattention.q_attn", h, h),
+            Conv1D(f"{p}.crossattention.c_proj", h, h),
+            LayerNorm(f"{p}.ln_cross_attn", h),
+        )
+    return _Block(
+        p,
+        ln_1=LayerNorm(f"{p}.ln_1", h),
+        c_attn=Conv1D(f"{p}.attn.c_attn", h, 3 * h),
+        attn_proj=Conv1D(f"{p}.attn.c_proj", h, h),
+        ln_2=LayerNorm(f"{p}.ln_2", h),
+        cross=cross,
+        c_fc=Conv1D(f"{p}.mlp.c_fc", h, inner),
+        mlp_proj=Conv1D(f"{p}.mlp.c_proj", inner, h),
+    )
 
 
 def _tensors(d: GPT2Dims) -> list[ParamTensor]:
@@ -116,10 +162,13 @@ def _tensors(d: GPT2Dims) -> list[ParamTensor]:
 
 # -- forward --------------------------------------------------------------------------------------
 
+
 def _forward(tr: Trace, d: GPT2Dims, attn_kernel: str) -> None:
     if d.reorder_and_upcast_attn and attn_kernel == "eager":
-        raise MemprofUserError("gpt2 with reorder_and_upcast_attn=true is not modelled (its eager attention "
-                               "keeps fp32 scores); use --attention sdpa or a config without it")
+        raise MemprofUserError(
+            "gpt2 with reorder_and_upcast_attn=true is not modelled (its eager attention "
+            "keeps fp32 scores); use --attention sdpa or a config without it"
+        )
     h, heads = d.hidden_size, d.num_heads
     bs = tr.batch_size * tr.seq_len
 
@@ -144,8 +193,19 @@ def _forward(tr: Trace, d: GPT2Dims, attn_kernel: str) -> None:
         qkv = t.linear(tr, y, blk.c_attn)
         # q, k, v are transposed views of the fused projection (one storage, 3h wide)
         k, v = t.kv_cache(tr, d.use_cache, qkv, qkv, bs * h)
-        a = t.attention(tr, qkv, k, v, heads, heads, d.head_dim, attn_kernel,
-                        d.attention_dropout if tr.training else 0.0, mask, probs_dtype=qkv.dtype)
+        a = t.attention(
+            tr,
+            qkv,
+            k,
+            v,
+            heads,
+            heads,
+            d.head_dim,
+            attn_kernel,
+            d.attention_dropout if tr.training else 0.0,
+            mask,
+            probs_dtype=qkv.dtype,
+        )
         a = tr.dropout(t.linear(tr, a, blk.attn_proj), d.resid_pdrop)
         x = tr.add(a, residual)
         tr.module = blk.ln_2.name
@@ -163,8 +223,16 @@ def _forward(tr: Trace, d: GPT2Dims, attn_kernel: str) -> None:
 
 
 FAMILY = Family(
-    model_type="gpt2", task="causal-lm", head_class="GPT2LMHeadModel", defaults=DEFAULTS,
-    required=("vocab_size", "n_embd", "n_layer", "n_head"), describe=_describe, tensors=_tensors,
-    forward=_forward, optional_ints=("n_positions", "n_inner"),
-    bools=("tie_word_embeddings", "add_cross_attention"), attribute_map=ATTRIBUTE_MAP, finalize=_finalize,
+    model_type="gpt2",
+    task="causal-lm",
+    head_class="GPT2LMHeadModel",
+    defaults=DEFAULTS,
+    required=("vocab_size", "n_embd", "n_layer", "n_head"),
+    describe=_describe,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=("n_positions", "n_inner"),
+    bools=("tie_word_embeddings", "add_cross_attention"),
+    attribute_map=ATTRIBUTE_MAP,
+    finalize=_finalize,
 )

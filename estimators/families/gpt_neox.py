@@ -10,6 +10,7 @@ cat with the pass-through part -> attention -> dense -> post_attention_dropout; 
 post_attention_layernorm(x) -> dense_h_to_4h -> act -> dense_4h_to_h -> post_mlp_dropout;
 x + attn + mlp) -> final_layer_norm -> lm_head -> ForCausalLMLoss.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -23,12 +24,28 @@ from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_d
 
 # transformers GPTNeoXConfig defaults (configuration_gpt_neox.py)
 DEFAULTS = {
-    "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44, "num_attention_heads": 64,
-    "intermediate_size": 24576, "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 10000,
-    "attention_dropout": 0.0, "hidden_dropout": 0.0, "classifier_dropout": 0.1,
-    "max_position_embeddings": 2048, "initializer_range": 0.02, "layer_norm_eps": 1e-5, "use_cache": True,
-    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": None, "tie_word_embeddings": False,
-    "use_parallel_residual": True, "attention_bias": True, "is_decoder": False,
+    "vocab_size": 50432,
+    "hidden_size": 6144,
+    "num_hidden_layers": 44,
+    "num_attention_heads": 64,
+    "intermediate_size": 24576,
+    "hidden_act": "gelu",
+    "rotary_pct": 0.25,
+    "rotary_emb_base": 10000,
+    "attention_dropout": 0.0,
+    "hidden_dropout": 0.0,
+    "classifier_dropout": 0.1,
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-5,
+    "use_cache": True,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": None,
+    "tie_word_embeddings": False,
+    "use_parallel_residual": True,
+    "attention_bias": True,
+    "is_decoder": False,
 }
 
 
@@ -39,7 +56,7 @@ class GPTNeoXDims(Dims):
     attention_bias: bool
     use_parallel_residual: bool
     hidden_dropout: float
-    partial_rotary_factor: Any      # as the config gives it; see rotary_ndims
+    partial_rotary_factor: Any  # as the config gives it; see rotary_ndims
     use_cache: bool
 
     @property
@@ -65,17 +82,29 @@ def _partial_rotary_factor(config: Config) -> Any:
 def _describe(config: Config) -> GPTNeoXDims:
     h, heads = config["hidden_size"], config["num_attention_heads"]
     return GPTNeoXDims(
-        hidden_size=h, num_layers=config["num_hidden_layers"], num_heads=heads, num_kv_heads=heads,
-        head_dim=h // heads, intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-        max_positions=config["max_position_embeddings"], tie_word_embeddings=config["tie_word_embeddings"],
-        activation=config["hidden_act"], gated_mlp=False, norm="layernorm",
+        hidden_size=h,
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"],
+        max_positions=config["max_position_embeddings"],
+        tie_word_embeddings=config["tie_word_embeddings"],
+        activation=config["hidden_act"],
+        gated_mlp=False,
+        norm="layernorm",
         attention_dropout=config.get("attention_dropout", 0.0) or 0.0,
-        attention_bias=config["attention_bias"], use_parallel_residual=config["use_parallel_residual"],
+        attention_bias=config["attention_bias"],
+        use_parallel_residual=config["use_parallel_residual"],
         hidden_dropout=config.get("hidden_dropout", 0.0) or 0.0,
-        partial_rotary_factor=_partial_rotary_factor(config), use_cache=config["use_cache"])
+        partial_rotary_factor=_partial_rotary_factor(config),
+        use_cache=config["use_cache"],
+    )
 
 
 # -- modules --------------------------------------------------------------------------------------
+
 
 def _embed_in(d: GPTNeoXDims) -> Embedding:
     return Embedding("gpt_neox.embed_in", d.vocab_size, d.hidden_size)
@@ -89,7 +118,7 @@ def _lm_head(d: GPTNeoXDims) -> Linear:
     return Linear("lm_head", d.hidden_size, d.vocab_size, has_bias=False)
 
 
-ROTARY = "gpt_neox.rotary_emb"     # buffers only
+ROTARY = "gpt_neox.rotary_emb"  # buffers only
 
 
 @dataclass(frozen=True)
@@ -103,18 +132,27 @@ class _Layer:
     dense_4h_to_h: Linear
 
     def tensors(self) -> list[ParamTensor]:
-        return tensors_of(self.input_layernorm, self.post_attention_layernorm, self.query_key_value, self.dense,
-                          self.dense_h_to_4h, self.dense_4h_to_h)
+        return tensors_of(
+            self.input_layernorm,
+            self.post_attention_layernorm,
+            self.query_key_value,
+            self.dense,
+            self.dense_h_to_4h,
+            self.dense_4h_to_h,
+        )
 
 
 def _layer(d: GPTNeoXDims, i: int) -> _Layer:
     p, h, inter, bias = f"gpt_neox.layers.{i}", d.hidden_size, d.intermediate_size, d.attention_bias
-    return _Layer(p, input_layernorm=LayerNorm(f"{p}.input_layernorm", h),
-                  post_attention_layernorm=LayerNorm(f"{p}.post_attention_layernorm", h),
-                  query_key_value=Linear(f"{p}.attention.query_key_value", h, 3 * h, bias),
-                  dense=Linear(f"{p}.attention.dense", h, h, bias),
-                  dense_h_to_4h=Linear(f"{p}.mlp.dense_h_to_4h", h, inter),
-                  dense_4h_to_h=Linear(f"{p}.mlp.dense_4h_to_h", inter, h))
+    return _Layer(
+        p,
+        input_layernorm=LayerNorm(f"{p}.input_layernorm", h),
+        post_attention_layernorm=LayerNorm(f"{p}.post_attention_layernorm", h),
+        query_key_value=Linear(f"{p}.attention.query_key_value", h, 3 * h, bias),
+        dense=Linear(f"{p}.attention.dense", h, h, bias),
+        dense_h_to_4h=Linear(f"{p}.mlp.dense_h_to_4h", h, inter),
+        dense_4h_to_h=Linear(f"{p}.mlp.dense_4h_to_h", inter, h),
+    )
 
 
 def _tensors(d: GPTNeoXDims) -> list[ParamTensor]:
@@ -128,6 +166,7 @@ def _tensors(d: GPTNeoXDims) -> list[ParamTensor]:
 
 
 # -- forward --------------------------------------------------------------------------------------
+
 
 def _rope_partial(tr: Trace, x: T, full: int, rot: int, cos: T, sin: T) -> T:
     """q_rot * cos + rotate_half(q_rot) * sin on the first rotary_ndims of each head (a view of the
@@ -180,8 +219,20 @@ def _forward(tr: Trace, d: GPTNeoXDims, attn_kernel: str) -> None:
         q = _rope_partial(tr, qkv, nq, rot_n, cos, sin)
         k = _rope_partial(tr, qkv, nq, rot_n, cos, sin)
         k, v = t.kv_cache(tr, d.use_cache, k, qkv, nq)
-        a = t.attention(tr, q, k, v, heads, heads, d.head_dim, attn_kernel, p_attn, mask,
-                        softmax_dtype="float32", probs_dtype=q.dtype)
+        a = t.attention(
+            tr,
+            q,
+            k,
+            v,
+            heads,
+            heads,
+            d.head_dim,
+            attn_kernel,
+            p_attn,
+            mask,
+            softmax_dtype="float32",
+            probs_dtype=q.dtype,
+        )
         a = tr.dropout(t.linear(tr, a, layer.dense), p_hidden)
         tr.module = layer.prefix + ".mlp"
         if d.use_parallel_residual:
@@ -200,8 +251,15 @@ def _forward(tr: Trace, d: GPTNeoXDims, attn_kernel: str) -> None:
 
 
 FAMILY = Family(
-    model_type="gpt_neox", task="causal-lm", head_class="GPTNeoXForCausalLM", defaults=DEFAULTS,
+    model_type="gpt_neox",
+    task="causal-lm",
+    head_class="GPTNeoXForCausalLM",
+    defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
-    describe=_describe, tensors=_tensors, forward=_forward, optional_ints=("max_position_embeddings",),
-    bools=("tie_word_embeddings", "attention_bias", "use_parallel_residual"), finalize=_finalize,
+    describe=_describe,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=("max_position_embeddings",),
+    bools=("tie_word_embeddings", "attention_bias", "use_parallel_residual"),
+    finalize=_finalize,
 )

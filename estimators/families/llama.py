@@ -9,6 +9,7 @@ nothing): embed_tokens -> layers (input_layernorm, q/k/v_proj, rotary, attention
 add; post_attention_layernorm, down_proj(act(gate_proj(x)) * up_proj(x)), residual add) -> norm ->
 lm_head -> ForCausalLMLoss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,29 +22,72 @@ from ._base import Config, Dims, Embedding, Family, Linear, RMSNorm, require_div
 
 # transformers LlamaConfig defaults (configuration_llama.py)
 LLAMA_DEFAULTS = {
-    "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": None, "hidden_act": "silu",
-    "max_position_embeddings": 2048, "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True,
-    "pad_token_id": None, "bos_token_id": 1, "eos_token_id": 2, "pretraining_tp": 1,
-    "tie_word_embeddings": False, "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0,
-    "mlp_bias": False, "head_dim": None,
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "pad_token_id": None,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pretraining_tp": 1,
+    "tie_word_embeddings": False,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "mlp_bias": False,
+    "head_dim": None,
 }
 # transformers MistralConfig defaults (configuration_mistral.py)
 MISTRAL_DEFAULTS = {
-    "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": None, "hidden_act": "silu",
-    "max_position_embeddings": 4096 * 32, "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True,
-    "pad_token_id": None, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
-    "rope_theta": 10000.0, "sliding_window": 4096, "attention_dropout": 0.0,
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096 * 32,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "pad_token_id": None,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "attention_dropout": 0.0,
 }
 # transformers Qwen2Config defaults (configuration_qwen2.py). Note num_key_value_heads defaults to 32, not
 # to num_attention_heads, when the field is absent.
 QWEN2_DEFAULTS = {
-    "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
-    "max_position_embeddings": 32768, "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True,
-    "tie_word_embeddings": False, "rope_theta": 10000.0, "use_sliding_window": False, "sliding_window": 4096,
-    "max_window_layers": 28, "attention_dropout": 0.0, "pad_token_id": None, "bos_token_id": None,
+    "vocab_size": 151936,
+    "hidden_size": 4096,
+    "intermediate_size": 22016,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "tie_word_embeddings": False,
+    "rope_theta": 10000.0,
+    "use_sliding_window": False,
+    "sliding_window": 4096,
+    "max_window_layers": 28,
+    "attention_dropout": 0.0,
+    "pad_token_id": None,
+    "bos_token_id": None,
     "eos_token_id": None,
 }
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -76,13 +120,24 @@ def _finalize_llama(config: dict[str, Any], where: str) -> None:
 
 def _describe(config: Config, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> DecoderDims:
     return DecoderDims(
-        hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"], num_kv_heads=config["num_key_value_heads"],
-        head_dim=config["head_dim"], intermediate_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"], max_positions=config["max_position_embeddings"],
-        tie_word_embeddings=config["tie_word_embeddings"], activation=config["hidden_act"],
-        gated_mlp=True, norm="rmsnorm", attention_dropout=config.get("attention_dropout", 0.0) or 0.0,
-        qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias, use_cache=config["use_cache"])
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        num_kv_heads=config["num_key_value_heads"],
+        head_dim=config["head_dim"],
+        intermediate_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"],
+        max_positions=config["max_position_embeddings"],
+        tie_word_embeddings=config["tie_word_embeddings"],
+        activation=config["hidden_act"],
+        gated_mlp=True,
+        norm="rmsnorm",
+        attention_dropout=config.get("attention_dropout", 0.0) or 0.0,
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=mlp_bias,
+        use_cache=config["use_cache"],
+    )
 
 
 def _describe_llama(config: Config) -> DecoderDims:
@@ -100,6 +155,7 @@ def _describe_qwen2(config: Config) -> DecoderDims:
 
 # -- modules --------------------------------------------------------------------------------------
 
+
 def _embed(d: DecoderDims) -> Embedding:
     return Embedding("model.embed_tokens", d.vocab_size, d.hidden_size)
 
@@ -113,7 +169,7 @@ def _lm_head(d: DecoderDims) -> Linear:
     return Linear("lm_head", d.hidden_size, d.vocab_size, has_bias=False)
 
 
-ROTARY = "model.rotary_emb"     # buffers only
+ROTARY = "model.rotary_emb"  # buffers only
 
 
 @dataclass(frozen=True)
@@ -130,15 +186,25 @@ class _Layer:
     post_attention_layernorm: RMSNorm
 
     def tensors(self) -> list[ParamTensor]:
-        return tensors_of(self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj,
-                          self.down_proj, self.input_layernorm, self.post_attention_layernorm)
+        return tensors_of(
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.o_proj,
+            self.gate_proj,
+            self.up_proj,
+            self.down_proj,
+            self.input_layernorm,
+            self.post_attention_layernorm,
+        )
 
 
 def _layer(d: DecoderDims, i: int) -> _Layer:
     p, h, inter = f"model.layers.{i}", d.hidden_size, d.intermediate_size
     q_out, kv_out = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
     return _Layer(
-        p, q_proj=Linear(f"{p}.self_attn.q_proj", h, q_out, d.qkv_bias),
+        p,
+        q_proj=Linear(f"{p}.self_attn.q_proj", h, q_out, d.qkv_bias),
         k_proj=Linear(f"{p}.self_attn.k_proj", h, kv_out, d.qkv_bias),
         v_proj=Linear(f"{p}.self_attn.v_proj", h, kv_out, d.qkv_bias),
         o_proj=Linear(f"{p}.self_attn.o_proj", q_out, h, d.o_bias),
@@ -146,7 +212,8 @@ def _layer(d: DecoderDims, i: int) -> _Layer:
         up_proj=Linear(f"{p}.mlp.up_proj", h, inter, d.mlp_bias),
         down_proj=Linear(f"{p}.mlp.down_proj", inter, h, d.mlp_bias),
         input_layernorm=RMSNorm(f"{p}.input_layernorm", h),
-        post_attention_layernorm=RMSNorm(f"{p}.post_attention_layernorm", h))
+        post_attention_layernorm=RMSNorm(f"{p}.post_attention_layernorm", h),
+    )
 
 
 def _tensors(d: DecoderDims) -> list[ParamTensor]:
@@ -160,6 +227,7 @@ def _tensors(d: DecoderDims) -> list[ParamTensor]:
 
 
 # -- forward --------------------------------------------------------------------------------------
+
 
 def rms_norm(tr: Trace, x: T, m: RMSNorm) -> T:
     """LlamaRMSNorm: x.float(); x * rsqrt(mean(x**2) + eps); weight * x.to(input dtype).
@@ -212,8 +280,20 @@ def _forward(tr: Trace, d: DecoderDims, attn_kernel: str) -> None:
         q = rope(tr, q, cos, sin)
         k = rope(tr, k, cos, sin)
         k, v = t.kv_cache(tr, d.use_cache, k, v, k.numel)
-        a = t.attention(tr, q, k, v, heads, kv_heads, d.head_dim, attn_kernel, p_attn, mask,
-                        softmax_dtype="float32", probs_dtype=q.dtype)
+        a = t.attention(
+            tr,
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+            d.head_dim,
+            attn_kernel,
+            p_attn,
+            mask,
+            softmax_dtype="float32",
+            probs_dtype=q.dtype,
+        )
         x = tr.add(residual, t.linear(tr, a, layer.o_proj))
         residual = x
         tr.module = layer.post_attention_layernorm.name
@@ -230,17 +310,41 @@ def _forward(tr: Trace, d: DecoderDims, attn_kernel: str) -> None:
 
 
 LLAMA = Family(
-    model_type="llama", task="causal-lm", head_class="LlamaForCausalLM", defaults=LLAMA_DEFAULTS,
-    required=REQUIRED, describe=_describe_llama, tensors=_tensors, forward=_forward, optional_ints=OPTIONAL_INTS,
-    bools=("tie_word_embeddings", "attention_bias", "mlp_bias"), finalize=_finalize_llama,
+    model_type="llama",
+    task="causal-lm",
+    head_class="LlamaForCausalLM",
+    defaults=LLAMA_DEFAULTS,
+    required=REQUIRED,
+    describe=_describe_llama,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=OPTIONAL_INTS,
+    bools=("tie_word_embeddings", "attention_bias", "mlp_bias"),
+    finalize=_finalize_llama,
 )
 MISTRAL = Family(
-    model_type="mistral", task="causal-lm", head_class="MistralForCausalLM", defaults=MISTRAL_DEFAULTS,
-    required=REQUIRED, describe=_describe_mistral, tensors=_tensors, forward=_forward,
-    optional_ints=OPTIONAL_INTS, bools=("tie_word_embeddings",), finalize=finalize_gqa,
+    model_type="mistral",
+    task="causal-lm",
+    head_class="MistralForCausalLM",
+    defaults=MISTRAL_DEFAULTS,
+    required=REQUIRED,
+    describe=_describe_mistral,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=OPTIONAL_INTS,
+    bools=("tie_word_embeddings",),
+    finalize=finalize_gqa,
 )
 QWEN2 = Family(
-    model_type="qwen2", task="causal-lm", head_class="Qwen2ForCausalLM", defaults=QWEN2_DEFAULTS,
-    required=REQUIRED, describe=_describe_qwen2, tensors=_tensors, forward=_forward,
-    optional_ints=OPTIONAL_INTS, bools=("tie_word_embeddings",), finalize=finalize_gqa,
+    model_type="qwen2",
+    task="causal-lm",
+    head_class="Qwen2ForCausalLM",
+    defaults=QWEN2_DEFAULTS,
+    required=REQUIRED,
+    describe=_describe_qwen2,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=OPTIONAL_INTS,
+    bools=("tie_word_embeddings",),
+    finalize=finalize_gqa,
 )

@@ -10,6 +10,7 @@ word_embed_proj_dim != hidden_size) + embed_positions(cumsum of a ones mask) -> 
 residual add -> final_layer_norm -> fc1 -> activation -> fc2 -> dropout -> residual add; post-norm
 when do_layer_norm_before is false) -> final_layer_norm -> project_out -> lm_head -> loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,11 +23,26 @@ from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_d
 
 # transformers OPTConfig defaults (configuration_opt.py)
 DEFAULTS = {
-    "vocab_size": 50272, "hidden_size": 768, "num_hidden_layers": 12, "ffn_dim": 3072,
-    "max_position_embeddings": 2048, "do_layer_norm_before": True, "_remove_final_layer_norm": False,
-    "word_embed_proj_dim": None, "dropout": 0.1, "attention_dropout": 0.0, "num_attention_heads": 12,
-    "activation_function": "relu", "layerdrop": 0.0, "init_std": 0.02, "use_cache": True, "pad_token_id": 1,
-    "bos_token_id": 2, "eos_token_id": 2, "enable_bias": True, "layer_norm_elementwise_affine": True,
+    "vocab_size": 50272,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "ffn_dim": 3072,
+    "max_position_embeddings": 2048,
+    "do_layer_norm_before": True,
+    "_remove_final_layer_norm": False,
+    "word_embed_proj_dim": None,
+    "dropout": 0.1,
+    "attention_dropout": 0.0,
+    "num_attention_heads": 12,
+    "activation_function": "relu",
+    "layerdrop": 0.0,
+    "init_std": 0.02,
+    "use_cache": True,
+    "pad_token_id": 1,
+    "bos_token_id": 2,
+    "eos_token_id": 2,
+    "enable_bias": True,
+    "layer_norm_elementwise_affine": True,
     "tie_word_embeddings": True,
 }
 POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding allocates max_position_embeddings + 2 rows
@@ -39,8 +55,8 @@ class OPTDims(Dims):
     word_embed_proj_dim: int
     enable_bias: bool
     layer_norm_elementwise_affine: bool
-    do_layer_norm_before: bool              # pre-LN; False: post-LN (OPT-350M)
-    final_layer_norm: bool                  # the decoder's final LayerNorm exists
+    do_layer_norm_before: bool  # pre-LN; False: post-LN (OPT-350M)
+    final_layer_norm: bool  # the decoder's final LayerNorm exists
     dropout: float
     use_cache: bool
 
@@ -55,15 +71,27 @@ def _describe(config: Config) -> OPTDims:
     h, heads = config["hidden_size"], config["num_attention_heads"]
     pre_norm = config["do_layer_norm_before"]
     return OPTDims(
-        hidden_size=h, num_layers=config["num_hidden_layers"], num_heads=heads, num_kv_heads=heads,
-        head_dim=h // heads, intermediate_size=config["ffn_dim"], vocab_size=config["vocab_size"],
-        max_positions=config["max_position_embeddings"], tie_word_embeddings=config["tie_word_embeddings"],
-        activation=config["activation_function"], gated_mlp=False, norm="layernorm",
+        hidden_size=h,
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=config["ffn_dim"],
+        vocab_size=config["vocab_size"],
+        max_positions=config["max_position_embeddings"],
+        tie_word_embeddings=config["tie_word_embeddings"],
+        activation=config["activation_function"],
+        gated_mlp=False,
+        norm="layernorm",
         attention_dropout=config.get("attention_dropout", 0.0) or 0.0,
-        word_embed_proj_dim=config["word_embed_proj_dim"], enable_bias=config["enable_bias"],
-        layer_norm_elementwise_affine=config["layer_norm_elementwise_affine"], do_layer_norm_before=pre_norm,
+        word_embed_proj_dim=config["word_embed_proj_dim"],
+        enable_bias=config["enable_bias"],
+        layer_norm_elementwise_affine=config["layer_norm_elementwise_affine"],
+        do_layer_norm_before=pre_norm,
         final_layer_norm=pre_norm and not config["_remove_final_layer_norm"],
-        dropout=config.get("dropout", 0.1) or 0.0, use_cache=config["use_cache"])
+        dropout=config.get("dropout", 0.1) or 0.0,
+        use_cache=config["use_cache"],
+    )
 
 
 # -- modules --------------------------------------------------------------------------------------
@@ -110,20 +138,32 @@ class _Layer:
     final_layer_norm: LayerNorm
 
     def tensors(self) -> list[ParamTensor]:
-        return tensors_of(self.k_proj, self.v_proj, self.q_proj, self.out_proj, self.self_attn_layer_norm,
-                          self.fc1, self.fc2, self.final_layer_norm)
+        return tensors_of(
+            self.k_proj,
+            self.v_proj,
+            self.q_proj,
+            self.out_proj,
+            self.self_attn_layer_norm,
+            self.fc1,
+            self.fc2,
+            self.final_layer_norm,
+        )
 
 
 def _layer(d: OPTDims, i: int) -> _Layer:
     p, h, ffn = f"{DECODER}.layers.{i}", d.hidden_size, d.intermediate_size
     bias, affine = d.enable_bias, d.layer_norm_elementwise_affine
-    return _Layer(p, k_proj=Linear(f"{p}.self_attn.k_proj", h, h, bias),
-                  v_proj=Linear(f"{p}.self_attn.v_proj", h, h, bias),
-                  q_proj=Linear(f"{p}.self_attn.q_proj", h, h, bias),
-                  out_proj=Linear(f"{p}.self_attn.out_proj", h, h, bias),
-                  self_attn_layer_norm=LayerNorm(f"{p}.self_attn_layer_norm", h, affine),
-                  fc1=Linear(f"{p}.fc1", h, ffn, bias), fc2=Linear(f"{p}.fc2", ffn, h, bias),
-                  final_layer_norm=LayerNorm(f"{p}.final_layer_norm", h, affine))
+    return _Layer(
+        p,
+        k_proj=Linear(f"{p}.self_attn.k_proj", h, h, bias),
+        v_proj=Linear(f"{p}.self_attn.v_proj", h, h, bias),
+        q_proj=Linear(f"{p}.self_attn.q_proj", h, h, bias),
+        out_proj=Linear(f"{p}.self_attn.out_proj", h, h, bias),
+        self_attn_layer_norm=LayerNorm(f"{p}.self_attn_layer_norm", h, affine),
+        fc1=Linear(f"{p}.fc1", h, ffn, bias),
+        fc2=Linear(f"{p}.fc2", ffn, h, bias),
+        final_layer_norm=LayerNorm(f"{p}.final_layer_norm", h, affine),
+    )
 
 
 def _tensors(d: OPTDims) -> list[ParamTensor]:
@@ -141,6 +181,7 @@ def _tensors(d: OPTDims) -> list[ParamTensor]:
 
 
 # -- forward --------------------------------------------------------------------------------------
+
 
 def _forward(tr: Trace, d: OPTDims, attn_kernel: str) -> None:
     h, heads, proj, p = d.hidden_size, d.num_heads, d.word_embed_proj_dim, d.dropout
@@ -179,8 +220,20 @@ def _forward(tr: Trace, d: OPTDims, attn_kernel: str) -> None:
         k = t.linear(tr, y, layer.k_proj)
         v = t.linear(tr, y, layer.v_proj)
         k, v = t.kv_cache(tr, d.use_cache, k, v, k.numel)
-        a = t.attention(tr, q, k, v, heads, heads, d.head_dim, attn_kernel, p_attn, mask,
-                        softmax_dtype="float32", probs_dtype=q.dtype)
+        a = t.attention(
+            tr,
+            q,
+            k,
+            v,
+            heads,
+            heads,
+            d.head_dim,
+            attn_kernel,
+            p_attn,
+            mask,
+            softmax_dtype="float32",
+            probs_dtype=q.dtype,
+        )
         a = tr.dropout(t.linear(tr, a, layer.out_proj), p)
         x = tr.add(residual, a)
         if not pre_norm:
@@ -205,11 +258,21 @@ def _forward(tr: Trace, d: OPTDims, attn_kernel: str) -> None:
 
 
 FAMILY = Family(
-    model_type="opt", task="causal-lm", head_class="OPTForCausalLM", defaults=DEFAULTS,
+    model_type="opt",
+    task="causal-lm",
+    head_class="OPTForCausalLM",
+    defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "ffn_dim", "num_hidden_layers", "num_attention_heads"),
-    describe=_describe, tensors=_tensors, forward=_forward,
+    describe=_describe,
+    tensors=_tensors,
+    forward=_forward,
     optional_ints=("max_position_embeddings", "word_embed_proj_dim"),
-    bools=("tie_word_embeddings", "do_layer_norm_before", "_remove_final_layer_norm", "enable_bias",
-           "layer_norm_elementwise_affine"),
+    bools=(
+        "tie_word_embeddings",
+        "do_layer_norm_before",
+        "_remove_final_layer_norm",
+        "enable_bias",
+        "layer_norm_elementwise_affine",
+    ),
     finalize=_finalize,
 )

@@ -10,6 +10,7 @@ cat(cls_token) -> + position_embeddings -> dropout -> layers (layernorm_before -
 residual add) -> layernorm -> classifier on token 0 -> cross-entropy. The sequence length is the
 number of patches plus one (from image_size and patch_size); settings.seq_len is not used.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,10 +24,21 @@ from ._base import Config, Conv2d, Dims, Family, LayerNorm, Linear, require_divi
 
 # transformers ViTConfig defaults (configuration_vit.py) plus PreTrainedConfig's num_labels default of 2
 DEFAULTS = {
-    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-    "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16,
-    "num_channels": 3, "qkv_bias": True, "encoder_stride": 16, "pooler_output_size": None,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "encoder_stride": 16,
+    "pooler_output_size": None,
     "pooler_act": "tanh",
 }
 
@@ -74,15 +86,27 @@ def _finalize(config: dict[str, Any], where: str) -> None:
 def _describe(config: Config) -> ViTDims:
     image, patch = _pair(config, "image_size", ""), _pair(config, "patch_size", "")
     return ViTDims(
-        hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"], num_kv_heads=config["num_attention_heads"],
-        head_dim=config["head_dim"], intermediate_size=config["intermediate_size"], vocab_size=None,
-        max_positions=None, tie_word_embeddings=False, activation=config["hidden_act"], gated_mlp=False,
-        norm="layernorm", num_patches=(image[1] // patch[1]) * (image[0] // patch[0]),
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        num_kv_heads=config["num_attention_heads"],
+        head_dim=config["head_dim"],
+        intermediate_size=config["intermediate_size"],
+        vocab_size=None,
+        max_positions=None,
+        tie_word_embeddings=False,
+        activation=config["hidden_act"],
+        gated_mlp=False,
+        norm="layernorm",
+        num_patches=(image[1] // patch[1]) * (image[0] // patch[0]),
         num_labels=config["num_labels"],
         attention_dropout=config.get("attention_probs_dropout_prob", 0.0) or 0.0,
-        image_size=image, patch_size=patch, num_channels=config["num_channels"], qkv_bias=config["qkv_bias"],
-        hidden_dropout=config.get("hidden_dropout_prob", 0.0) or 0.0)
+        image_size=image,
+        patch_size=patch,
+        num_channels=config["num_channels"],
+        qkv_bias=config["qkv_bias"],
+        hidden_dropout=config.get("hidden_dropout_prob", 0.0) or 0.0,
+    )
 
 
 # -- modules --------------------------------------------------------------------------------------
@@ -124,20 +148,32 @@ class _Layer:
     fc2: Linear
 
     def tensors(self) -> list[ParamTensor]:
-        return tensors_of(self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.layernorm_before,
-                          self.layernorm_after, self.fc1, self.fc2)
+        return tensors_of(
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.o_proj,
+            self.layernorm_before,
+            self.layernorm_after,
+            self.fc1,
+            self.fc2,
+        )
 
 
 def _layer(d: ViTDims, i: int) -> _Layer:
     p, h, inter = f"vit.layers.{i}", d.hidden_size, d.intermediate_size
     attn = d.num_heads * d.head_dim
-    return _Layer(p, q_proj=Linear(f"{p}.attention.q_proj", h, attn, d.qkv_bias),
-                  k_proj=Linear(f"{p}.attention.k_proj", h, attn, d.qkv_bias),
-                  v_proj=Linear(f"{p}.attention.v_proj", h, attn, d.qkv_bias),
-                  o_proj=Linear(f"{p}.attention.o_proj", attn, h),
-                  layernorm_before=LayerNorm(f"{p}.layernorm_before", h),
-                  layernorm_after=LayerNorm(f"{p}.layernorm_after", h),
-                  fc1=Linear(f"{p}.mlp.fc1", h, inter), fc2=Linear(f"{p}.mlp.fc2", inter, h))
+    return _Layer(
+        p,
+        q_proj=Linear(f"{p}.attention.q_proj", h, attn, d.qkv_bias),
+        k_proj=Linear(f"{p}.attention.k_proj", h, attn, d.qkv_bias),
+        v_proj=Linear(f"{p}.attention.v_proj", h, attn, d.qkv_bias),
+        o_proj=Linear(f"{p}.attention.o_proj", attn, h),
+        layernorm_before=LayerNorm(f"{p}.layernorm_before", h),
+        layernorm_after=LayerNorm(f"{p}.layernorm_after", h),
+        fc1=Linear(f"{p}.mlp.fc1", h, inter),
+        fc2=Linear(f"{p}.mlp.fc2", inter, h),
+    )
 
 
 def _tensors(d: ViTDims) -> list[ParamTensor]:
@@ -152,6 +188,7 @@ def _tensors(d: ViTDims) -> list[ParamTensor]:
 
 # -- forward --------------------------------------------------------------------------------------
 
+
 def _forward(tr: Trace, d: ViTDims, attn_kernel: str) -> None:
     h, heads, p = d.hidden_size, d.num_heads, d.hidden_dropout
     p_attn = d.attention_dropout if tr.training else 0.0
@@ -159,8 +196,7 @@ def _forward(tr: Trace, d: ViTDims, attn_kernel: str) -> None:
     tr.seq_len = s = d.num_patches + 1
     bs = b * s
 
-    pixels = tr.act(b * d.num_channels * d.image_size[0] * d.image_size[1], tr.param_dtype, "pixel_values",
-                    "const")
+    pixels = tr.act(b * d.num_channels * d.image_size[0] * d.image_size[1], tr.param_dtype, "pixel_values", "const")
     labels = tr.act(b, "int64", "labels", "index")
     tr.inputs(pixels, labels)
     proj = _projection(d)
@@ -187,8 +223,20 @@ def _forward(tr: Trace, d: ViTDims, attn_kernel: str) -> None:
         q = t.linear(tr, y, layer.q_proj)
         k = t.linear(tr, y, layer.k_proj)
         v = t.linear(tr, y, layer.v_proj)
-        a = t.attention(tr, q, k, v, heads, heads, d.head_dim, attn_kernel, p_attn, None,
-                        softmax_dtype="float32", probs_dtype=q.dtype)
+        a = t.attention(
+            tr,
+            q,
+            k,
+            v,
+            heads,
+            heads,
+            d.head_dim,
+            attn_kernel,
+            p_attn,
+            None,
+            softmax_dtype="float32",
+            probs_dtype=q.dtype,
+        )
         a = tr.dropout(t.linear(tr, a, layer.o_proj), p)
         x = tr.add(a, residual)
         tr.module = layer.prefix + ".mlp"
@@ -218,8 +266,15 @@ def _forward(tr: Trace, d: ViTDims, attn_kernel: str) -> None:
 
 
 FAMILY = Family(
-    model_type="vit", task="image-classification", head_class="ViTForImageClassification", defaults=DEFAULTS,
+    model_type="vit",
+    task="image-classification",
+    head_class="ViTForImageClassification",
+    defaults=DEFAULTS,
     required=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
-    describe=_describe, tensors=_tensors, forward=_forward, optional_ints=("num_channels", "head_dim"),
-    bools=("qkv_bias",), finalize=_finalize,
+    describe=_describe,
+    tensors=_tensors,
+    forward=_forward,
+    optional_ints=("num_channels", "head_dim"),
+    bools=("qkv_bias",),
+    finalize=_finalize,
 )

@@ -25,6 +25,7 @@ What they share: _spec.py (OptimizerSpec, state helpers, the one place options a
 _scratch.py (step-scratch machinery), _torch.py (torch.optim's state helpers); the registry is
 _registry.py, the step-scratch functions _step.py.
 """
+
 from __future__ import annotations
 
 from ._registry import OPTIMIZERS, get_optimizer, optimizer_names, optimizer_table
@@ -40,6 +41,21 @@ from ._step import (
     step_temporary_bytes,
 )
 
-__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "OPTIMIZERS", "get_optimizer", "optimizer_names",
-           "optimizer_table", "StepScratch", "IMPLEMENTATIONS", "step_temporary_bytes", "default_implementation",
-           "implementations", "exactness", "needs_create_graph", "create_graph_caveat", "step_option_defaults"]
+__all__ = [
+    "Family",
+    "OptimizerSpec",
+    "OptimizerStateTensor",
+    "OPTIMIZERS",
+    "get_optimizer",
+    "optimizer_names",
+    "optimizer_table",
+    "StepScratch",
+    "IMPLEMENTATIONS",
+    "step_temporary_bytes",
+    "default_implementation",
+    "implementations",
+    "exactness",
+    "needs_create_graph",
+    "create_graph_caveat",
+    "step_option_defaults",
+]

@@ -1,4 +1,5 @@
 """The registry: every optimizer's `OptimizerSpec` by name, in registry order, and the lookups."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -48,14 +49,16 @@ def optimizer_table(params: Sequence[ParamTensor], param_dtype: str = "float32")
     rows = []
     for spec in OPTIMIZERS.values():
         nbytes = spec.state_bytes(params, param_dtype)
-        rows.append({
-            "name": spec.name,
-            "family": spec.family.value,
-            "implementation": spec.implementation,
-            "state_bytes": nbytes,
-            "bytes_per_param": nbytes / n if n else 0.0,
-            "measured": spec.measured,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family.value,
+                "implementation": spec.implementation,
+                "state_bytes": nbytes,
+                "bytes_per_param": nbytes / n if n else 0.0,
+                "measured": spec.measured,
+            }
+        )
     rows.sort(key=lambda r: (FAMILY_ORDER.index(Family(r["family"])), r["state_bytes"], r["name"]))
     return rows
 

@@ -41,6 +41,7 @@ nesterov, hessian_step, svd_step, ...) are accepted where they matter: see `Step
 
 In the models, n_i is the bytes of parameter i and N those of all parameters.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -62,8 +63,8 @@ KNOWN_DEVICES = ("cuda", "cpu", "xpu", "mtia", "mps", "hpu")
 # torch's `_get_scalar_dtype()`: the dtype of scalar states such as Adam's `step` (float64 only when
 # torch's default dtype has been set to float64, which memprof does not model).
 TORCH_SCALAR_DTYPE = "float32"
-SCALAR = dtype_bytes(TORCH_SCALAR_DTYPE)     # a 0-d step-dtype tensor (bias corrections, ...)
-F32 = 4                                      # bytes of a float32 element (SVD / QR factors, ...)
+SCALAR = dtype_bytes(TORCH_SCALAR_DTYPE)  # a 0-d step-dtype tensor (bias corrections, ...)
+F32 = 4  # bytes of a float32 element (SVD / QR factors, ...)
 
 
 class Live:
@@ -75,8 +76,8 @@ class Live:
     assignment unless another variable still refers to it (`alias`)."""
 
     def __init__(self) -> None:
-        self._names: dict[str, int] = {}     # variable -> object id
-        self._sizes: dict[int, int] = {}     # object id -> bytes
+        self._names: dict[str, int] = {}  # variable -> object id
+        self._sizes: dict[int, int] = {}  # object id -> bytes
         self.peak = 0
 
     @property
@@ -108,11 +109,11 @@ class Live:
 class Context:
     """What a step-scratch model reads: the parameters' shapes, their dtype, the device, the options."""
 
-    shapes: tuple[tuple[int, ...], ...]   # each parameter's shape, in param_groups order
-    dtype: str                            # dtype of params / grads / states
-    device: str                           # device type: "cuda", "cpu", ...
+    shapes: tuple[tuple[int, ...], ...]  # each parameter's shape, in param_groups order
+    dtype: str  # dtype of params / grads / states
+    device: str  # device type: "cuda", "cpu", ...
     opts: Mapping[str, Any]
-    names: tuple[str, ...] = ()           # the parameters' names (GaLore's galore_params)
+    names: tuple[str, ...] = ()  # the parameters' names (GaLore's galore_params)
 
     @property
     def elem(self) -> int:
@@ -130,8 +131,13 @@ class Context:
         return prod(self.shapes[i]) * self.elem
 
     def subset(self, idx: Sequence[int], **opts: Any) -> Context:
-        return Context(tuple(self.shapes[i] for i in idx), self.dtype, self.device, {**self.opts, **opts},
-                       tuple(self.names[i] for i in idx) if self.names else ())
+        return Context(
+            tuple(self.shapes[i] for i in idx),
+            self.dtype,
+            self.device,
+            {**self.opts, **opts},
+            tuple(self.names[i] for i in idx) if self.names else (),
+        )
 
 
 ScratchModel = Callable[[Context], int]
@@ -149,8 +155,10 @@ def torch_default(opts: Mapping[str, Any], device: str) -> str:
 
 def always_picks(implementation: str) -> DefaultRule:
     """A library that picks the same implementation on every device."""
+
     def rule(opts: Mapping[str, Any], device: str) -> str:
         return implementation
+
     return rule
 
 
@@ -158,9 +166,9 @@ def always_picks(implementation: str) -> DefaultRule:
 class StepScratch:
     """How one optimizer's step() allocates scratch memory, per implementation."""
 
-    models: Mapping[str, ScratchModel]   # implementation -> bytes
-    exactness: Mapping[str, str]         # implementation -> "exact" | "upper bound" | ...
-    source: str                          # the functions it is read from
+    models: Mapping[str, ScratchModel]  # implementation -> bytes
+    exactness: Mapping[str, str]  # implementation -> "exact" | "upper bound" | ...
+    source: str  # the functions it is read from
     # defaults of the options only the step's scratch depends on (callers may pass them)
     options: Mapping[str, Any] = field(default_factory=dict)
     # settings the registry entry fixes for the models, not options (AdamW: decoupled=True)
@@ -175,15 +183,16 @@ class StepScratch:
 
 
 def device_type(device: str) -> str:
-    """"cuda" for "cuda:1"; a MemprofUserError for a device type memprof does not know."""
+    """ "cuda" for "cuda:1"; a MemprofUserError for a device type memprof does not know."""
     kind = str(device).split(":", 1)[0].strip().lower()
     if kind not in KNOWN_DEVICES:
         raise MemprofUserError(f"unknown device {device!r}; valid: {', '.join(KNOWN_DEVICES)}")
     return kind
 
 
-def by_implementation(single: ScratchModel, foreach: ScratchModel,
-                      fused: ScratchModel | None = None) -> dict[str, ScratchModel]:
+def by_implementation(
+    single: ScratchModel, foreach: ScratchModel, fused: ScratchModel | None = None
+) -> dict[str, ScratchModel]:
     """The models of a library with a single-tensor loop, a foreach path and maybe a fused kernel."""
     out = {SINGLE: single, FOREACH: foreach}
     if fused is not None:
@@ -205,8 +214,8 @@ def no_scratch(c: Context) -> int:
 
 # capturable (CUDA graphs) keeps the bias corrections etc. as 0-d device tensors. Not measurable
 # without a GPU: the param-sized tensors are read from the source, the 0-d ones bounded by these.
-CAPTURABLE_LOOP_SCALARS = 16      # 0-d tensors one iteration of a single-tensor loop may hold
-CAPTURABLE_FOREACH_LISTS = 6      # lists of one 0-d tensor per parameter a foreach step may hold
+CAPTURABLE_LOOP_SCALARS = 16  # 0-d tensors one iteration of a single-tensor loop may hold
+CAPTURABLE_FOREACH_LISTS = 6  # lists of one 0-d tensor per parameter a foreach step may hold
 
 
 def coupled_weight_decay(o: Mapping[str, Any]) -> bool:
@@ -249,8 +258,34 @@ def capturable_slack(c: Context, foreach: bool) -> int:
     return 2 * CAPTURABLE_LOOP_SCALARS * SCALAR
 
 
-__all__ = ["SINGLE", "FOREACH", "FUSED", "NONE", "IMPLEMENTATIONS", "FOREACH_DEVICES", "KNOWN_DEVICES",
-           "TORCH_SCALAR_DTYPE", "SCALAR", "F32", "Live", "Context", "ScratchModel", "DefaultRule",
-           "ImplementationCheck", "StepScratch", "torch_default", "always_picks", "device_type",
-           "by_implementation", "exact", "no_scratch", "CAPTURABLE_LOOP_SCALARS", "CAPTURABLE_FOREACH_LISTS",
-           "coupled_weight_decay", "loop_grad", "foreach_grads", "cpu_step", "capturable_slack"]
+__all__ = [
+    "SINGLE",
+    "FOREACH",
+    "FUSED",
+    "NONE",
+    "IMPLEMENTATIONS",
+    "FOREACH_DEVICES",
+    "KNOWN_DEVICES",
+    "TORCH_SCALAR_DTYPE",
+    "SCALAR",
+    "F32",
+    "Live",
+    "Context",
+    "ScratchModel",
+    "DefaultRule",
+    "ImplementationCheck",
+    "StepScratch",
+    "torch_default",
+    "always_picks",
+    "device_type",
+    "by_implementation",
+    "exact",
+    "no_scratch",
+    "CAPTURABLE_LOOP_SCALARS",
+    "CAPTURABLE_FOREACH_LISTS",
+    "coupled_weight_decay",
+    "loop_grad",
+    "foreach_grads",
+    "cpu_step",
+    "capturable_slack",
+]

@@ -12,6 +12,7 @@ create state lazily on the first `step()` for parameters whose `.grad` is not No
 `optimizer.param_groups`. Adagrad is the exception: it creates its state in `__init__` for every
 parameter it was given.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -66,11 +67,11 @@ class OptimizerSpec:
     name: str
     aliases: tuple[str, ...]
     family: Family
-    implementation: str          # "torch.optim.AdamW (torch 2.13.0)"; "analytic (...)" when unmeasured
+    implementation: str  # "torch.optim.AdamW (torch 2.13.0)"; "analytic (...)" when unmeasured
     summary: str
-    options: Mapping[str, Any]   # defaults of the options that change memory
+    options: Mapping[str, Any]  # defaults of the options that change memory
     build: StateBuilder = field(repr=False, compare=False)
-    measured: bool = True        # False: no implementation is run against this model
+    measured: bool = True  # False: no implementation is run against this model
     states_at_init: bool = False  # the constructor creates the states (Adagrad), not the first step()
     # the scratch memory of its step(), per implementation (None: not modelled)
     step: StepScratch | None = field(default=None, repr=False, compare=False)
@@ -90,49 +91,50 @@ class OptimizerSpec:
         if unknown:
             valid = ", ".join(sorted({*self.options, *step_only})) or "none"
             raise MemprofUserError(
-                f"unknown option(s) {', '.join(unknown)} for optimizer {self.name!r}; valid: {valid}")
+                f"unknown option(s) {', '.join(unknown)} for optimizer {self.name!r}; valid: {valid}"
+            )
         if scratch is None:
             return {**self.options, **options}
         return {**scratch.options, **scratch.implied, **self.options, **options}
 
-    def state_tensors(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
-                      **options: Any) -> list[StateTensor]:
+    def state_tensors(
+        self, params: Sequence[ParamTensor], param_dtype: str = "float32", **options: Any
+    ) -> list[StateTensor]:
         """Every state tensor in steady state, in `optimizer.state` order (parameter, then key)."""
         dtype_bytes(param_dtype)  # validates the name
         return self.build(list(params), param_dtype.removeprefix("torch."), self.resolve_options(options))
 
-    def state_bytes(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
-                    **options: Any) -> int:
+    def state_bytes(self, params: Sequence[ParamTensor], param_dtype: str = "float32", **options: Any) -> int:
         return sum(t.nbytes for t in self.state_tensors(params, param_dtype, **options))
 
-    def device_state_bytes(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
-                           **options: Any) -> int:
+    def device_state_bytes(self, params: Sequence[ParamTensor], param_dtype: str = "float32", **options: Any) -> int:
         """The part of `state_bytes` on the parameters' device (host-resident scalars excluded)."""
-        return sum(t.nbytes for t in self.state_tensors(params, param_dtype, **options)
-                   if not getattr(t, "host", False))
+        return sum(
+            t.nbytes for t in self.state_tensors(params, param_dtype, **options) if not getattr(t, "host", False)
+        )
 
-    def bytes_by_key(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
-                     **options: Any) -> dict[str, int]:
+    def bytes_by_key(
+        self, params: Sequence[ParamTensor], param_dtype: str = "float32", **options: Any
+    ) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.state_tensors(params, param_dtype, **options):
             out[t.key] = out.get(t.key, 0) + t.nbytes
         return out
 
-    def bytes_per_parameter(self, params: Sequence[ParamTensor], param_dtype: str = "float32",
-                            **options: Any) -> float:
+    def bytes_per_parameter(self, params: Sequence[ParamTensor], param_dtype: str = "float32", **options: Any) -> float:
         n = sum(p.numel for p in params)
         return self.state_bytes(params, param_dtype, **options) / n if n else 0.0
 
 
 # Small builders shared by the modules -------------------------------------------------------------
 
+
 def like(key: str, p: ParamTensor, dtype: str) -> StateTensor:
     """`torch.zeros_like(p)` (or a clone of the gradient): same shape and dtype as the parameter."""
     return StateTensor(key, tuple(p.shape), dtype, p.name)
 
 
-def scalar(key: str, p: ParamTensor | None, dtype: str = TORCH_SCALAR_DTYPE,
-           host: bool = False) -> StateTensor:
+def scalar(key: str, p: ParamTensor | None, dtype: str = TORCH_SCALAR_DTYPE, host: bool = False) -> StateTensor:
     """A 0-d tensor such as torch's `step`; `host` when it stays in CPU memory."""
     return OptimizerStateTensor(key, (), dtype, p.name if p is not None else None, host)
 
@@ -141,15 +143,26 @@ def check_choice(optimizer: str, option: str, value: Any, valid: Sequence[Any]) 
     if value not in valid:
         raise MemprofUserError(
             f"option {option}={value!r} of optimizer {optimizer!r} is not modelled; valid: "
-            + ", ".join(repr(v) for v in valid))
+            + ", ".join(repr(v) for v in valid)
+        )
 
 
 def check_int(optimizer: str, option: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MemprofUserError(
-            f"option {option}={value!r} of optimizer {optimizer!r} must be an integer >= {minimum}")
+        raise MemprofUserError(f"option {option}={value!r} of optimizer {optimizer!r} must be an integer >= {minimum}")
     return value
 
 
-__all__ = ["Family", "OptimizerSpec", "OptimizerStateTensor", "StateBuilder", "FAMILY_ORDER", "PYTORCH_OPTIMIZER",
-           "TORCH_SCALAR_DTYPE", "like", "scalar", "check_choice", "check_int"]
+__all__ = [
+    "Family",
+    "OptimizerSpec",
+    "OptimizerStateTensor",
+    "StateBuilder",
+    "FAMILY_ORDER",
+    "PYTORCH_OPTIMIZER",
+    "TORCH_SCALAR_DTYPE",
+    "like",
+    "scalar",
+    "check_choice",
+    "check_int",
+]

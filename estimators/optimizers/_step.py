@@ -13,6 +13,7 @@
 Each optimizer's model is its spec's `step` (a `StepScratch`, defined next to its states); what the
 figures count and how the implementations differ: _scratch.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,8 @@ def _scratch_of(spec: OptimizerSpec) -> StepScratch:
     if spec.step is None:
         raise MemprofUserError(
             f"the step temporaries of optimizer {spec.name!r} are not modelled; modelled: "
-            + ", ".join(sorted(name for name, s in OPTIMIZERS.items() if s.step is not None)))
+            + ", ".join(sorted(name for name, s in OPTIMIZERS.items() if s.step is not None))
+        )
     return spec.step
 
 
@@ -72,8 +74,9 @@ class _Resolved:
     device: str
 
 
-def _resolve(optimizer: OptimizerSpec | str, device: str, implementation: str | None,
-             options: Mapping[str, Any]) -> _Resolved:
+def _resolve(
+    optimizer: OptimizerSpec | str, device: str, implementation: str | None, options: Mapping[str, Any]
+) -> _Resolved:
     spec = _as_spec(optimizer)
     scratch = _scratch_of(spec)
     opts = spec.resolve_options(options, step=True)
@@ -84,22 +87,29 @@ def _resolve(optimizer: OptimizerSpec | str, device: str, implementation: str | 
     if implementation not in scratch.models:
         raise MemprofUserError(
             f"implementation {implementation!r} does not exist for optimizer {spec.name!r}; valid: "
-            + ", ".join(scratch.models))
+            + ", ".join(scratch.models)
+        )
     if fused_opt and implementation != FUSED:
         raise MemprofUserError(
             f"option fused=True contradicts implementation {implementation!r} for optimizer "
-            f"{spec.name!r}; use implementation='fused' or leave it unset")
+            f"{spec.name!r}; use implementation='fused' or leave it unset"
+        )
     if scratch.check is not None:
         scratch.check(implementation, kind)
     if opts.get("capturable") and kind == "cpu" and implementation != FUSED:
-        raise MemprofUserError(
-            f"capturable=True needs a CUDA (or xpu, hpu) device; torch rejects it on {kind!r}")
+        raise MemprofUserError(f"capturable=True needs a CUDA (or xpu, hpu) device; torch rejects it on {kind!r}")
     return _Resolved(spec, scratch, implementation, opts, kind)
 
 
-def step_temporary_bytes(optimizer: OptimizerSpec | str, params: Sequence[ParamTensor], state_dtype: str,
-                         *, device: str = "cuda", implementation: str | None = None,
-                         **options: Any) -> int:
+def step_temporary_bytes(
+    optimizer: OptimizerSpec | str,
+    params: Sequence[ParamTensor],
+    state_dtype: str,
+    *,
+    device: str = "cuda",
+    implementation: str | None = None,
+    **options: Any,
+) -> int:
     """Peak bytes step() allocates on top of parameters, gradients and (existing) states.
 
     optimizer: an OptimizerSpec or a registry name. params: the parameters it steps, as one param
@@ -112,8 +122,13 @@ def step_temporary_bytes(optimizer: OptimizerSpec | str, params: Sequence[ParamT
     `exactness()`."""
     r = _resolve(optimizer, device, implementation, options)
     dtype_bytes(state_dtype)  # validates the name
-    ctx = Context(tuple(tuple(p.shape) for p in params), state_dtype.removeprefix("torch."), r.device,
-                  r.opts, tuple(p.name for p in params))
+    ctx = Context(
+        tuple(tuple(p.shape) for p in params),
+        state_dtype.removeprefix("torch."),
+        r.device,
+        r.opts,
+        tuple(p.name for p in params),
+    )
     if not ctx.shapes:
         return 0
     return r.scratch.models[r.implementation](ctx)
@@ -132,25 +147,37 @@ def create_graph_caveat(optimizer: OptimizerSpec | str, *, device: str = "cpu", 
     if not r.scratch.create_graph:
         return None
     if r.opts.get("hessian_step"):
-        return (f"the Hessian-vector product of {r.spec.name} walks the create_graph backward's graph inside "
-                "step(); what that walk allocates beyond the probes and h_zs is not modelled: the peak of a "
-                "Hessian-update step is approximate (a few percent either way)")
+        return (
+            f"the Hessian-vector product of {r.spec.name} walks the create_graph backward's graph inside "
+            "step(); what that walk allocates beyond the probes and h_zs is not modelled: the peak of a "
+            "Hessian-update step is approximate (a few percent either way)"
+        )
     return None
 
 
-def exactness(optimizer: OptimizerSpec | str, implementation: str | None = None, *, device: str = "cuda",
-              **options: Any) -> str:
-    """"exact", or what the figure is when it is not ("upper bound", ...)."""
+def exactness(
+    optimizer: OptimizerSpec | str, implementation: str | None = None, *, device: str = "cuda", **options: Any
+) -> str:
+    """ "exact", or what the figure is when it is not ("upper bound", ...)."""
     r = _resolve(optimizer, device, implementation, options)
     if r.opts.get("capturable"):
         return "upper bound (capturable: 0-d tensors bounded; derived from the source, not measured)"
     if r.opts.get("hessian_step"):
-        return ("lower bound on Hessian-update steps: the second backward's own memory "
-                "(activation-dependent) is not counted")
+        return (
+            "lower bound on Hessian-update steps: the second backward's own memory "
+            "(activation-dependent) is not counted"
+        )
     if r.opts.get("adanorm") and r.implementation == SINGLE:
         return "upper bound (adanorm: the data-dependent rescaled gradient is counted)"
     return r.scratch.exactness[r.implementation]
 
 
-__all__ = ["implementations", "default_implementation", "step_option_defaults", "step_temporary_bytes",
-           "needs_create_graph", "create_graph_caveat", "exactness"]
+__all__ = [
+    "implementations",
+    "default_implementation",
+    "step_option_defaults",
+    "step_temporary_bytes",
+    "needs_create_graph",
+    "create_graph_caveat",
+    "exactness",
+]

@@ -10,6 +10,7 @@ Adafactor always on the CPU. `device_state_bytes` leaves the host ones out.
 Step scratch: torch.optim's single_tensor / foreach / fused implementations and the patterns their
 models share are described in _scratch.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -40,10 +41,15 @@ def scalars_on_device(opts: Mapping[str, Any]) -> bool:
     return True
 
 
-def per_param(*keys: str, step: bool = True, scalars: Sequence[str] = (),
-              on_device: Callable[[Mapping[str, Any]], bool] = capturable_or_fused) -> StateBuilder:
+def per_param(
+    *keys: str,
+    step: bool = True,
+    scalars: Sequence[str] = (),
+    on_device: Callable[[Mapping[str, Any]], bool] = capturable_or_fused,
+) -> StateBuilder:
     """A builder for optimizers whose state is `step` (+ other 0-d scalars) and param-shaped tensors;
     `on_device(opts)` tells whether the scalars live on the parameters' device."""
+
     def build(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
         host = not on_device(opts)
         out: list[StateTensor] = []
@@ -53,16 +59,42 @@ def per_param(*keys: str, step: bool = True, scalars: Sequence[str] = (),
             out.extend(scalar(k, p, host=host) for k in scalars)
             out.extend(like(k, p, dtype) for k in keys)
         return out
+
     return build
 
 
-def torch_spec(name: str, aliases: Sequence[str], family: Family, cls: str, summary: str,
-               options: Mapping[str, Any], build: StateBuilder, *, step: StepScratch,
-               states_at_init: bool = False) -> OptimizerSpec:
+def torch_spec(
+    name: str,
+    aliases: Sequence[str],
+    family: Family,
+    cls: str,
+    summary: str,
+    options: Mapping[str, Any],
+    build: StateBuilder,
+    *,
+    step: StepScratch,
+    states_at_init: bool = False,
+) -> OptimizerSpec:
     """The registry entry of torch.optim.`cls`."""
-    return OptimizerSpec(name, tuple(aliases), family, torch_class(cls), summary, dict(options), build,
-                         states_at_init=states_at_init, step=step)
+    return OptimizerSpec(
+        name,
+        tuple(aliases),
+        family,
+        torch_class(cls),
+        summary,
+        dict(options),
+        build,
+        states_at_init=states_at_init,
+        step=step,
+    )
 
 
-__all__ = ["TORCH", "WEIGHT_DECAY_MAXIMIZE", "torch_class", "capturable_or_fused", "scalars_on_device", "per_param",
-           "torch_spec"]
+__all__ = [
+    "TORCH",
+    "WEIGHT_DECAY_MAXIMIZE",
+    "torch_class",
+    "capturable_or_fused",
+    "scalars_on_device",
+    "per_param",
+    "torch_spec",
+]

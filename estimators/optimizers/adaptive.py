@@ -3,6 +3,7 @@
 pytorch-optimizer keeps its step counter per group as a python int, so its state is tensors only.
 States and step scratch of each, read from the package's source.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -35,8 +36,10 @@ GALORE = "galore-torch 1.0"
 # decays (coupled weight decay) the gradient in place, so only the update's own intermediates
 # count. `_step_foreach` runs unless an option forces the loop.
 
+
 def _pyopt_states(*keys: str, ams_key: str | None = None) -> StateBuilder:
     """exp_avg-style tensors (+ the AMSBound maximum) (+ AdaNorm's (1,) gradient-norm EMA)."""
+
     def build(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
         out: list[StateTensor] = []
         for p in params:
@@ -46,14 +49,17 @@ def _pyopt_states(*keys: str, ams_key: str | None = None) -> StateBuilder:
             if opts.get("adanorm"):
                 out.append(StateTensor("exp_grad_adanorm", (1,), dtype, p.name))
         return out
+
     return build
 
 
 def _pyopt_default(loop_options: Sequence[str]) -> DefaultRule:
     """pytorch-optimizer takes `_step_foreach` (dense real gradients, foreach not False) unless one
     of `loop_options` is set; on every device, the CPU included."""
+
     def default(opts: Mapping[str, Any], device: str) -> str:
         return SINGLE if any(opts.get(k) for k in loop_options) else FOREACH
+
     return default
 
 
@@ -69,12 +75,12 @@ def _lion_single(c: Context) -> int:
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         _adanorm(live, b, c)
-        live.make("update", b)                        # exp_avg.lerp(grad, 1 - beta1).sign_()
+        live.make("update", b)  # exp_avg.lerp(grad, 1 - beta1).sign_()
     return live.peak
 
 
 def _lion_foreach(c: Context) -> int:
-    return c.total                                    # torch._foreach_lerp(exp_avgs, grads, ...)
+    return c.total  # torch._foreach_lerp(exp_avgs, grads, ...)
 
 
 def _adabelief_single(c: Context) -> int:
@@ -82,13 +88,13 @@ def _adabelief_single(c: Context) -> int:
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         _adanorm(live, b, c)
-        live.make("grad_residual", b)                 # grad - exp_avg
-        live.make("de_nom", b)                        # apply_ams_bound: exp_avg_var.add(eps)
+        live.make("grad_residual", b)  # grad - exp_avg
+        live.make("de_nom", b)  # apply_ams_bound: exp_avg_var.add(eps)
     return live.peak
 
 
 def _adabelief_foreach(c: Context) -> int:
-    return 2 * c.total                                # grad_residuals, de_noms (_foreach_sub, _add)
+    return 2 * c.total  # grad_residuals, de_noms (_foreach_sub, _add)
 
 
 def _diffgrad_single(c: Context) -> int:
@@ -96,40 +102,63 @@ def _diffgrad_single(c: Context) -> int:
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         _adanorm(live, b, c)
-        live.make("de_nom", b)                        # apply_ams_bound; dfc works in previous_grad
+        live.make("de_nom", b)  # apply_ams_bound; dfc works in previous_grad
     return live.peak
 
 
 def _diffgrad_foreach(c: Context) -> int:
-    return c.total                                    # apply_ams_bound_foreach: _foreach_add
+    return c.total  # apply_ams_bound_foreach: _foreach_add
 
 
 A = Family.FIRST_ORDER_ADAPTIVE
 
-LION = OptimizerSpec("lion", ("lion-pytorch",), A, f"pytorch_optimizer.Lion ({PYTORCH_OPTIMIZER})",
-                     "Sign-momentum: one exp_avg (1x params); lion_pytorch.Lion keeps the same single buffer.",
-                     {"adanorm": False}, _pyopt_states("exp_avg"),
-                     step=StepScratch(by_implementation(_lion_single, _lion_foreach), exact(SINGLE, FOREACH),
-                                      "pytorch_optimizer.Lion: _step_per_param, _step_foreach",
-                                      default=_pyopt_default(("adanorm",))))
+LION = OptimizerSpec(
+    "lion",
+    ("lion-pytorch",),
+    A,
+    f"pytorch_optimizer.Lion ({PYTORCH_OPTIMIZER})",
+    "Sign-momentum: one exp_avg (1x params); lion_pytorch.Lion keeps the same single buffer.",
+    {"adanorm": False},
+    _pyopt_states("exp_avg"),
+    step=StepScratch(
+        by_implementation(_lion_single, _lion_foreach),
+        exact(SINGLE, FOREACH),
+        "pytorch_optimizer.Lion: _step_per_param, _step_foreach",
+        default=_pyopt_default(("adanorm",)),
+    ),
+)
 
-ADABELIEF = OptimizerSpec("adabelief", (), A, f"pytorch_optimizer.AdaBelief ({PYTORCH_OPTIMIZER})",
-                          "exp_avg + exp_avg_var (2x params); ams_bound adds max_exp_avg_var.",
-                          {"ams_bound": False, "adanorm": False},
-                          _pyopt_states("exp_avg", "exp_avg_var", ams_key="max_exp_avg_var"),
-                          step=StepScratch(by_implementation(_adabelief_single, _adabelief_foreach),
-                                           exact(SINGLE, FOREACH),
-                                           "pytorch_optimizer.AdaBelief: _step_per_param, _step_foreach",
-                                           default=_pyopt_default(("adanorm", "ams_bound"))))
+ADABELIEF = OptimizerSpec(
+    "adabelief",
+    (),
+    A,
+    f"pytorch_optimizer.AdaBelief ({PYTORCH_OPTIMIZER})",
+    "exp_avg + exp_avg_var (2x params); ams_bound adds max_exp_avg_var.",
+    {"ams_bound": False, "adanorm": False},
+    _pyopt_states("exp_avg", "exp_avg_var", ams_key="max_exp_avg_var"),
+    step=StepScratch(
+        by_implementation(_adabelief_single, _adabelief_foreach),
+        exact(SINGLE, FOREACH),
+        "pytorch_optimizer.AdaBelief: _step_per_param, _step_foreach",
+        default=_pyopt_default(("adanorm", "ams_bound")),
+    ),
+)
 
-DIFFGRAD = OptimizerSpec("diffgrad", (), A, f"pytorch_optimizer.DiffGrad ({PYTORCH_OPTIMIZER})",
-                         "exp_avg + exp_avg_sq + previous_grad (3x params); ams_bound adds max_exp_avg_sq.",
-                         {"ams_bound": False, "adanorm": False},
-                         _pyopt_states("exp_avg", "exp_avg_sq", "previous_grad", ams_key="max_exp_avg_sq"),
-                         step=StepScratch(by_implementation(_diffgrad_single, _diffgrad_foreach),
-                                          exact(SINGLE, FOREACH),
-                                          "pytorch_optimizer.DiffGrad: _step_per_param, _step_foreach",
-                                          default=_pyopt_default(("adanorm",))))
+DIFFGRAD = OptimizerSpec(
+    "diffgrad",
+    (),
+    A,
+    f"pytorch_optimizer.DiffGrad ({PYTORCH_OPTIMIZER})",
+    "exp_avg + exp_avg_sq + previous_grad (3x params); ams_bound adds max_exp_avg_sq.",
+    {"ams_bound": False, "adanorm": False},
+    _pyopt_states("exp_avg", "exp_avg_sq", "previous_grad", ams_key="max_exp_avg_sq"),
+    step=StepScratch(
+        by_implementation(_diffgrad_single, _diffgrad_foreach),
+        exact(SINGLE, FOREACH),
+        "pytorch_optimizer.DiffGrad: _step_per_param, _step_foreach",
+        default=_pyopt_default(("adanorm",)),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------ bitsandbytes 8-bit
@@ -189,22 +218,32 @@ def _adamw8bit_step(c: Context) -> int:
     return peak
 
 
-ADAMW8BIT = OptimizerSpec("adamw8bit", ("adamw-8bit", "8bit-adamw", "bnb-adamw8bit"), A,
-                          f"bitsandbytes.optim.AdamW8bit ({BNB})",
-                          "Block-wise quantized moments: 2 bytes/param + 8 bytes per 256-element block, "
-                          "plus 2 KiB of shared quantization maps; tensors under 4096 elements stay float32 "
-                          "(8 bytes/param).",
-                          {"min_8bit_size": 4096, "optim_bits": 8}, _adamw8bit_states,
-                          step=StepScratch({NONE: _adamw8bit_step},
-                                           {NONE: "exact on the CPU (measured with the CPU allocator's profiler); "
-                                                  "CUDA: derived from the kernels, not measured"},
-                                           "bitsandbytes.optim.AdamW8bit: optimizer_update_8bit_blockwise "
-                                           "(backends/cpu/ops.py on the CPU)", default=always_picks(NONE)))
+ADAMW8BIT = OptimizerSpec(
+    "adamw8bit",
+    ("adamw-8bit", "8bit-adamw", "bnb-adamw8bit"),
+    A,
+    f"bitsandbytes.optim.AdamW8bit ({BNB})",
+    "Block-wise quantized moments: 2 bytes/param + 8 bytes per 256-element block, "
+    "plus 2 KiB of shared quantization maps; tensors under 4096 elements stay float32 "
+    "(8 bytes/param).",
+    {"min_8bit_size": 4096, "optim_bits": 8},
+    _adamw8bit_states,
+    step=StepScratch(
+        {NONE: _adamw8bit_step},
+        {
+            NONE: "exact on the CPU (measured with the CPU allocator's profiler); "
+            "CUDA: derived from the kernels, not measured"
+        },
+        "bitsandbytes.optim.AdamW8bit: optimizer_update_8bit_blockwise (backends/cpu/ops.py on the CPU)",
+        default=always_picks(NONE),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------ GaLore
 # Step scratch: low-rank gradient, denom, exp_avg / denom and the back-projection (2 n_i); with
 # svd_step (default, every update_proj_gap steps) the float32 SVD factors; exact.
+
 
 def _galore_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     # GaLoreAdamW with proj_type "std" on the GaLore group (by default every 2-D parameter; others are
@@ -272,26 +311,35 @@ def _galore_step(c: Context) -> int:
         r = min(c.opts["rank"], k)
         low = (m * r if m >= n else r * n) * e
         if c.opts["svd_step"]:
-            copy = 0 if c.dtype == "float32" else m * n * F32     # matrix = grad.float()
+            copy = 0 if c.dtype == "float32" else m * n * F32  # matrix = grad.float()
             svd = (m * k + k + k * n) * F32
-            factor = (m * r if m >= n else r * n) * F32            # A (right) or B (left) product
+            factor = (m * r if m >= n else r * n) * F32  # A (right) or B (left) product
             live.touch(copy + svd + r * r * F32 + factor)
             if c.dtype != "float32":
                 live.touch(svd + (r * n if m >= n else m * r) * e)  # .type(dtype) of the kept factor
-        live.make("grad", low)                        # grad = projector.project(grad, step)
-        live.make("denom", low)                       # exp_avg_sq.sqrt().add_(eps)
-        live.make("norm_grad", low)                   # exp_avg / denom
-        live.make("norm_grad", b, transient=b)        # project_back: matmul, then * scale
+        live.make("grad", low)  # grad = projector.project(grad, step)
+        live.make("denom", low)  # exp_avg_sq.sqrt().add_(eps)
+        live.make("norm_grad", low)  # exp_avg / denom
+        live.make("norm_grad", b, transient=b)  # project_back: matmul, then * scale
     return live.peak
 
 
-GALORE_ADAMW = OptimizerSpec("galore", ("galore-adamw",), A, f"galore_torch.GaLoreAdamW ({GALORE})",
-                             "AdamW moments in a rank-r projection of each 2-D gradient, plus the projection "
-                             "matrix (for float32 weights the full SVD factor it is sliced from).",
-                             {"rank": 128, "proj_type": "std", "galore_params": None}, _galore_states,
-                             step=StepScratch({NONE: _galore_step}, exact(NONE),
-                                              "galore_torch.GaLoreAdamW.step, GaLoreProjector.project / "
-                                              "project_back / get_orthogonal_matrix",
-                                              {"svd_step": True}, default=always_picks(NONE)))
+GALORE_ADAMW = OptimizerSpec(
+    "galore",
+    ("galore-adamw",),
+    A,
+    f"galore_torch.GaLoreAdamW ({GALORE})",
+    "AdamW moments in a rank-r projection of each 2-D gradient, plus the projection "
+    "matrix (for float32 weights the full SVD factor it is sliced from).",
+    {"rank": 128, "proj_type": "std", "galore_params": None},
+    _galore_states,
+    step=StepScratch(
+        {NONE: _galore_step},
+        exact(NONE),
+        "galore_torch.GaLoreAdamW.step, GaLoreProjector.project / project_back / get_orthogonal_matrix",
+        {"svd_step": True},
+        default=always_picks(NONE),
+    ),
+)
 
 SPECS = [LION, ADABELIEF, DIFFGRAD, ADAMW8BIT, GALORE_ADAMW]

@@ -3,6 +3,7 @@ AdaHessian (diagonal Hessian estimates). L-BFGS lives with torch.optim (torch_lb
 
 States and step scratch of each, read from the package's source.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from ._spec import PYTORCH_OPTIMIZER, Family, OptimizerSpec, StateBuilder, check
 # float32 U, S, Vh, products and cast); exact for vectors, matrices and 3-d / 4-d tensors, float32
 # and bfloat16.
 
+
 def _shampoo_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     # One (d, d) statistic `pre_cond_i` and its inverse root `inv_pre_cond_i` per dimension, in the
     # gradient dtype. `momentum_buffer` is (re)assigned to the preconditioned gradient at the end of
@@ -58,9 +60,11 @@ def _power_svd(d: int, e: int) -> int:
     (a copy unless float32). The largest of these moments."""
     copy = 0 if e == F32 else d * d * F32
     usv = (2 * d * d + d) * F32
-    return max(copy + usv,                                # inside the SVD
-               usv + 2 * d * d * F32,                     # u * s and the product
-               usv + d * d * F32 + (0 if e == F32 else d * d * e))   # the product cast back
+    return max(
+        copy + usv,  # inside the SVD
+        usv + 2 * d * d * F32,  # u * s and the product
+        usv + d * d * F32 + (0 if e == F32 else d * d * e),
+    )  # the product cast back
 
 
 def _shampoo_step(c: Context) -> int:
@@ -89,22 +93,29 @@ def _shampoo_step(c: Context) -> int:
     return peak
 
 
-SHAMPOO = OptimizerSpec("shampoo", (), Family.SECOND_ORDER_PRECONDITIONER,
-                        f"pytorch_optimizer.Shampoo ({PYTORCH_OPTIMIZER})",
-                        "Per dimension d of each tensor a d x d statistic and its inverse root "
-                        "(2 * sum d^2), plus the preconditioned-gradient buffer (1x params).",
-                        {"momentum": 0.0}, _shampoo_states,
-                        step=StepScratch({NONE: _shampoo_step},
-                                         {NONE: "exact (vectors, matrices, 3-d and 4-d tensors measured); LAPACK's "
-                                                "SVD workspace not counted"},
-                                         "pytorch_optimizer.Shampoo.step, compute_power_svd",
-                                         default=always_picks(NONE)))
+SHAMPOO = OptimizerSpec(
+    "shampoo",
+    (),
+    Family.SECOND_ORDER_PRECONDITIONER,
+    f"pytorch_optimizer.Shampoo ({PYTORCH_OPTIMIZER})",
+    "Per dimension d of each tensor a d x d statistic and its inverse root "
+    "(2 * sum d^2), plus the preconditioned-gradient buffer (1x params).",
+    {"momentum": 0.0},
+    _shampoo_states,
+    step=StepScratch(
+        {NONE: _shampoo_step},
+        {NONE: "exact (vectors, matrices, 3-d and 4-d tensors measured); LAPACK's SVD workspace not counted"},
+        "pytorch_optimizer.Shampoo.step, compute_power_svd",
+        default=always_picks(NONE),
+    ),
+)
 
 
 # -------------------------------------------------------------------------------------------- SOAP
 # Step scratch: statement by statement (tensordot rotations, de_nom, the quotient, outer products,
 # the QR refresh: index_select, float32 Q and R); exact for vectors and matrices, both dtypes; an
 # upper bound for tensors of 3 or more dimensions (tensordot's operand copies).
+
 
 def _soap_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     # Adam moments like the gradient, plus per dimension of size <= max_precondition_dim a (d, d)
@@ -158,28 +169,28 @@ def _soap_step(c: Context) -> int:
         n = c.nbytes(i)
         dims = _soap_dims(shape, c.opts)
         rotations = sum(d is not None for d in dims)
-        copies = n if len(shape) > 2 else 0               # tensordot's permute + reshape of a >= 3-d operand
-        held = n if rotations >= 2 else 0                 # the previous rotation, while the next is made
-        rotated = n if rotations else 0                   # a rotation's result, and what making it holds
+        copies = n if len(shape) > 2 else 0  # tensordot's permute + reshape of a >= 3-d operand
+        held = n if rotations >= 2 else 0  # the previous rotation, while the next is made
+        rotated = n if rotations else 0  # a rotation's result, and what making it holds
         rotating = (held + copies) if rotations else 0
         live.ref("grad")
         live.make("grad_projected", rotated, transient=rotating)
-        live.touch(n)                                     # grad_projected.square()
+        live.touch(n)  # grad_projected.square()
         live.make("de_nom", n)
         live.make("exp_avg_projected", rotated, transient=rotating)
-        live.make("quotient", n)                          # exp_avg_projected / de_nom
+        live.make("quotient", n)  # exp_avg_projected / de_nom
         if rotations:
             live.make("norm_grad", rotated, transient=rotating)
         else:
-            live.alias("norm_grad", "quotient")           # a permuted view of the quotient
+            live.alias("norm_grad", "quotient")  # a permuted view of the quotient
         live.free("quotient")
         if len(shape) == 1:
             if dims[0] is not None:
-                live.touch(dims[0] * dims[0] * e)         # the outer product, within the statement
+                live.touch(dims[0] * dims[0] * e)  # the outer product, within the statement
         else:
             last = len(shape) - 1
             for idx, d in enumerate(dims):
-                if d is not None:                         # operands permuted off their order are copied
+                if d is not None:  # operands permuted off their order are copied
                     operand_copies = ((idx > 0) + (idx < last)) * copies
                     live.make("outer_product", d * d * e, transient=operand_copies)
         selected = False
@@ -188,36 +199,46 @@ def _soap_step(c: Context) -> int:
                 continue
             dd = d * d
             live.make("matrix_product", dd * e)
-            live.touch(dd * e)                            # o * matrix_product
+            live.touch(dd * e)  # o * matrix_product
             live.make("est_eig", d * e)
             live.make("sort_idx", 8 * d)
             live.make("exp_avg_sq", n)
             selected = True
             live.make("power_iter", dd * e)
             live.make("q", dd * F32, transient=(0 if e == F32 else dd * F32) + dd * F32)
-            live.make("_", dd * F32)                      # R
+            live.make("_", dd * F32)  # R
             if e != F32:
                 live.make("q", dd * e)
             live.alias(f"Q{ind}", "q")
         for var in ("matrix_product", "est_eig", "sort_idx", "power_iter", "q", "_", "outer_product"):
-            live.free(var)                                # locals of get_orthogonal_matrix_qr / update_pre_conditioner
+            live.free(var)  # locals of get_orthogonal_matrix_qr / update_pre_conditioner
         if selected:
-            live.free("exp_avg_sq")                       # state['exp_avg_sq'] = exp_avg_sq
+            live.free("exp_avg_sq")  # state['exp_avg_sq'] = exp_avg_sq
         for ind in range(len(dims)):
-            live.free(f"Q{ind}")                          # state['Q'] = matrices
+            live.free(f"Q{ind}")  # state['Q'] = matrices
     return live.peak
 
 
-SOAP = OptimizerSpec("soap", (), Family.SECOND_ORDER_PRECONDITIONER, f"pytorch_optimizer.SOAP ({PYTORCH_OPTIMIZER})",
-                     "Adam moments (2x params) plus per dimension a d x d statistic GG and eigenbasis Q "
-                     "(2 * sum d^2, dimensions <= max_precondition_dim; 1-D only with precondition_1d).",
-                     {"max_precondition_dim": 10000, "precondition_1d": False}, _soap_states,
-                     step=StepScratch({NONE: _soap_step},
-                                      {NONE: "exact for vectors and matrices; for 3 or more dimensions an upper "
-                                             "bound (measured +9 % to +11 % on 3-d and 4-d weights); merge_dims not "
-                                             "modelled; LAPACK's QR workspace not counted"},
-                                      "pytorch_optimizer.SOAP.step, project, update_pre_conditioner, "
-                                      "get_orthogonal_matrix_qr", default=always_picks(NONE)))
+SOAP = OptimizerSpec(
+    "soap",
+    (),
+    Family.SECOND_ORDER_PRECONDITIONER,
+    f"pytorch_optimizer.SOAP ({PYTORCH_OPTIMIZER})",
+    "Adam moments (2x params) plus per dimension a d x d statistic GG and eigenbasis Q "
+    "(2 * sum d^2, dimensions <= max_precondition_dim; 1-D only with precondition_1d).",
+    {"max_precondition_dim": 10000, "precondition_1d": False},
+    _soap_states,
+    step=StepScratch(
+        {NONE: _soap_step},
+        {
+            NONE: "exact for vectors and matrices; for 3 or more dimensions an upper "
+            "bound (measured +9 % to +11 % on 3-d and 4-d weights); merge_dims not "
+            "modelled; LAPACK's QR workspace not counted"
+        },
+        "pytorch_optimizer.SOAP.step, project, update_pre_conditioner, get_orthogonal_matrix_qr",
+        default=always_picks(NONE),
+    ),
+)
 
 
 # -------------------------------------------------------------------- Hutchinson: SophiaH, AdaHessian
@@ -228,62 +249,81 @@ SOAP = OptimizerSpec("soap", (), Family.SECOND_ORDER_PRECONDITIONER, f"pytorch_o
 # product walks, is the step timeline's (estimators/timeline.py). NOT counted: what the walk itself
 # allocates beyond zs and h_zs (gradients of the graph's tensors; activation-dependent).
 
+
 def _hessian_states(*keys: str) -> StateBuilder:
     # the two moments + `hessian`, the Hutchinson estimate buffer (zeros_like(p) on the first update)
     def build(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
         return [like(k, p, dtype) for p in params for k in keys + ("hessian",)]
+
     return build
 
 
 def _hutchinson(update: ScratchModel) -> ScratchModel:
     def model(c: Context) -> int:
         return max(2 * c.total if c.opts["hessian_step"] else 0, update(c))
+
     return model
 
 
 def _sophia_single(c: Context) -> int:
     live = Live()
     for i in range(len(c.sizes)):
-        live.make("update", c.nbytes(i))              # hessian_moment.clamp(min=eps); div out=
+        live.make("update", c.nbytes(i))  # hessian_moment.clamp(min=eps); div out=
     return live.peak
 
 
 def _sophia_foreach(c: Context) -> int:
     live = Live()
-    live.make("updates", c.total)                     # torch._foreach_clamp_min(hessian_moment)
-    live.make("updates", c.total)                     # torch._foreach_div(momentum, updates)
+    live.make("updates", c.total)  # torch._foreach_clamp_min(hessian_moment)
+    live.make("updates", c.total)  # torch._foreach_div(momentum, updates)
     return live.peak
 
 
 def _adahessian_single(c: Context) -> int:
     live = Live()
     for i in range(len(c.sizes)):
-        live.make("de_nom", c.nbytes(i))              # (exp_hessian_diag_sq / bc2).pow_().add_()
+        live.make("de_nom", c.nbytes(i))  # (exp_hessian_diag_sq / bc2).pow_().add_()
     return live.peak
 
 
 def _adahessian_foreach(c: Context) -> int:
-    return c.total                                    # torch._foreach_div(exp_hessian_diag_sq, bc2)
+    return c.total  # torch._foreach_div(exp_hessian_diag_sq, bc2)
 
 
-SOPHIA = OptimizerSpec("sophia", ("sophiah", "sophia-h"), Family.SECOND_ORDER_DIAGONAL,
-                       f"pytorch_optimizer.SophiaH ({PYTORCH_OPTIMIZER})",
-                       "momentum + hessian_moment + the Hutchinson hessian buffer (3x params); needs "
-                       "backward(create_graph=True).", {}, _hessian_states("momentum", "hessian_moment"),
-                       step=StepScratch(by_implementation(_hutchinson(_sophia_single), _hutchinson(_sophia_foreach)),
-                                        exact(SINGLE, FOREACH),
-                                        "pytorch_optimizer.SophiaH.step, _step_foreach, compute_hutchinson_hessian",
-                                        {"hessian_step": True}, default=always_picks(FOREACH), create_graph=True))
+SOPHIA = OptimizerSpec(
+    "sophia",
+    ("sophiah", "sophia-h"),
+    Family.SECOND_ORDER_DIAGONAL,
+    f"pytorch_optimizer.SophiaH ({PYTORCH_OPTIMIZER})",
+    "momentum + hessian_moment + the Hutchinson hessian buffer (3x params); needs backward(create_graph=True).",
+    {},
+    _hessian_states("momentum", "hessian_moment"),
+    step=StepScratch(
+        by_implementation(_hutchinson(_sophia_single), _hutchinson(_sophia_foreach)),
+        exact(SINGLE, FOREACH),
+        "pytorch_optimizer.SophiaH.step, _step_foreach, compute_hutchinson_hessian",
+        {"hessian_step": True},
+        default=always_picks(FOREACH),
+        create_graph=True,
+    ),
+)
 
-ADAHESSIAN = OptimizerSpec("adahessian", (), Family.SECOND_ORDER_DIAGONAL,
-                           f"pytorch_optimizer.AdaHessian ({PYTORCH_OPTIMIZER})",
-                           "exp_avg + exp_hessian_diag_sq + the Hutchinson hessian buffer (3x params); needs "
-                           "backward(create_graph=True).", {}, _hessian_states("exp_avg", "exp_hessian_diag_sq"),
-                           step=StepScratch(by_implementation(_hutchinson(_adahessian_single),
-                                                              _hutchinson(_adahessian_foreach)),
-                                            exact(SINGLE, FOREACH),
-                                            "pytorch_optimizer.AdaHessian.step, _step_foreach, "
-                                            "compute_hutchinson_hessian", {"hessian_step": True},
-                                            default=always_picks(FOREACH), create_graph=True))
+ADAHESSIAN = OptimizerSpec(
+    "adahessian",
+    (),
+    Family.SECOND_ORDER_DIAGONAL,
+    f"pytorch_optimizer.AdaHessian ({PYTORCH_OPTIMIZER})",
+    "exp_avg + exp_hessian_diag_sq + the Hutchinson hessian buffer (3x params); needs backward(create_graph=True).",
+    {},
+    _hessian_states("exp_avg", "exp_hessian_diag_sq"),
+    step=StepScratch(
+        by_implementation(_hutchinson(_adahessian_single), _hutchinson(_adahessian_foreach)),
+        exact(SINGLE, FOREACH),
+        "pytorch_optimizer.AdaHessian.step, _step_foreach, compute_hutchinson_hessian",
+        {"hessian_step": True},
+        default=always_picks(FOREACH),
+        create_graph=True,
+    ),
+)
 
 SPECS = [SHAMPOO, SOAP, SOPHIA, ADAHESSIAN]

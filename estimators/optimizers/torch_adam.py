@@ -2,6 +2,7 @@
 
 States and step scratch of each, read from torch 2.13.0 (shared facts: _torch.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -60,40 +61,61 @@ def adam_foreach(c: Context) -> int:
     cpu_step(live, c)
     if coupled_weight_decay(c.opts) and not c.opts["maximize"]:
         live.make("grads", n)
-    live.free("grads")                                # del device_grads
-    live.make("exp_avg_sq_sqrt", n)                   # torch._foreach_sqrt(exp_avg_sqs)
+    live.free("grads")  # del device_grads
+    live.make("exp_avg_sq_sqrt", n)  # torch._foreach_sqrt(exp_avg_sqs)
     return live.peak + capturable_slack(c, True)
 
 
 _ADAM_MODELS = by_implementation(adam_single, adam_foreach, no_scratch)
 _ADAM_OPTIONS = {"amsgrad": False, "capturable": False, "fused": False}
 
-ADAM = torch_spec("adam", ["torch.optim.adam"], Family.FIRST_ORDER_ADAPTIVE, "Adam",
-                  "step (0-d float32) + exp_avg + exp_avg_sq (2x params); amsgrad adds max_exp_avg_sq.",
-                  _ADAM_OPTIONS, _adam_states,
-                  step=StepScratch(_ADAM_MODELS, exact(SINGLE, FOREACH, FUSED),
-                                   "torch.optim.adam: _single_tensor_adam, _multi_tensor_adam, _fused_adam",
-                                   WEIGHT_DECAY_MAXIMIZE, implied={"decoupled": False}))
+ADAM = torch_spec(
+    "adam",
+    ["torch.optim.adam"],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "Adam",
+    "step (0-d float32) + exp_avg + exp_avg_sq (2x params); amsgrad adds max_exp_avg_sq.",
+    _ADAM_OPTIONS,
+    _adam_states,
+    step=StepScratch(
+        _ADAM_MODELS,
+        exact(SINGLE, FOREACH, FUSED),
+        "torch.optim.adam: _single_tensor_adam, _multi_tensor_adam, _fused_adam",
+        WEIGHT_DECAY_MAXIMIZE,
+        implied={"decoupled": False},
+    ),
+)
 
-ADAMW = torch_spec("adamw", ["torch.optim.adamw"], Family.FIRST_ORDER_ADAPTIVE, "AdamW",
-                   "Same state as Adam (AdamW subclasses Adam): step + exp_avg + exp_avg_sq (+ max_exp_avg_sq).",
-                   _ADAM_OPTIONS, _adam_states,
-                   step=StepScratch(_ADAM_MODELS, exact(SINGLE, FOREACH, FUSED),
-                                    "torch.optim.adam (AdamW = decoupled Adam): the same three functions",
-                                    {"weight_decay": 1e-2, "maximize": False}, implied={"decoupled": True}))
+ADAMW = torch_spec(
+    "adamw",
+    ["torch.optim.adamw"],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "AdamW",
+    "Same state as Adam (AdamW subclasses Adam): step + exp_avg + exp_avg_sq (+ max_exp_avg_sq).",
+    _ADAM_OPTIONS,
+    _adam_states,
+    step=StepScratch(
+        _ADAM_MODELS,
+        exact(SINGLE, FOREACH, FUSED),
+        "torch.optim.adam (AdamW = decoupled Adam): the same three functions",
+        {"weight_decay": 1e-2, "maximize": False},
+        implied={"decoupled": True},
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------- Adamax
 # Step scratch: grad.abs() of p_i; foreach: abs list N. Exact.
+
 
 def _adamax_single(c: Context) -> int:
     live = Live()
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         loop_grad(live, b, c.opts)
-        live.touch(b)                                 # torch.maximum(..., grad.abs().add_(eps), out=)
+        live.touch(b)  # torch.maximum(..., grad.abs().add_(eps), out=)
         if c.opts["capturable"]:
-            live.make("denom", b)                     # denom = exp_inf * neg_bias_correction
+            live.make("denom", b)  # denom = exp_inf * neg_bias_correction
     return live.peak + capturable_slack(c, False)
 
 
@@ -105,33 +127,44 @@ def _adamax_foreach(c: Context) -> int:
     if coupled_weight_decay(c.opts) and not c.opts["maximize"]:
         live.make("grads", n)
     if not c.opts["maximize"] and not coupled_weight_decay(c.opts):
-        live.make("grads", n)                         # torch._foreach_abs(grouped_grads)
+        live.make("grads", n)  # torch._foreach_abs(grouped_grads)
     if c.opts["capturable"]:
-        live.make("denom", n)                         # torch._foreach_mul(exp_infs, bias_corrections)
+        live.make("denom", n)  # torch._foreach_mul(exp_infs, bias_corrections)
     return live.peak + capturable_slack(c, True)
 
 
-ADAMAX = torch_spec("adamax", [], Family.FIRST_ORDER_ADAPTIVE, "Adamax", "step + exp_avg + exp_inf (2x params).",
-                    {"capturable": False}, per_param("exp_avg", "exp_inf"),
-                    step=StepScratch(by_implementation(_adamax_single, _adamax_foreach), exact(SINGLE, FOREACH),
-                                     "torch.optim.adamax: _single_tensor_adamax, _multi_tensor_adamax",
-                                     WEIGHT_DECAY_MAXIMIZE))
+ADAMAX = torch_spec(
+    "adamax",
+    [],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "Adamax",
+    "step + exp_avg + exp_inf (2x params).",
+    {"capturable": False},
+    per_param("exp_avg", "exp_inf"),
+    step=StepScratch(
+        by_implementation(_adamax_single, _adamax_foreach),
+        exact(SINGLE, FOREACH),
+        "torch.optim.adamax: _single_tensor_adamax, _multi_tensor_adamax",
+        WEIGHT_DECAY_MAXIMIZE,
+    ),
+)
 
 
 # ----------------------------------------------------------------------------------------- NAdam
 # Step scratch: denom (div, sqrt) as Adam; foreach exp_avg_sq_sqrt N. Exact.
+
 
 def _nadam_single(c: Context) -> int:
     live = Live()
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         loop_grad(live, b, c.opts)
-        live.make("denom", b, transient=b)            # exp_avg_sq.div(bias_correction2).sqrt()
+        live.make("denom", b, transient=b)  # exp_avg_sq.div(bias_correction2).sqrt()
         if c.opts["capturable"]:
-            live.make("denom", b)                     # denom = denom.add(eps)
-            live.make("grad", b)                      # grad = grad * (...)
-            live.make("exp_avg", b)                   # exp_avg = exp_avg * (...)
-            live.ref("exp_avg")                       # rebound to the state next iteration
+            live.make("denom", b)  # denom = denom.add(eps)
+            live.make("grad", b)  # grad = grad * (...)
+            live.make("exp_avg", b)  # exp_avg = exp_avg * (...)
+            live.ref("exp_avg")  # rebound to the state next iteration
     return live.peak + capturable_slack(c, False)
 
 
@@ -144,21 +177,32 @@ def _nadam_foreach(c: Context) -> int:
         live.make("grads", n)
     live.make("exp_avg_sq_sqrt", n)
     if c.opts["capturable"]:
-        live.make("numerator", n)                     # torch._foreach_mul(step_size_grads, grads)
+        live.make("numerator", n)  # torch._foreach_mul(step_size_grads, grads)
     return live.peak + capturable_slack(c, True)
 
 
-NADAM = torch_spec("nadam", [], Family.FIRST_ORDER_ADAPTIVE, "NAdam",
-                   "step + mu_product (0-d) + exp_avg + exp_avg_sq (2x params).",
-                   {"capturable": False}, per_param("exp_avg", "exp_avg_sq", scalars=("mu_product",)),
-                   step=StepScratch(by_implementation(_nadam_single, _nadam_foreach), exact(SINGLE, FOREACH),
-                                    "torch.optim.nadam: _single_tensor_nadam, _multi_tensor_nadam",
-                                    WEIGHT_DECAY_MAXIMIZE, implied={"decoupled": False}))
+NADAM = torch_spec(
+    "nadam",
+    [],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "NAdam",
+    "step + mu_product (0-d) + exp_avg + exp_avg_sq (2x params).",
+    {"capturable": False},
+    per_param("exp_avg", "exp_avg_sq", scalars=("mu_product",)),
+    step=StepScratch(
+        by_implementation(_nadam_single, _nadam_foreach),
+        exact(SINGLE, FOREACH),
+        "torch.optim.nadam: _single_tensor_nadam, _multi_tensor_nadam",
+        WEIGHT_DECAY_MAXIMIZE,
+        implied={"decoupled": False},
+    ),
+)
 
 
 # ----------------------------------------------------------------------------------------- RAdam
 # Step scratch (rectified steady state): bias_corrected_exp_avg, the product chain and sqrt /
 # reciprocal (Tensor.__rdiv__) of the adaptive lr: 5 n_i; foreach buffer N. Exact.
+
 
 def _radam_single(c: Context) -> int:
     # Steady state: the rectified branch (rho_t > 5, from about the 6th step with beta2=0.999)
@@ -169,22 +213,22 @@ def _radam_single(c: Context) -> int:
     for i in range(len(c.sizes)):
         b = c.nbytes(i)
         loop_grad(live, b, c.opts)
-        live.make("bias_corrected_exp_avg", b)        # exp_avg / bias_correction1
+        live.make("bias_corrected_exp_avg", b)  # exp_avg / bias_correction1
         if c.opts["capturable"]:
             # torch.where(rho_t > 5, rect * adaptive_lr, 1.0), bc2 a 0-d tensor: a plain div
             live.make("adaptive_lr", b, transient=b)  # sqrt, then the quotient
-            live.make("product", b)                   # rect * adaptive_lr
+            live.make("product", b)  # rect * adaptive_lr
             live.free("adaptive_lr")
-            live.make("update", b)                    # torch.where(...)
+            live.make("update", b)  # torch.where(...)
             live.free("product")
-            live.make("x", b)                         # bias_corrected_exp_avg * lr
-            live.touch(b)                             # ... * update
+            live.make("x", b)  # bias_corrected_exp_avg * lr
+            live.touch(b)  # ... * update
         else:
-            live.make("x", b)                         # bias_corrected_exp_avg * lr
+            live.make("x", b)  # bias_corrected_exp_avg * lr
             live.make("adaptive_lr", b, transient=2 * b)  # sqrt, reciprocal, * (bc2 ** 0.5)
-            live.make("x", b)                         # x * adaptive_lr
+            live.make("x", b)  # x * adaptive_lr
             live.free("adaptive_lr")
-            live.touch(b)                             # ... * rect
+            live.touch(b)  # ... * rect
         live.free("x")
         live.free("update")
     return live.peak + capturable_slack(c, False)
@@ -194,20 +238,32 @@ def _radam_foreach(c: Context) -> int:
     live, n = Live(), c.total
     cpu_step(live, c)
     foreach_grads(live, n, c.opts)
-    live.free("grads")                                # del grouped_grads
-    live.make("buffer", n)                            # torch._foreach_sqrt(exp_avg_sqs)
+    live.free("grads")  # del grouped_grads
+    live.make("buffer", n)  # torch._foreach_sqrt(exp_avg_sqs)
     return live.peak + capturable_slack(c, True)
 
 
-RADAM = torch_spec("radam", [], Family.FIRST_ORDER_ADAPTIVE, "RAdam", "step + exp_avg + exp_avg_sq (2x params).",
-                   {"capturable": False}, per_param("exp_avg", "exp_avg_sq"),
-                   step=StepScratch(by_implementation(_radam_single, _radam_foreach), exact(SINGLE, FOREACH),
-                                    "torch.optim.radam: _single_tensor_radam, _multi_tensor_radam",
-                                    WEIGHT_DECAY_MAXIMIZE, implied={"decoupled": False}))
+RADAM = torch_spec(
+    "radam",
+    [],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "RAdam",
+    "step + exp_avg + exp_avg_sq (2x params).",
+    {"capturable": False},
+    per_param("exp_avg", "exp_avg_sq"),
+    step=StepScratch(
+        by_implementation(_radam_single, _radam_foreach),
+        exact(SINGLE, FOREACH),
+        "torch.optim.radam: _single_tensor_radam, _multi_tensor_radam",
+        WEIGHT_DECAY_MAXIMIZE,
+        implied={"decoupled": False},
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------ SparseAdam
 # Step scratch: an upper bound, every embedding row counted as touched.
+
 
 def _sparse_adam_step(c: Context) -> int:
     # torch.optim._functional.sparse_adam per parameter: the coalesced gradient, the values of
@@ -225,11 +281,20 @@ def _sparse_adam_step(c: Context) -> int:
     return peak
 
 
-SPARSE_ADAM = torch_spec("sparse-adam", ["sparseadam"], Family.FIRST_ORDER_ADAPTIVE, "SparseAdam",
-                         "Dense exp_avg + exp_avg_sq (2x params) although the gradients are sparse; step is a "
-                         "python int.",
-                         {}, per_param("exp_avg", "exp_avg_sq", step=False),
-                         step=StepScratch({NONE: _sparse_adam_step}, {NONE: "upper bound (every row touched)"},
-                                          "torch.optim._functional.sparse_adam", default=always_picks(NONE)))
+SPARSE_ADAM = torch_spec(
+    "sparse-adam",
+    ["sparseadam"],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "SparseAdam",
+    "Dense exp_avg + exp_avg_sq (2x params) although the gradients are sparse; step is a python int.",
+    {},
+    per_param("exp_avg", "exp_avg_sq", step=False),
+    step=StepScratch(
+        {NONE: _sparse_adam_step},
+        {NONE: "upper bound (every row touched)"},
+        "torch.optim._functional.sparse_adam",
+        default=always_picks(NONE),
+    ),
+)
 
 SPECS = [ADAM, ADAMW, ADAMAX, NADAM, RADAM, SPARSE_ADAM]

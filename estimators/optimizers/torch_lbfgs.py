@@ -1,4 +1,5 @@
 """torch.optim.LBFGS: the quasi-Newton method, one global flat state (torch 2.13.0; shared facts: _torch.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -52,12 +53,22 @@ def _lbfgs_step(c: Context) -> int:
     return 5 * c.total + LBFGS_SCALARS * c.elem
 
 
-LBFGS = torch_spec("lbfgs", ("l-bfgs",), Family.SECOND_ORDER_QUASI_NEWTON, "LBFGS",
-                   "Global flat state: (2*history_size + 2) vectors of all parameters (old_dirs, old_stps, d, "
-                   "prev_flat_grad) + 2*history_size + 1 scalars; steady state once the history is full.",
-                   {"history_size": 100}, _lbfgs_states,
-                   step=StepScratch({NONE: _lbfgs_step}, {NONE: "exact (flat vectors); 0-d tensors bounded"},
-                                    "torch.optim.lbfgs: LBFGS.step", {"line_search_fn": None},
-                                    default=always_picks(NONE)))
+LBFGS = torch_spec(
+    "lbfgs",
+    ("l-bfgs",),
+    Family.SECOND_ORDER_QUASI_NEWTON,
+    "LBFGS",
+    "Global flat state: (2*history_size + 2) vectors of all parameters (old_dirs, old_stps, d, "
+    "prev_flat_grad) + 2*history_size + 1 scalars; steady state once the history is full.",
+    {"history_size": 100},
+    _lbfgs_states,
+    step=StepScratch(
+        {NONE: _lbfgs_step},
+        {NONE: "exact (flat vectors); 0-d tensors bounded"},
+        "torch.optim.lbfgs: LBFGS.step",
+        {"line_search_fn": None},
+        default=always_picks(NONE),
+    ),
+)
 
 SPECS = [LBFGS]

@@ -3,6 +3,7 @@ and Muon (an orthogonalized momentum, Newton-Schulz).
 
 States and step scratch of each, read from torch 2.13.0 (shared facts: _torch.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -65,18 +66,18 @@ def _adafactor_single(c: Context) -> int:
     for i, shape in enumerate(c.shapes):
         b = c.nbytes(i)
         loop_grad(live, b, c.opts, weight_decay=False)
-        live.touch(e)                                 # param.norm(2)
+        live.touch(e)  # param.norm(2)
         if len(shape) > 1:
             rows, cols = _factored(shape)
-            live.make("row_mean", rows * e)           # torch.norm(grad, dim=-1, keepdim=True)
+            live.make("row_mean", rows * e)  # torch.norm(grad, dim=-1, keepdim=True)
             live.make("col_mean", cols * e)
-            live.make("var_estimate", b)              # row_var @ col_var
-            live.touch(prod(shape[:-2]) * e)          # row_var.mean(dim=-2, keepdim=True)
+            live.make("var_estimate", b)  # row_var @ col_var
+            live.touch(prod(shape[:-2]) * e)  # row_var.mean(dim=-2, keepdim=True)
         else:
-            live.make("grad_squared", b)              # grad * grad
-            live.make("var_estimate", b)              # variance.clone()
-        live.alias("update", "var_estimate")          # var_estimate.clamp_(...).rsqrt_()
-        live.touch(e)                                 # update.norm(2)
+            live.make("grad_squared", b)  # grad * grad
+            live.make("var_estimate", b)  # variance.clone()
+        live.alias("update", "var_estimate")  # var_estimate.clamp_(...).rsqrt_()
+        live.touch(e)  # update.norm(2)
     return live.peak
 
 
@@ -95,7 +96,7 @@ def _adafactor_foreach(c: Context) -> int:
         if c.opts["maximize"]:
             live.make("grads", n)
         cpu_step(live, c)
-        live.touch(e)                                 # p.norm(2) per parameter, one at a time
+        live.touch(e)  # p.norm(2) per parameter, one at a time
         if matrix:
             rows = sum(_factored(c.shapes[i])[0] for i in idx) * e
             cols = sum(_factored(c.shapes[i])[1] for i in idx) * e
@@ -103,26 +104,34 @@ def _adafactor_foreach(c: Context) -> int:
             live.free("row_means")
             live.make("col_means", cols)
             live.free("col_means")
-            live.make("var_estimates", n)             # [row_var @ col_var ...]
+            live.make("var_estimates", n)  # [row_var @ col_var ...]
             live.make("row_var_means", sum(prod(c.shapes[i][:-2]) for i in idx) * e)
             live.free("row_var_means")
         else:
             live.make("grads_squared", n)
             live.free("grads_squared")
-            live.make("var_estimates", n)             # [v.clone() for v in variances]
+            live.make("var_estimates", n)  # [v.clone() for v in variances]
         live.alias("updates", "var_estimates")
-        live.touch(e)                                 # update.norm(2)
+        live.touch(e)  # update.norm(2)
     return live.peak
 
 
-ADAFACTOR = torch_spec("adafactor", ["torch.optim.adafactor"], Family.FIRST_ORDER_ADAPTIVE, "Adafactor",
-                       "step + factored second moment: row_var and col_var for >= 2-D tensors, a full variance "
-                       "for 1-D.",
-                       {}, _adafactor_states,
-                       step=StepScratch(by_implementation(_adafactor_single, _adafactor_foreach),
-                                        exact(SINGLE, FOREACH),
-                                        "torch.optim._adafactor: _single_tensor_adafactor, _multi_tensor_adafactor",
-                                        {"maximize": False}, default=always_picks(SINGLE)))
+ADAFACTOR = torch_spec(
+    "adafactor",
+    ["torch.optim.adafactor"],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "Adafactor",
+    "step + factored second moment: row_var and col_var for >= 2-D tensors, a full variance for 1-D.",
+    {},
+    _adafactor_states,
+    step=StepScratch(
+        by_implementation(_adafactor_single, _adafactor_foreach),
+        exact(SINGLE, FOREACH),
+        "torch.optim._adafactor: _single_tensor_adafactor, _multi_tensor_adafactor",
+        {"maximize": False},
+        default=always_picks(SINGLE),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------ Muon
@@ -130,7 +139,7 @@ ADAFACTOR = torch_spec("adafactor", ["torch.optim.adafactor"], Family.FIRST_ORDE
 # parameter, the AdamW fallback for the others as a second step(). Exact. Muon has no foreach
 # implementation.
 
-NS_DTYPE_BYTES = 2    # _zeropower_via_newtonschulz works in bfloat16
+NS_DTYPE_BYTES = 2  # _zeropower_via_newtonschulz works in bfloat16
 
 
 def _muon_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
@@ -139,14 +148,15 @@ def _muon_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, A
     if others and opts["fallback"] != "adamw":
         raise MemprofUserError(
             "torch.optim.Muon only accepts 2-D parameters; not 2-D: "
-            + ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else "")
-            + "; use fallback='adamw' to step them with torch.optim.AdamW")
+            + ", ".join(p.name for p in others[:5])
+            + (" ..." if len(others) > 5 else "")
+            + "; use fallback='adamw' to step them with torch.optim.AdamW"
+        )
     for p in params:
         if len(p.shape) == 2:
             out.append(like("momentum_buffer", p, dtype))
         else:
-            out.extend([scalar("step", p, host=True), like("exp_avg", p, dtype),
-                        like("exp_avg_sq", p, dtype)])
+            out.extend([scalar("step", p, host=True), like("exp_avg", p, dtype), like("exp_avg_sq", p, dtype)])
     return out
 
 
@@ -158,23 +168,23 @@ def _muon_part(c: Context, idx: Sequence[int]) -> int:
         b = c.nbytes(i)
         live.ref("grad")
         if c.opts["nesterov"]:
-            live.make("update", b)                    # grad.lerp(buf, momentum)
+            live.make("update", b)  # grad.lerp(buf, momentum)
         else:
-            live.ref("update")                        # update = buf
+            live.ref("update")  # update = buf
         x = rows * cols * NS_DTYPE_BYTES
         m = min(rows, cols)
         if c.dtype == "bfloat16":
-            live.alias("ortho_grad", "update")        # grad.bfloat16() is grad itself
+            live.alias("ortho_grad", "update")  # grad.bfloat16() is grad itself
         else:
-            live.make("ortho_grad", x)                # grad.bfloat16()
-        live.touch(2 * NS_DTYPE_BYTES)                # ortho_grad.norm().clamp(min=eps)
+            live.make("ortho_grad", x)  # grad.bfloat16()
+        live.touch(2 * NS_DTYPE_BYTES)  # ortho_grad.norm().clamp(min=eps)
         for _ in range(c.opts["ns_steps"]):
-            live.make("gram_matrix", m * m * NS_DTYPE_BYTES)      # X @ X.T
-            live.make("gram_update", m * m * NS_DTYPE_BYTES)      # addmm(gram, gram, gram)
-            live.make("ortho_grad", x)                            # addmm(X, gram_update, X)
+            live.make("gram_matrix", m * m * NS_DTYPE_BYTES)  # X @ X.T
+            live.make("gram_update", m * m * NS_DTYPE_BYTES)  # addmm(gram, gram, gram)
+            live.make("ortho_grad", x)  # addmm(X, gram_update, X)
         live.free("gram_matrix")
         live.free("gram_update")
-        live.alias("update", "ortho_grad")            # update = _zeropower_via_newtonschulz(...)
+        live.alias("update", "ortho_grad")  # update = _zeropower_via_newtonschulz(...)
         live.free("ortho_grad")
     return live.peak
 
@@ -192,12 +202,21 @@ def _muon_step(c: Context) -> int:
     return peak
 
 
-MUON = torch_spec("muon", [], Family.FIRST_ORDER_ADAPTIVE, "Muon",
-                  "momentum_buffer (1x) for 2-D parameters; Muon rejects others, which go to AdamW (fallback).",
-                  {"fallback": "adamw"}, _muon_states,
-                  step=StepScratch({SINGLE: _muon_step}, exact(SINGLE),
-                                   "torch.optim._muon: _single_tensor_muon, _zeropower_via_newtonschulz "
-                                   "(+ AdamW for the other parameters)",
-                                   {"nesterov": True, "ns_steps": 5}, default=always_picks(SINGLE)))
+MUON = torch_spec(
+    "muon",
+    [],
+    Family.FIRST_ORDER_ADAPTIVE,
+    "Muon",
+    "momentum_buffer (1x) for 2-D parameters; Muon rejects others, which go to AdamW (fallback).",
+    {"fallback": "adamw"},
+    _muon_states,
+    step=StepScratch(
+        {SINGLE: _muon_step},
+        exact(SINGLE),
+        "torch.optim._muon: _single_tensor_muon, _zeropower_via_newtonschulz (+ AdamW for the other parameters)",
+        {"nesterov": True, "ns_steps": 5},
+        default=always_picks(SINGLE),
+    ),
+)
 
 SPECS = [ADAFACTOR, MUON]

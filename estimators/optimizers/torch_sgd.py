@@ -2,6 +2,7 @@
 
 States and step scratch of each, read from torch 2.13.0 (shared facts: _torch.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -46,9 +47,9 @@ def _sgd_single(c: Context) -> int:
         loop_grad(live, b, c.opts)
         if c.opts["momentum"] != 0:
             if c.opts["nesterov"]:
-                live.make("grad", b)                  # grad = grad.add(buf, alpha=momentum)
+                live.make("grad", b)  # grad = grad.add(buf, alpha=momentum)
             else:
-                live.ref("grad")                      # grad = buf
+                live.ref("grad")  # grad = buf
     return live.peak
 
 
@@ -59,22 +60,39 @@ def _sgd_foreach(c: Context) -> int:
     return live.peak
 
 
-_SGD_STEP = StepScratch(by_implementation(_sgd_single, _sgd_foreach, no_scratch), exact(SINGLE, FOREACH, FUSED),
-                        "torch.optim.sgd: _single_tensor_sgd, _multi_tensor_sgd, _fused_sgd",
-                        {**WEIGHT_DECAY_MAXIMIZE, "nesterov": False})
+_SGD_STEP = StepScratch(
+    by_implementation(_sgd_single, _sgd_foreach, no_scratch),
+    exact(SINGLE, FOREACH, FUSED),
+    "torch.optim.sgd: _single_tensor_sgd, _multi_tensor_sgd, _fused_sgd",
+    {**WEIGHT_DECAY_MAXIMIZE, "nesterov": False},
+)
 
-SGD = torch_spec("sgd", ["torch.optim.sgd"], Family.FIRST_ORDER_STOCHASTIC, "SGD",
-                 "Plain SGD (momentum=0, torch's default): no state at all; with momentum, one buffer.",
-                 {"momentum": 0.0}, _sgd_states, step=_SGD_STEP)
+SGD = torch_spec(
+    "sgd",
+    ["torch.optim.sgd"],
+    Family.FIRST_ORDER_STOCHASTIC,
+    "SGD",
+    "Plain SGD (momentum=0, torch's default): no state at all; with momentum, one buffer.",
+    {"momentum": 0.0},
+    _sgd_states,
+    step=_SGD_STEP,
+)
 
-SGD_MOMENTUM = torch_spec("sgd-momentum", ["sgdm", "sgd+m", "nag", "nesterov"], Family.FIRST_ORDER_STOCHASTIC,
-                          "SGD",
-                          "SGD with (Nesterov) momentum: momentum_buffer, a clone of the first gradient (1x params).",
-                          {"momentum": 0.9}, _sgd_states, step=_SGD_STEP)
+SGD_MOMENTUM = torch_spec(
+    "sgd-momentum",
+    ["sgdm", "sgd+m", "nag", "nesterov"],
+    Family.FIRST_ORDER_STOCHASTIC,
+    "SGD",
+    "SGD with (Nesterov) momentum: momentum_buffer, a clone of the first gradient (1x params).",
+    {"momentum": 0.9},
+    _sgd_states,
+    step=_SGD_STEP,
+)
 
 
 # ------------------------------------------------------------------------------------------ ASGD
 # Step scratch: param.sub(ax) of p_i (after t0 steps; an upper bound before); foreach: intermediate N.
+
 
 def _asgd_single(c: Context) -> int:
     # ax.add_(param.sub(ax).mul_(mu)) runs once mu = 1 / max(1, step - t0) != 1, i.e. after t0
@@ -100,23 +118,30 @@ def _asgd_foreach(c: Context) -> int:
     if coupled_weight_decay(c.opts) and c.opts["maximize"]:
         live.alias("intermediate", "grads")
     else:
-        live.make("intermediate", n)                  # torch._foreach_add(grads, params, ...)
+        live.make("intermediate", n)  # torch._foreach_add(grads, params, ...)
     live.free("intermediate")
-    live.make("intermediate", n)                      # torch._foreach_sub(params, axs)
+    live.make("intermediate", n)  # torch._foreach_sub(params, axs)
     live.free("intermediate")
-    live.make("new_etas", p * SCALAR)                 # torch.as_tensor(..., device=device) each
+    live.make("new_etas", p * SCALAR)  # torch.as_tensor(..., device=device) each
     live.make("new_mus", p * SCALAR)
     return live.peak
 
 
-ASGD = torch_spec("asgd", [], Family.FIRST_ORDER_STOCHASTIC, "ASGD",
-                  "step, eta, mu (three 0-d float32) + ax, the running average of the weights (1x params).",
-                  {}, per_param("ax", scalars=("eta", "mu"), on_device=scalars_on_device),
-                  step=StepScratch(by_implementation(_asgd_single, _asgd_foreach),
-                                   {SINGLE: "exact after t0 steps (averaging), an upper bound before",
-                                    FOREACH: "exact"},
-                                   "torch.optim.asgd: _single_tensor_asgd, _multi_tensor_asgd",
-                                   WEIGHT_DECAY_MAXIMIZE))
+ASGD = torch_spec(
+    "asgd",
+    [],
+    Family.FIRST_ORDER_STOCHASTIC,
+    "ASGD",
+    "step, eta, mu (three 0-d float32) + ax, the running average of the weights (1x params).",
+    {},
+    per_param("ax", scalars=("eta", "mu"), on_device=scalars_on_device),
+    step=StepScratch(
+        by_implementation(_asgd_single, _asgd_foreach),
+        {SINGLE: "exact after t0 steps (averaging), an upper bound before", FOREACH: "exact"},
+        "torch.optim.asgd: _single_tensor_asgd, _multi_tensor_asgd",
+        WEIGHT_DECAY_MAXIMIZE,
+    ),
+)
 
 
 SPECS = [SGD, SGD_MOMENTUM, ASGD]

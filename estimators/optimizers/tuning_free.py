@@ -2,6 +2,7 @@
 
 Their step counters and step-size estimates (d, d0, weight_sum, ...) are python numbers.
 States and step scratch of each, read from the package's source."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ T = Family.TUNING_FREE
 
 # ------------------------------------------------------------------------------------------ Prodigy
 # Step scratch: the sliced / full products of the d-estimate and denom; exact.
+
 
 def _prodigy_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     # s and p0 hold every slice_p-th element of the flattened parameter (ceil(n / slice_p)); p0 is the
@@ -52,15 +54,21 @@ def _prodigy_step(c: Context) -> int:
     return live.peak
 
 
-PRODIGY = OptimizerSpec("prodigy", (), T, "prodigyopt.Prodigy (prodigyopt 1.1.2)",
-                        "Adam moments (2x) + s and the initial weights p0 (2x / slice_p): 4x params by default.",
-                        {"slice_p": 1, "betas": (0.9, 0.999), "zero_params": ()}, _prodigy_states,
-                        step=StepScratch({NONE: _prodigy_step}, exact(NONE), "prodigyopt.Prodigy.step",
-                                         default=always_picks(NONE)))
+PRODIGY = OptimizerSpec(
+    "prodigy",
+    (),
+    T,
+    "prodigyopt.Prodigy (prodigyopt 1.1.2)",
+    "Adam moments (2x) + s and the initial weights p0 (2x / slice_p): 4x params by default.",
+    {"slice_p": 1, "betas": (0.9, 0.999), "zero_params": ()},
+    _prodigy_states,
+    step=StepScratch({NONE: _prodigy_step}, exact(NONE), "prodigyopt.Prodigy.step", default=always_picks(NONE)),
+)
 
 
 # ------------------------------------------------------------------------------------ D-Adapt Adam
 # Step scratch: the products of the d-estimate and denom; exact.
+
 
 def _dadapt_adam_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     return [like(k, p, dtype) for p in params for k in ("s", "exp_avg", "exp_avg_sq")]
@@ -80,15 +88,21 @@ def _dadapt_adam_step(c: Context) -> int:
     return live.peak
 
 
-DADAPT_ADAM = OptimizerSpec("dadapt-adam", ("dadaptadam", "d-adaptation", "dadaptation"), T,
-                            "dadaptation.DAdaptAdam (dadaptation 3.2)",
-                            "s + exp_avg + exp_avg_sq (3x params).", {}, _dadapt_adam_states,
-                            step=StepScratch({NONE: _dadapt_adam_step}, exact(NONE), "dadaptation.DAdaptAdam.step",
-                                             default=always_picks(NONE)))
+DADAPT_ADAM = OptimizerSpec(
+    "dadapt-adam",
+    ("dadaptadam", "d-adaptation", "dadaptation"),
+    T,
+    "dadaptation.DAdaptAdam (dadaptation 3.2)",
+    "s + exp_avg + exp_avg_sq (3x params).",
+    {},
+    _dadapt_adam_states,
+    step=StepScratch({NONE: _dadapt_adam_step}, exact(NONE), "dadaptation.DAdaptAdam.step", default=always_picks(NONE)),
+)
 
 
 # ----------------------------------------------------------------------------- Schedule-Free AdamW
 # Step scratch: denom per parameter or list; exact. foreach=True by default, on every device.
+
 
 def _schedulefree_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[str, Any]) -> list[StateTensor]:
     # z (a clone of the weights: the SGD iterate; the parameters hold y) + exp_avg_sq
@@ -98,21 +112,28 @@ def _schedulefree_states(params: Sequence[ParamTensor], dtype: str, opts: Mappin
 def _schedulefree_single(c: Context) -> int:
     live = Live()
     for i in range(len(c.sizes)):
-        live.make("denom", c.nbytes(i))               # exp_avg_sq.div(bias_correction2).sqrt_()
+        live.make("denom", c.nbytes(i))  # exp_avg_sq.div(bias_correction2).sqrt_()
     return live.peak
 
 
 def _schedulefree_foreach(c: Context) -> int:
-    return c.total                                    # torch._foreach_div(exp_avg_sq, bc2)
+    return c.total  # torch._foreach_div(exp_avg_sq, bc2)
 
 
-SCHEDULEFREE_ADAMW = OptimizerSpec("schedulefree-adamw", ("adamw-schedulefree", "schedule-free", "schedulefree"), T,
-                                   "schedulefree.AdamWScheduleFree (schedulefree 1.4.1)",
-                                   "z (the weights' second copy) + exp_avg_sq (2x params); no first moment.",
-                                   {}, _schedulefree_states,
-                                   step=StepScratch(by_implementation(_schedulefree_single, _schedulefree_foreach),
-                                                    exact(SINGLE, FOREACH),
-                                                    "schedulefree.AdamWScheduleFree.step (foreach=True by default)",
-                                                    default=always_picks(FOREACH)))
+SCHEDULEFREE_ADAMW = OptimizerSpec(
+    "schedulefree-adamw",
+    ("adamw-schedulefree", "schedule-free", "schedulefree"),
+    T,
+    "schedulefree.AdamWScheduleFree (schedulefree 1.4.1)",
+    "z (the weights' second copy) + exp_avg_sq (2x params); no first moment.",
+    {},
+    _schedulefree_states,
+    step=StepScratch(
+        by_implementation(_schedulefree_single, _schedulefree_foreach),
+        exact(SINGLE, FOREACH),
+        "schedulefree.AdamWScheduleFree.step (foreach=True by default)",
+        default=always_picks(FOREACH),
+    ),
+)
 
 SPECS = [PRODIGY, DADAPT_ADAM, SCHEDULEFREE_ADAMW]

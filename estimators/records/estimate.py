@@ -310,17 +310,13 @@ class EstimateRecord:
                 device_total=peak_reader.optional(int, "device_total"),
                 by_category=_int_map(peak.get("by_category") or {}, f"{where}: peak.by_category", True),
             ),
-            cuda_context=None
-            if context is None
-            else _context(context, f"{where}: cuda_context"),
+            cuda_context=None if context is None else _context(context, f"{where}: cuda_context"),
             allocator=reader.optional_mapping("allocator"),
             timeline=None
             if timeline is None
             else tuple(_timeline_point(p, f"{where}: timeline[{i}]") for i, p in enumerate(timeline)),
             warnings=tuple(_str_list(data.get("warnings") or [], f"{where}: warnings")),
-            gpu=None
-            if gpu is None
-            else _gpu(gpu, f"{where}: gpu"),
+            gpu=None if gpu is None else _gpu(gpu, f"{where}: gpu"),
             labels=EstimateLabels(**{k: _Reader(labels, f"{where}: labels").optional(str, k) for k in _LABEL_KEYS}),
         )
 
@@ -392,12 +388,16 @@ def _settings(data: Mapping[str, Any], where: str) -> EstimateSettings:
 
 def _context(data: Mapping[str, Any], where: str) -> ContextFigure:
     r = _Reader(data, where)
-    return ContextFigure(r.required(int, "bytes"), r.required(int, "low"), r.required(int, "high"), r.required(str, "basis"))
+    return ContextFigure(
+        r.required(int, "bytes"), r.required(int, "low"), r.required(int, "high"), r.required(str, "basis")
+    )
 
 
 def _gpu(data: Mapping[str, Any], where: str) -> GpuVerdict:
     r = _Reader(data, where)
-    return GpuVerdict(r.required(str, "name"), r.required(int, "memory"), r.required(int, "usable"), r.optional(bool, "fits"))
+    return GpuVerdict(
+        r.required(str, "name"), r.required(int, "memory"), r.required(int, "usable"), r.optional(bool, "fits")
+    )
 
 
 def _model_states(data: Mapping[str, Any], where: str) -> ModelStates:
@@ -427,4 +427,3 @@ def _timeline_point(data: Any, where: str) -> TimelinePoint:
         label=reader.required(str, "label"),
         by_category=_int_map(data.get("by_category") or {}, f"{where}.by_category"),
     )
-

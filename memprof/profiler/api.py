@@ -14,6 +14,7 @@ byte; "stats" installs only the phase hooks and reads the CUDA allocator counter
 run it measures phase times and model states but no peak). One session at a time per process:
 the hooks are process-wide, so nesting or a second thread fails with a MemprofUserError.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,8 @@ def _as_list(obj: Any, kind: type, name: str) -> list[Any]:
     for item in items:
         if not isinstance(item, kind):
             raise MemprofUserError(
-                f"{name} must be a {kind.__module__}.{kind.__qualname__} (or a list of them), "
-                f"got {type(item).__name__}")
+                f"{name} must be a {kind.__module__}.{kind.__qualname__} (or a list of them), got {type(item).__name__}"
+            )
     return items
 
 
@@ -78,12 +79,14 @@ def _model_description(model: torch.nn.Module) -> dict[str, Any]:
             hf_config = json.loads(json.dumps(config.to_dict(), default=str))
         except (TypeError, ValueError):
             hf_config = None
-    checkpointing = getattr(model, "is_activation_checkpointing", None)   # transformers >= 5
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", None)
-    out: dict[str, Any] = {"hf_config": hf_config,
-                           "attn_implementation": getattr(config, "_attn_implementation", None),
-                           "gradient_checkpointing": checkpointing if isinstance(checkpointing, bool) else None}
+    out: dict[str, Any] = {
+        "hf_config": hf_config,
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "gradient_checkpointing": checkpointing if isinstance(checkpointing, bool) else None,
+    }
     # always kept: a config whose model memprof does not know, or a model with frozen parameters,
     # still has its model states predicted from these
     out["parameter_tensors"] = [[n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad]
@@ -114,9 +117,16 @@ def _is_oom(exc: BaseException) -> bool:
 class Session:
     """One profiled region; `__enter__` returns its Profile, filled in when the region ends."""
 
-    def __init__(self, model: Any = None, optimizer: Any = None, *, mode: str = "attribution",
-                 device: str | torch.device | None = None, events: bool = True,
-                 memory_snapshot: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any = None,
+        optimizer: Any = None,
+        *,
+        mode: str = "attribution",
+        device: str | torch.device | None = None,
+        events: bool = True,
+        memory_snapshot: bool = False,
+    ) -> None:
         if mode not in MODES:
             raise unknown_name("profiler mode", str(mode), MODES)
         self.models: list[torch.nn.Module] = _as_list(model, torch.nn.Module, "model")
@@ -153,7 +163,8 @@ class Session:
             if _active is not None:
                 raise MemprofUserError(
                     "memprof is already profiling a region (nested `track`/`profile`, or another "
-                    "thread); its hooks are process-wide, so profile one region at a time")
+                    "thread); its hooks are process-wide, so profile one region at a time"
+                )
             _active = self
         try:
             self._start()
@@ -184,7 +195,7 @@ class Session:
         self.device = self.device or self._infer_device()
         index, self.cuda_reason = cuda_device_of(self.device)
         if index is None and self.device.type == "cuda":
-            self.device = torch.device("cpu")   # no usable GPU: measure the CPU run, say why
+            self.device = torch.device("cpu")  # no usable GPU: measure the CPU run, say why
         if index is not None:
             self.cuda = CudaStats(index, record_snapshot=self.memory_snapshot)
             self.cuda.start()
@@ -370,7 +381,7 @@ class Session:
         if self.nvml is None or not self.nvml.available or self.cuda is None:
             return
         now = time.perf_counter()
-        if not force and now - self._nvml_last < 0.5:   # NVML queries cost far more than a counter read
+        if not force and now - self._nvml_last < 0.5:  # NVML queries cost far more than a counter read
             return
         self._nvml_last = now
         used = self.nvml.sample()
@@ -403,36 +414,59 @@ class Session:
 
     def _settings(self) -> dict[str, Any]:
         model = self._main_model()
-        s: dict[str, Any] = {"model": None, "model_class": None, "parameters": None, "param_dtypes": {},
-                             "input_shapes": [], "autocast_dtype": self.autocast}
+        s: dict[str, Any] = {
+            "model": None,
+            "model_class": None,
+            "parameters": None,
+            "param_dtypes": {},
+            "input_shapes": [],
+            "autocast_dtype": self.autocast,
+        }
         if model is not None:
             cls = type(model)
             params = list(model.parameters())
-            s.update(model=cls.__name__, model_class=f"{cls.__module__}.{cls.__qualname__}",
-                     parameters=sum(p.numel() for p in params),
-                     trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
-                     input_shapes=self.input_shapes.get(id(model), []))
+            s.update(
+                model=cls.__name__,
+                model_class=f"{cls.__module__}.{cls.__qualname__}",
+                parameters=sum(p.numel() for p in params),
+                trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+                input_shapes=self.input_shapes.get(id(model), []),
+            )
             dtypes: dict[str, int] = {}
             for p in params:
                 key = str(p.dtype).removeprefix("torch.")
                 dtypes[key] = dtypes.get(key, 0) + p.numel()
             s["param_dtypes"] = dtypes
             s.update(_model_description(model))
-        opts = [{"optimizer": type(o).__name__,
-                 "optimizer_class": f"{type(o).__module__}.{type(o).__qualname__}",
-                 "optimizer_defaults": _jsonable(dict(o.defaults))} for o in self.optimizers]
+        opts = [
+            {
+                "optimizer": type(o).__name__,
+                "optimizer_class": f"{type(o).__module__}.{type(o).__qualname__}",
+                "optimizer_defaults": _jsonable(dict(o.defaults)),
+            }
+            for o in self.optimizers
+        ]
         s.update(opts[0] if opts else {"optimizer": None, "optimizer_class": None, "optimizer_defaults": None})
         if len(opts) > 1:
             s["optimizers"] = opts
         counts = self.hooks.counts if self.hooks else dict.fromkeys(PHASES, 0)
-        s.update(forward_calls=counts[Phase.FORWARD.value], backward_calls=counts[Phase.BACKWARD.value],
-                 optimizer_steps=self.steps)
+        s.update(
+            forward_calls=counts[Phase.FORWARD.value],
+            backward_calls=counts[Phase.BACKWARD.value],
+            optimizer_steps=self.steps,
+        )
         return s
 
     def _environment(self) -> dict[str, Any]:
-        env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                               "platform": platform.platform(), "cuda_version": torch.version.cuda,
-                               "device_name": None, "driver": None, "pid": os.getpid()}
+        env: dict[str, Any] = {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cuda_version": torch.version.cuda,
+            "device_name": None,
+            "driver": None,
+            "pid": os.getpid(),
+        }
         if self.cuda is not None:
             env["device_name"] = torch.cuda.get_device_name(self.cuda.index)
         else:
@@ -446,9 +480,14 @@ class Session:
         dev = str(self.device) if self.device is not None else None
         if self.device is not None and self.device.type == "cuda" and self.device.index is None and self.cuda:
             dev = f"cuda:{self.cuda.index}"
-        rec.update(mode=self.mode, device=dev, complete=final,
-                   settings=self._settings(), environment=self._environment(),
-                   duration_s=round(time.perf_counter() - self._t0, 6))
+        rec.update(
+            mode=self.mode,
+            device=dev,
+            complete=final,
+            settings=self._settings(),
+            environment=self._environment(),
+            duration_s=round(time.perf_counter() - self._t0, 6),
+        )
         rec["model_states"] = dict(self.model_state_max)
         breakdown: dict[str, int] = {}
         counted: set[int] = set()
@@ -469,8 +508,10 @@ class Session:
             peak["by_category"].update(T.StorageTracker.public(book.peak.cats))
             peak["detail"] = T.StorageTracker.detail(book.peak.cats)
         elif self.mode == "stats":
-            peak["note"] = ("stats mode attributes no tensors: on CUDA the peak comes from the allocator "
-                            "counters; on CPU there are none")
+            peak["note"] = (
+                "stats mode attributes no tensors: on CUDA the peak comes from the allocator "
+                "counters; on CPU there are none"
+            )
         if cuda_summary is not None:
             rows = {k: v for k, v in cuda_summary["phases"].items() if k in PHASES}
             if rows:
@@ -488,28 +529,46 @@ class Session:
                 peak["device_total"] = sum(values)
         if self.tracker is not None:
             # every device tensors lived on (e.g. CPU batches in a CUDA run), each with its own peak
-            rec["devices"] = {name: {"peak_allocated": b.peak.total, "peak_phase": b.peak.phase,
-                                     "by_category": T.StorageTracker.public(b.peak.cats)}
-                              for name, b in self.tracker.books.items()}
+            rec["devices"] = {
+                name: {
+                    "peak_allocated": b.peak.total,
+                    "peak_phase": b.peak.phase,
+                    "by_category": T.StorageTracker.public(b.peak.cats),
+                }
+                for name, b in self.tracker.books.items()
+            }
             rec["timeline"] = self.tracker.timeline_of(dev) if dev else None
         rec["cuda"] = cuda_summary or {"available": False, "reason": self.cuda_reason}
         if self.nvml is not None and self.nvml.available:
-            rec["nvml"] = {"available": True, "reason": None, "process_used": self.nvml.max_process_used,
-                           "cuda_context": self.context_bytes}
+            rec["nvml"] = {
+                "available": True,
+                "reason": None,
+                "process_used": self.nvml.max_process_used,
+                "cuda_context": self.context_bytes,
+            }
         else:
-            rec["nvml"] = {"available": False,
-                           "reason": self.nvml.reason if self.nvml is not None else
-                           f"no CUDA device is profiled ({self.cuda_reason})"}
+            rec["nvml"] = {
+                "available": False,
+                "reason": self.nvml.reason
+                if self.nvml is not None
+                else f"no CUDA device is profiled ({self.cuda_reason})",
+            }
 
         counts = self.hooks.counts if self.hooks else dict.fromkeys(PHASES, 0)
         times = self.hooks.times if self.hooks else dict.fromkeys(PHASES, 0.0)
         for phase in PHASES:
-            info: dict[str, Any] = {"calls": counts[phase], "time_s": round(times[phase], 6),
-                                    "peak": {"allocated": None, "by_category": None}}
+            info: dict[str, Any] = {
+                "calls": counts[phase],
+                "time_s": round(times[phase], 6),
+                "peak": {"allocated": None, "by_category": None},
+            }
             snap = book.phase_peaks.get(phase) if book is not None else None
             if snap is not None:
-                info["peak"] = {"allocated": snap.total, "by_category": T.StorageTracker.public(snap.cats),
-                                "detail": T.StorageTracker.detail(snap.cats)}
+                info["peak"] = {
+                    "allocated": snap.total,
+                    "by_category": T.StorageTracker.public(snap.cats),
+                    "detail": T.StorageTracker.detail(snap.cats),
+                }
             created = self.tracker.created.get(phase) if self.tracker is not None else None
             if created is not None:
                 info["created_bytes"] = dict(zip(T.CODE_NAMES, created))
@@ -524,9 +583,14 @@ class Session:
     def _error(self, exc: BaseException, dev: str | None) -> dict[str, Any]:
         hooks = self.hooks
         modules = (hooks.fault_modules or list(hooks.module_stack)) if hooks else []
-        err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:2000],
-                               "out_of_memory": _is_oom(exc), "phase": hooks.phase if hooks else None,
-                               "module": " > ".join(modules) or None, "live_by_category": None}
+        err: dict[str, Any] = {
+            "type": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "out_of_memory": _is_oom(exc),
+            "phase": hooks.phase if hooks else None,
+            "module": " > ".join(modules) or None,
+            "live_by_category": None,
+        }
         book = self.tracker.books.get(dev) if self.tracker is not None and dev else None
         if book is not None:
             err["live_by_category"] = T.StorageTracker.public(book.cats)
@@ -538,9 +602,15 @@ class Session:
         return err
 
 
-def track(model: Any = None, optimizer: Any = None, *, mode: str = "attribution",
-          device: str | torch.device | None = None, events: bool = True,
-          memory_snapshot: bool = False) -> Session:
+def track(
+    model: Any = None,
+    optimizer: Any = None,
+    *,
+    mode: str = "attribution",
+    device: str | torch.device | None = None,
+    events: bool = True,
+    memory_snapshot: bool = False,
+) -> Session:
     """Profile the memory of the code inside `with memprof.track(model, optimizer) as run:`.
 
     model / optimizer: the nn.Module(s) and torch.optim.Optimizer(s) being trained (recommended:
@@ -577,8 +647,10 @@ class ProfiledFunction:
                 return self._fn(*args, **kwargs)
         finally:
             if session.started:
-                self._found = {"model": [weakref.ref(m) for m in session.roots],
-                               "optimizer": [weakref.ref(o) for o in session.optimizers]}
+                self._found = {
+                    "model": [weakref.ref(m) for m in session.roots],
+                    "optimizer": [weakref.ref(o) for o in session.optimizers],
+                }
                 self.profiles.append(session.profile)
                 if self._out:
                     if "{call}" in self._out:
@@ -604,18 +676,27 @@ class ProfiledFunction:
         return best
 
 
-def profile(fn: Callable[..., Any] | None = None, *, model: Any = None, optimizer: Any = None,
-            mode: str = "attribution", device: str | torch.device | None = None, events: bool = False,
-            memory_snapshot: bool = False, out: str | None = None) -> Any:
+def profile(
+    fn: Callable[..., Any] | None = None,
+    *,
+    model: Any = None,
+    optimizer: Any = None,
+    mode: str = "attribution",
+    device: str | torch.device | None = None,
+    events: bool = False,
+    memory_snapshot: bool = False,
+    out: str | None = None,
+) -> Any:
     """Decorate a training-step function: each call is profiled (`fn.profiles`, `fn.worst`).
 
     Usable bare (`@memprof.profile`) or with options (`@memprof.profile(model=m, optimizer=opt)`).
     out: a path to save to; with "{call}" in it every call is saved, otherwise the worst call.
     Events are off by default here (a long-running loop would keep every call's timeline).
     """
-    options = dict(model=model, optimizer=optimizer, mode=mode, device=device, events=events,
-                   memory_snapshot=memory_snapshot)
-    Session(**options)   # validate the options now, not at the first call
+    options = dict(
+        model=model, optimizer=optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot
+    )
+    Session(**options)  # validate the options now, not at the first call
 
     def wrap(f: Callable[..., Any]) -> ProfiledFunction:
         return ProfiledFunction(f, options, out)

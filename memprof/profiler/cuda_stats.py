@@ -6,6 +6,7 @@ the allocator updates these counters on the host when an allocation is issued. c
 before measuring, so its workspace (allocated through the caching allocator on first use) is part
 of the baseline rather than of the first forward.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,9 @@ def cuda_device_of(device: torch.device | str | None) -> tuple[int | None, str |
     if device is not None and torch.device(device).type != "cuda":
         return None, f"the profiled device is {torch.device(device).type}, not cuda"
     if not torch.cuda.is_available():
-        return None, ("torch.cuda.is_available() is False "
-                      f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        return None, (
+            f"torch.cuda.is_available() is False (torch {torch.__version__}, built with CUDA {torch.version.cuda})"
+        )
     if device is None:
         return None, "no CUDA tensors are being profiled"
     index = torch.device(device).index
@@ -58,8 +60,7 @@ class CudaStats:
                 torch.cuda.memory._record_memory_history(max_entries=100_000)
             stats = torch.cuda.memory_stats(dev)
             self._base = {k: int(stats.get(k, 0)) for k in _COUNTERS}
-            self.first = {"allocated": torch.cuda.memory_allocated(dev),
-                          "reserved": torch.cuda.memory_reserved(dev)}
+            self.first = {"allocated": torch.cuda.memory_allocated(dev), "reserved": torch.cuda.memory_reserved(dev)}
             torch.cuda.reset_peak_memory_stats(dev)
 
     def mark(self, ended_phase: str | None) -> None:
@@ -70,8 +71,7 @@ class CudaStats:
         """
         dev = torch.device("cuda", self.index)
         stats = torch.cuda.memory_stats_as_nested_dict(dev)
-        row = {name: int(stats.get(key, {}).get("all", {}).get(fig, 0))
-               for name, (key, fig) in _STAT_KEYS.items()}
+        row = {name: int(stats.get(key, {}).get("all", {}).get(fig, 0)) for name, (key, fig) in _STAT_KEYS.items()}
         row.update({k: int(stats.get(k, 0)) - self._base.get(k, 0) for k in _COUNTERS})
         key = ended_phase or "setup"
         prev = self.phases.get(key)
@@ -96,8 +96,12 @@ class CudaStats:
 
     def summary(self) -> dict[str, Any]:
         rows = self.phases.values()
-        out: dict[str, Any] = {"available": True, "reason": None, "device_index": self.index,
-                               "baseline": dict(self.first)}
+        out: dict[str, Any] = {
+            "available": True,
+            "reason": None,
+            "device_index": self.index,
+            "baseline": dict(self.first),
+        }
         for k in _STAT_KEYS:
             out[k] = max((r[k] for r in rows), default=None)
         for k in _COUNTERS:

@@ -5,6 +5,7 @@ the CUDA context, kernels and library workspaces allocated outside PyTorch's all
 failure (package missing, no driver, process not visible as in a container without --pid=host)
 becomes `available: False` with the reason, never an exception and never a made-up figure.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,17 @@ class Nvml:
         self.available = True
         if self.process_used() is None:
             self.available = False
-            self.reason = (f"NVML does not list this process (pid {os.getpid()}); in a container, "
-                           "run with --pid=host to see per-process usage")
+            self.reason = (
+                f"NVML does not list this process (pid {os.getpid()}); in a container, "
+                "run with --pid=host to see per-process usage"
+            )
 
     @staticmethod
     def _device_handle(pynvml: Any, device_index: int) -> Any:
         # CUDA_VISIBLE_DEVICES renumbers devices; the PCI bus id names the same GPU for both.
         try:
             import torch
+
             props = torch.cuda.get_device_properties(device_index)
             domain, bus, device = (getattr(props, f"pci_{k}_id") for k in ("domain", "bus", "device"))
             bus_id = f"{domain:08X}:{bus:02X}:{device:02X}.0"

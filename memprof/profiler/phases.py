@@ -12,6 +12,7 @@ also after an exception):
 Phases are sticky: a phase lasts until the next one starts, so a loss computed after the model's
 forward belongs to forward and gradient clipping after backward belongs to backward.
 """
+
 from __future__ import annotations
 
 import time
@@ -57,7 +58,7 @@ class PhaseHooks:
 
     def __init__(self, listener: Listener, *, track_modules: bool = True, tracker: Any = None) -> None:
         self.listener = listener
-        self.tracker = tracker   # a StorageTracker whose module_depth mirrors ours
+        self.tracker = tracker  # a StorageTracker whose module_depth mirrors ours
         self.phase: str | None = None
         self.depth = 0
         self.counts = {p.value: 0 for p in Phase}
@@ -76,8 +77,9 @@ class PhaseHooks:
     def install(self) -> None:
         try:
             self._handles.append(_nn_module.register_module_forward_pre_hook(self._pre_forward))
-            self._handles.append(_nn_module.register_module_forward_hook(
-                self._post_forward, with_kwargs=True, always_call=True))
+            self._handles.append(
+                _nn_module.register_module_forward_hook(self._post_forward, with_kwargs=True, always_call=True)
+            )
             self._handles.append(_optim.register_optimizer_step_pre_hook(self._pre_step))
             self._handles.append(_optim.register_optimizer_step_post_hook(self._post_step))
         except BaseException:
@@ -91,7 +93,7 @@ class PhaseHooks:
         for h in [*handles, *grad_handles]:
             try:
                 h.remove()
-            except Exception:   # a handle whose owner is gone
+            except Exception:  # a handle whose owner is gone
                 pass
             # torch's handle for a global forward hook forgets its with_kwargs flag
             hook_id = getattr(h, "id", None)
@@ -145,7 +147,7 @@ class PhaseHooks:
             self.module_stack.append(self.module_name(module))
         if self.depth == 1:
             if _graph_task_id() != -1:
-                self._recompute_depth = 1     # checkpoint recomputation inside backward
+                self._recompute_depth = 1  # checkpoint recomputation inside backward
                 return
             self._recompute_depth = 0
             self.fault_modules = None
@@ -179,7 +181,7 @@ class PhaseHooks:
                 torch.autograd.graph.register_multi_grad_hook(tensors, self._first_grad, mode="any")
 
     def _first_grad(self, grad: Any) -> None:
-        if self._handles:   # still installed
+        if self._handles:  # still installed
             self.enter(Phase.BACKWARD.value)
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

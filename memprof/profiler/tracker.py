@@ -29,6 +29,7 @@ Known limits: storages that never pass through dispatch (created by C++ extensio
 allocators, `UntypedStorage.resize_` called directly) are not seen; a storage first seen as the
 input of an op is counted from that moment (as `inputs`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,13 +43,24 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from memprof.estimators.vocabulary import Category, Phase
 
 PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER = range(7)
-MAX_TIMELINE_POINTS = 1024   # per device; halved (and the sampling interval doubled) when reached
+MAX_TIMELINE_POINTS = 1024  # per device; halved (and the sampling interval doubled) when reached
 CODE_NAMES = ("parameters", "gradients", "optimizer_states", "activations", "temporary", "inputs", "buffers")
-PUBLIC_OF_CODE = (Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
-                  Category.ACTIVATIONS.value, Category.TEMPORARY.value, Category.TEMPORARY.value,
-                  Category.TEMPORARY.value)
-TENSOR_CATEGORIES = (Category.PARAMETERS.value, Category.GRADIENTS.value, Category.OPTIMIZER_STATES.value,
-                     Category.ACTIVATIONS.value, Category.TEMPORARY.value)
+PUBLIC_OF_CODE = (
+    Category.PARAMETERS.value,
+    Category.GRADIENTS.value,
+    Category.OPTIMIZER_STATES.value,
+    Category.ACTIVATIONS.value,
+    Category.TEMPORARY.value,
+    Category.TEMPORARY.value,
+    Category.TEMPORARY.value,
+)
+TENSOR_CATEGORIES = (
+    Category.PARAMETERS.value,
+    Category.GRADIENTS.value,
+    Category.OPTIMIZER_STATES.value,
+    Category.ACTIVATIONS.value,
+    Category.TEMPORARY.value,
+)
 _FORWARD, _BACKWARD, _STEP = Phase.FORWARD.value, Phase.BACKWARD.value, Phase.OPTIMIZER_STEP.value
 # a storage that is a parameter stays one even if an optimizer also keeps it in its state
 _PRECEDENCE = {PARAM: 0, GRAD: 1, STATE: 2}
@@ -84,8 +96,8 @@ class _Book:
         self.total = 0
         self.peak = _Snap(seq, 0, [0] * 7, None)
         self.phase_peaks: dict[str, _Snap] = {}
-        self.timeline: list[_Snap] = []   # sampled moments, in seq order (see the module docstring)
-        self.every = 1                     # events between two samples
+        self.timeline: list[_Snap] = []  # sampled moments, in seq order (see the module docstring)
+        self.every = 1  # events between two samples
         self.countdown = 1
 
     def snaps(self) -> list[_Snap]:
@@ -95,7 +107,7 @@ class _Book:
 def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
     try:
         return t.untyped_storage()
-    except (RuntimeError, NotImplementedError):   # sparse tensors, subclasses without storage
+    except (RuntimeError, NotImplementedError):  # sparse tensors, subclasses without storage
         return None
 
 
@@ -191,7 +203,7 @@ class StorageTracker(TorchDispatchMode):
             return
         self._reg.pop(key, None)
         if rec.cat == ACT and self.phase == _FORWARD and rec.epoch == self.fwd_epoch:
-            self._reclass(rec, TEMP)   # created and freed within one forward: not saved for backward
+            self._reclass(rec, TEMP)  # created and freed within one forward: not saved for backward
         book = rec.book
         book.cats[rec.cat] -= rec.nbytes
         book.total -= rec.nbytes
@@ -294,8 +306,10 @@ class StorageTracker(TorchDispatchMode):
         for snap in book.snaps():
             if snap.total:
                 points[snap.seq] = snap
-        return [{"seq": s.seq, "phase": s.phase, "allocated": s.total, "by_category": self.public(s.cats)}
-                for _, s in sorted(points.items())]
+        return [
+            {"seq": s.seq, "phase": s.phase, "allocated": s.total, "by_category": self.public(s.cats)}
+            for _, s in sorted(points.items())
+        ]
 
     def live_by_category(self) -> dict[str, dict[str, int]]:
         """Bytes alive now, per device and internal category."""
@@ -319,23 +333,24 @@ class StorageTracker(TorchDispatchMode):
             return
         entry = self._reg.get(id(st))
         if entry is not None:
-            if aliases:   # in-place, out= and resize_ ops may grow the storage they return
+            if aliases:  # in-place, out= and resize_ ops may grow the storage they return
                 self._resize(entry[0], st)
             return
-        if aliases:       # a view of a storage that existed before the region
+        if aliases:  # a view of a storage that existed before the region
             cat = INPUT
         elif self.in_step:
             cat = TEMP
         elif self.phase == _FORWARD:
             cat = ACT
         elif self.phase == _BACKWARD:
-            cat = ACT if self.module_depth > 0 else TEMP   # recomputation under checkpointing
+            cat = ACT if self.module_depth > 0 else TEMP  # recomputation under checkpointing
         else:
             cat = TEMP
         self._add(st, cat)
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         # the hot path: kept flat, since it runs for every operator
         Tensor = torch.Tensor
         reg = self._reg
@@ -345,7 +360,7 @@ class StorageTracker(TorchDispatchMode):
                     st = a.untyped_storage()
                 except (RuntimeError, NotImplementedError):
                     continue
-                if id(st) not in reg:       # existed before the region and never seen
+                if id(st) not in reg:  # existed before the region and never seen
                     self._add(st, INPUT)
             elif isinstance(a, (list, tuple)):
                 for b in a:
@@ -377,5 +392,4 @@ class StorageTracker(TorchDispatchMode):
 
     @staticmethod
     def detail(cats: list[int]) -> dict[str, int]:
-        return {"inputs": cats[INPUT], "buffers": cats[BUFFER],
-                "created_temporary": cats[TEMP]}
+        return {"inputs": cats[INPUT], "buffers": cats[BUFFER], "created_temporary": cats[TEMP]}

@@ -5,6 +5,7 @@ Inputs are the records memprof already writes: an estimate dict (`Estimate.to_di
 (`memprof.commands.optimizers.optimizer_rows`). A figure draws exactly what these functions return,
 so tests check the drawing against them and notebooks can print them beside the picture.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -33,9 +34,11 @@ def comparison_bars(profile: dict[str, Any], estimate: dict[str, Any] | None = N
     bars["measured"] = dict(profile["peak"].get("by_category") or {})
     phases["measured"] = profile["peak"].get("phase")
     categories = [c for c in CATEGORIES if any(b.get(c) is not None for b in bars.values())]
-    return {"categories": categories,
-            "bars": {name: {c: b.get(c) for c in categories} for name, b in bars.items()},
-            "phases": phases}
+    return {
+        "categories": categories,
+        "bars": {name: {c: b.get(c) for c in categories} for name, b in bars.items()},
+        "phases": phases,
+    }
 
 
 def measured_timeline(profile: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -48,7 +51,7 @@ def measured_timeline(profile: dict[str, Any]) -> list[dict[str, Any]] | None:
     """
     points = list(profile.get("timeline") or [])
     first = next((i for i, p in enumerate(points) if p.get("phase") is not None), len(points))
-    points = points[max(first - 1, 0):]
+    points = points[max(first - 1, 0) :]
     return points or None
 
 
@@ -77,8 +80,16 @@ def phase_spans(phases: Iterable[str | None]) -> list[tuple[str | None, int, int
     return spans
 
 
-def peak_sweep(model: Any, values: Sequence[int], *, axis: str = "batch_size", gpu_presets: Sequence[str] = (),
-               optimizer: str = "adamw", precision: str = "bf16-mixed", **knobs: Any) -> dict[str, Any]:
+def peak_sweep(
+    model: Any,
+    values: Sequence[int],
+    *,
+    axis: str = "batch_size",
+    gpu_presets: Sequence[str] = (),
+    optimizer: str = "adamw",
+    precision: str = "bf16-mixed",
+    **knobs: Any,
+) -> dict[str, Any]:
     """Predicted peak memory of `model` as `axis` (batch_size or seq_len) takes `values`.
 
     gpu_presets: GPU preset names whose usable memory the figure draws as lines; `knobs` are the
@@ -101,13 +112,19 @@ def peak_sweep(model: Any, values: Sequence[int], *, axis: str = "batch_size", g
     if measure is None:
         raise MemprofUserError(f"the estimate of {spec.name} has no peak figure yet; nothing to sweep")
     capacity = []
-    for name in gpu_presets:   # the estimate resolves the preset and its usable memory (one rule, in one place)
-        capacity.append(estimate(spec, optimizer, precision, **_point(axis, values[0]), gpu=name, **knobs)
-                        .to_dict()["gpu"])
-    return {"model": spec.name, "axis": axis, "values": list(values),
-            "peaks": [r["peak"][measure] for r in records], "measure": measure,
-            "settings": records[0]["settings"],
-            "gpus": [{"name": g["name"], "memory": g["memory"], "usable": g["usable"]} for g in capacity]}
+    for name in gpu_presets:  # the estimate resolves the preset and its usable memory (one rule, in one place)
+        capacity.append(
+            estimate(spec, optimizer, precision, **_point(axis, values[0]), gpu=name, **knobs).to_dict()["gpu"]
+        )
+    return {
+        "model": spec.name,
+        "axis": axis,
+        "values": list(values),
+        "peaks": [r["peak"][measure] for r in records],
+        "measure": measure,
+        "settings": records[0]["settings"],
+        "gpus": [{"name": g["name"], "memory": g["memory"], "usable": g["usable"]} for g in capacity],
+    }
 
 
 def _point(axis: str, value: int) -> dict[str, Any]:

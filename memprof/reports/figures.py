@@ -6,6 +6,7 @@ inline backend and a server needs no display. pyplot is never imported, so no fi
 by a global registry. `draw_*` functions draw onto a given Axes (for composite pages); `*_figure`
 functions make a stand-alone Figure. Sizes are drawn in bytes, with axes labelled in binary units.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,12 +21,24 @@ from matplotlib.ticker import FuncFormatter, MultipleLocator
 from memprof.estimators.units import format_bytes
 from memprof.reports import data
 
-CATEGORY_COLORS = {"parameters": "#4C72B0", "gradients": "#DD8452", "optimizer_states": "#55A868",
-                   "activations": "#C44E52", "temporary": "#8172B3", "cuda_context": "#937860",
-                   "fragmentation": "#A0A0A0"}
-CATEGORY_LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_states": "optimizer states",
-                   "activations": "activations", "temporary": "temporary", "cuda_context": "CUDA context",
-                   "fragmentation": "fragmentation"}
+CATEGORY_COLORS = {
+    "parameters": "#4C72B0",
+    "gradients": "#DD8452",
+    "optimizer_states": "#55A868",
+    "activations": "#C44E52",
+    "temporary": "#8172B3",
+    "cuda_context": "#937860",
+    "fragmentation": "#A0A0A0",
+}
+CATEGORY_LABELS = {
+    "parameters": "parameters",
+    "gradients": "gradients",
+    "optimizer_states": "optimizer states",
+    "activations": "activations",
+    "temporary": "temporary",
+    "cuda_context": "CUDA context",
+    "fragmentation": "fragmentation",
+}
 PHASE_COLORS = {None: "#FFFFFF", "forward": "#D0E4F5", "backward": "#F8DCCB", "optimizer_step": "#D8EDD5"}
 PHASE_LABELS = {None: "setup", "forward": "forward", "backward": "backward", "optimizer_step": "step"}
 FAMILY_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
@@ -67,12 +80,18 @@ def draw_category_bars(ax: Axes, bars: dict[str, Any]) -> None:
     top = max(totals, default=0) or 1
     for cat in drawn:
         heights = [bars["bars"][n].get(cat) or 0 for n in names]
-        ax.bar(range(len(names)), heights, bottom=bottoms, width=0.6, color=CATEGORY_COLORS[cat],
-               label=CATEGORY_LABELS[cat], gid=cat)
+        ax.bar(
+            range(len(names)),
+            heights,
+            bottom=bottoms,
+            width=0.6,
+            color=CATEGORY_COLORS[cat],
+            label=CATEGORY_LABELS[cat],
+            gid=cat,
+        )
         for i, h in enumerate(heights):
             if h >= 0.06 * top:
-                ax.text(i, bottoms[i] + h / 2, format_bytes(h), ha="center", va="center", fontsize=8,
-                        color="white")
+                ax.text(i, bottoms[i] + h / 2, format_bytes(h), ha="center", va="center", fontsize=8, color="white")
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     for i, total in enumerate(totals):
         ax.text(i, total, format_bytes(total), ha="center", va="bottom", fontsize=9, fontweight="bold")
@@ -92,8 +111,9 @@ def draw_category_bars(ax: Axes, bars: dict[str, Any]) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, reverse=True)
 
 
-def category_bars_figure(profile: dict[str, Any], estimate: dict[str, Any] | None = None,
-                         title: str | None = None) -> Figure:
+def category_bars_figure(
+    profile: dict[str, Any], estimate: dict[str, Any] | None = None, title: str | None = None
+) -> Figure:
     """Stacked bars of bytes by category at the peak: predicted (when an estimate is given) and measured."""
     bars = data.comparison_bars(profile, estimate)
     fig = new_figure(2.2 + 1.6 * len(bars["bars"]), 4.2)
@@ -103,8 +123,9 @@ def category_bars_figure(profile: dict[str, Any], estimate: dict[str, Any] | Non
     return fig
 
 
-def stacked_bars_figure(bars: dict[str, dict[str, int | None]], title: str = "",
-                        ylabel: str = "bytes per GPU") -> Figure:
+def stacked_bars_figure(
+    bars: dict[str, dict[str, int | None]], title: str = "", ylabel: str = "bytes per GPU"
+) -> Figure:
     """Stacked bars by category for any named configurations ({name: {category: bytes}})."""
     categories = [c for c in CATEGORY_LABELS if any(b.get(c) is not None for b in bars.values())]
     fig = new_figure(2.4 + 1.25 * len(bars), 4.2)
@@ -122,8 +143,9 @@ def default_title(profile: dict[str, Any], estimate: dict[str, Any] | None) -> s
 
 
 # -- timeline of live bytes by category ------------------------------------------------------------
-def draw_timeline(ax: Axes, points: Sequence[dict[str, Any]], *, x: Sequence[float] | None = None,
-                  xlabel: str = "") -> None:
+def draw_timeline(
+    ax: Axes, points: Sequence[dict[str, Any]], *, x: Sequence[float] | None = None, xlabel: str = ""
+) -> None:
     """Stacked areas of live bytes by category along `points`, phases shaded, the peak marked."""
     xs = list(x) if x is not None else list(range(len(points)))
     series = data.stacked_series(points)
@@ -131,8 +153,14 @@ def draw_timeline(ax: Axes, points: Sequence[dict[str, Any]], *, x: Sequence[flo
     # each point holds until the next one: extend by one step so the last point has a width
     end = xs[-1] + (xs[-1] - xs[-2] if len(xs) > 1 else 1)
     xe = xs + [end]
-    ax.stackplot(xe, *[v + v[-1:] for v in series.values()], labels=[CATEGORY_LABELS[c] for c in series],
-                 colors=[CATEGORY_COLORS[c] for c in series], step="post", linewidth=0)
+    ax.stackplot(
+        xe,
+        *[v + v[-1:] for v in series.values()],
+        labels=[CATEGORY_LABELS[c] for c in series],
+        colors=[CATEGORY_COLORS[c] for c in series],
+        step="post",
+        linewidth=0,
+    )
     ax.plot(xe, totals + totals[-1:], color="black", linewidth=0.8, drawstyle="steps-post", label="total")
     top = max(totals, default=0) or 1
     ax.set_ylim(0, top * 1.18)
@@ -140,33 +168,42 @@ def draw_timeline(ax: Axes, points: Sequence[dict[str, Any]], *, x: Sequence[flo
         ax.axvspan(xe[first], xe[last + 1], color=PHASE_COLORS.get(phase, "#EEEEEE"), zorder=-2, linewidth=0)
         label = PHASE_LABELS.get(phase, str(phase))
         if (xe[last + 1] - xe[first]) > 0.04 * (end - xe[0]):
-            ax.text((xe[first] + xe[last + 1]) / 2, top * 1.1, label, ha="center", va="center", fontsize=7,
-                    color="#444444")
-        elif phase is not None:   # a narrow phase (one segment): label it flush with its right edge
+            ax.text(
+                (xe[first] + xe[last + 1]) / 2, top * 1.1, label, ha="center", va="center", fontsize=7, color="#444444"
+            )
+        elif phase is not None:  # a narrow phase (one segment): label it flush with its right edge
             ax.text(xe[last + 1], top * 1.1, label + " ", ha="right", va="center", fontsize=7, color="#444444")
     i = max(range(len(totals)), key=totals.__getitem__) if totals else 0
     if totals:
-        right = xs[i] > (xe[0] + end) / 2   # keep the label inside the axes
-        ax.annotate(f"peak {format_bytes(totals[i])}", (xs[i], totals[i]), xytext=(-4 if right else 4, 4),
-                    textcoords="offset points", fontsize=8, ha="right" if right else "left")
+        right = xs[i] > (xe[0] + end) / 2  # keep the label inside the axes
+        ax.annotate(
+            f"peak {format_bytes(totals[i])}",
+            (xs[i], totals[i]),
+            xytext=(-4 if right else 4, 4),
+            textcoords="offset points",
+            fontsize=8,
+            ha="right" if right else "left",
+        )
     ax.set_xlim(xe[0], end)
     bytes_axis(ax.yaxis, top)
     ax.set_ylabel("live bytes")
     ax.set_xlabel(xlabel, fontsize=8)
 
 
-Panel = Callable[[Axes, list[dict[str, Any]]], None]   # draws one timeline panel
+Panel = Callable[[Axes, list[dict[str, Any]]], None]  # draws one timeline panel
 
 
 def draw_measured_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
-    draw_timeline(ax, points, x=[p["seq"] for p in points],
-                  xlabel="allocation events (sampled; the exact peaks included)")
+    draw_timeline(
+        ax, points, x=[p["seq"] for p in points], xlabel="allocation events (sampled; the exact peaks included)"
+    )
     ax.set_title("measured", fontsize=9, loc="left")
 
 
 def draw_predicted_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
-    draw_timeline(ax, points, xlabel="segments of the simulated step (largest moment of each layer's "
-                                     "forward, backward, the step)")
+    draw_timeline(
+        ax, points, xlabel="segments of the simulated step (largest moment of each layer's forward, backward, the step)"
+    )
     ax.set_title("predicted", fontsize=9, loc="left")
 
 
@@ -175,12 +212,15 @@ def timeline_panels(profile: dict[str, Any] | None, estimate: dict[str, Any] | N
     measured = data.measured_timeline(profile) if profile is not None else None
     predicted = data.predicted_timeline(estimate)
     candidates: list[tuple[Panel, list[dict[str, Any]] | None]] = [
-        (draw_predicted_panel, predicted), (draw_measured_panel, measured)]
+        (draw_predicted_panel, predicted),
+        (draw_measured_panel, measured),
+    ]
     return [(draw, points) for draw, points in candidates if points]
 
 
-def timeline_figure(profile: dict[str, Any] | None = None, estimate: dict[str, Any] | None = None,
-                    title: str | None = None) -> Figure:
+def timeline_figure(
+    profile: dict[str, Any] | None = None, estimate: dict[str, Any] | None = None, title: str | None = None
+) -> Figure:
     """Live bytes by category through forward, backward and the optimizer step.
 
     One panel for the profile's measured timeline and one for the estimate's simulated step, when
@@ -215,7 +255,7 @@ def draw_optimizer_bytes(ax: Axes, rows: Sequence[dict[str, Any]]) -> None:
     ax.set_yticks(ypos, labels, fontsize=7)
     ax.invert_yaxis()
     widest = max((r["state_bytes_per_param"] for r in rows), default=1) or 1
-    if widest > 50:   # LBFGS' history or a population dwarfs first-order states: log beyond 1 B
+    if widest > 50:  # LBFGS' history or a population dwarfs first-order states: log beyond 1 B
         ax.set_xscale("symlog", linthresh=1, linscale=0.6)
         ax.set_xlim(0, widest * 2.5)
     else:
@@ -236,8 +276,18 @@ def optimizer_bytes_figure(rows: Sequence[dict[str, Any]], title: str | None = N
 
 # -- peak against batch size / sequence length, with GPU capacities --------------------------------
 # the settings a user chooses (not derived ones such as the optimizer implementation torch picks)
-SWEEP_KNOBS = ("optimizer", "precision", "batch_size", "seq_len", "checkpointing", "attention", "gpus", "zero",
-               "offload", "grad_accumulation")
+SWEEP_KNOBS = (
+    "optimizer",
+    "precision",
+    "batch_size",
+    "seq_len",
+    "checkpointing",
+    "attention",
+    "gpus",
+    "zero",
+    "offload",
+    "grad_accumulation",
+)
 SWEEP_COLORS = ("black", "#4C72B0", "#55A868", "#DD8452", "#8172B3", "#937860")
 
 
@@ -247,17 +297,30 @@ def draw_peak_sweep(ax: Axes, sweeps: dict[str, Any] | Sequence[dict[str, Any]])
     Several sweeps (e.g. one per optimizer) share the axes; each curve is named by what differs.
     """
     sweeps = [sweeps] if isinstance(sweeps, dict) else list(sweeps)
-    varying = [k for k in SWEEP_KNOBS if len({str(sw["settings"].get(k)) for sw in sweeps}) > 1
-               and k != sweeps[0]["axis"]]
+    varying = [
+        k for k in SWEEP_KNOBS if len({str(sw["settings"].get(k)) for sw in sweeps}) > 1 and k != sweeps[0]["axis"]
+    ]
     for k, sw in enumerate(sweeps):
         name = ", ".join(f"{key.replace('_', ' ')} {sw['settings'][key]}" for key in varying)
         label = f"predicted peak ({sw['measure'].replace('_', ' ')})" + (f": {name}" if name else "")
-        ax.plot(sw["values"], sw["peaks"], marker="o", color=SWEEP_COLORS[k % len(SWEEP_COLORS)], label=label,
-                gid=f"peak:{name}" if name else "peak")
+        ax.plot(
+            sw["values"],
+            sw["peaks"],
+            marker="o",
+            color=SWEEP_COLORS[k % len(SWEEP_COLORS)],
+            label=label,
+            gid=f"peak:{name}" if name else "peak",
+        )
     gpus = {g["name"]: g for sw in sweeps for g in sw["gpus"]}
     for k, gpu in enumerate(gpus.values()):
-        ax.axhline(gpu["usable"], linestyle="--", linewidth=1.2, color=GPU_COLORS[k % len(GPU_COLORS)],
-                   label=f"{gpu['name']}: {format_bytes(gpu['usable'])} usable", gid=f"gpu:{gpu['name']}")
+        ax.axhline(
+            gpu["usable"],
+            linestyle="--",
+            linewidth=1.2,
+            color=GPU_COLORS[k % len(GPU_COLORS)],
+            label=f"{gpu['name']}: {format_bytes(gpu['usable'])} usable",
+            gid=f"gpu:{gpu['name']}",
+        )
     values = sorted({v for sw in sweeps for v in sw["values"]})
     if all(v > 0 and v & (v - 1) == 0 for v in values) and len(values) > 2:
         ax.set_xscale("log", base=2)
@@ -280,6 +343,10 @@ def peak_sweep_figure(sweeps: dict[str, Any] | Sequence[dict[str, Any]], title: 
     ax = fig.add_subplot()
     draw_peak_sweep(ax, sweeps)
     s = first["settings"]
-    ax.set_title(title or f"{first['model']}: {s['optimizer']}, {s['precision']}, checkpointing "
-                          f"{s['checkpointing']}, attention {s['attention']}", fontsize=10)
+    ax.set_title(
+        title
+        or f"{first['model']}: {s['optimizer']}, {s['precision']}, checkpointing "
+        f"{s['checkpointing']}, attention {s['attention']}",
+        fontsize=10,
+    )
     return fig

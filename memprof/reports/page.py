@@ -5,6 +5,7 @@ given) and the timeline(s). The HTML page embeds the same figures as base64 PNGs
 breakdown tables (bytes by category at the peak, each phase's own peak, model states), so it can be
 mailed or attached to a CI run as one file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -64,8 +65,15 @@ def breakdown_rows(profile: dict[str, Any], estimate: dict[str, Any] | None) -> 
     rows = []
     for (scope, cat), r in frame.iterrows():
         pct = "—" if pd.isna(r["error_pct"]) else f"{r['error_pct']:+.1f}%"
-        cells = [scope.replace("_", " "), cat, _b(num(r["predicted"])), _b(num(r["measured"])),
-                 _signed(num(r["error_bytes"])), pct, r["note"] or ""]
+        cells = [
+            scope.replace("_", " "),
+            cat,
+            _b(num(r["predicted"])),
+            _b(num(r["measured"])),
+            _signed(num(r["error_bytes"])),
+            pct,
+            r["note"] or "",
+        ]
         rows.append(cells if estimate is not None else [cells[0], cells[1], cells[3]])
     header = ["scope", "category", "predicted", "measured", "error", "error %", "note"]
     return (header if estimate is not None else ["scope", "category", "measured"]), rows
@@ -98,29 +106,42 @@ def report_html(profile: dict[str, Any], estimate: dict[str, Any] | None = None)
     s = profile.get("settings") or {}
     env = profile.get("environment") or {}
     title = F.default_title(profile, estimate)
-    meta = [f"model {s.get('model')} ({s.get('parameters') or 0:,} parameters), optimizer {s.get('optimizer')}, "
-            f"device {profile.get('device')}, mode {profile.get('mode')}; torch {env.get('torch')}, "
-            f"memprof {profile.get('memprof_version')}"]
+    meta = [
+        f"model {s.get('model')} ({s.get('parameters') or 0:,} parameters), optimizer {s.get('optimizer')}, "
+        f"device {profile.get('device')}, mode {profile.get('mode')}; torch {env.get('torch')}, "
+        f"memprof {profile.get('memprof_version')}"
+    ]
     if estimate is not None:
         es = estimate["settings"]
-        meta.append(f"estimate: {estimate['model']}, {es.get('optimizer')}, {es.get('precision')}, "
-                    f"batch {es.get('batch_size')} × seq {es.get('seq_len')}, device {es.get('device')}")
+        meta.append(
+            f"estimate: {estimate['model']}, {es.get('optimizer')}, {es.get('precision')}, "
+            f"batch {es.get('batch_size')} × seq {es.get('seq_len')}, device {es.get('device')}"
+        )
     png = base64.b64encode(report_png(profile, estimate)).decode("ascii")
     header, rows = breakdown_rows(profile, estimate)
     pheader, prows = phase_rows(profile)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p class='meta'>{'<br>'.join(html.escape(m) for m in meta)}</p>",
-             f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>",
-             "<h2>At the peak</h2>", _table(header, rows),
-             "<h2>Each phase's own peak (measured)</h2>", _table(pheader, prows)]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>{'<br>'.join(html.escape(m) for m in meta)}</p>",
+        f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>",
+        "<h2>At the peak</h2>",
+        _table(header, rows),
+        "<h2>Each phase's own peak (measured)</h2>",
+        _table(pheader, prows),
+    ]
     breakdown = profile.get("optimizer_state_breakdown") or {}
     if breakdown:
-        parts += ["<h2>Optimizer states by key (measured)</h2>",
-                  _table(["state", "bytes"], [[k, _b(v)] for k, v in breakdown.items()])]
+        parts += [
+            "<h2>Optimizer states by key (measured)</h2>",
+            _table(["state", "bytes"], [[k, _b(v)] for k, v in breakdown.items()]),
+        ]
     if profile.get("error"):
         e = profile["error"]
-        parts.append(f"<h2>Error</h2><p>{html.escape(str(e.get('type')))} in {html.escape(str(e.get('phase')))}: "
-                     f"{html.escape(str(e.get('message'))[:500])}</p>")
+        parts.append(
+            f"<h2>Error</h2><p>{html.escape(str(e.get('type')))} in {html.escape(str(e.get('phase')))}: "
+            f"{html.escape(str(e.get('message'))[:500])}</p>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
