@@ -246,7 +246,7 @@ def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str,
     class's __post_init__ does. `where` names the source in error messages.
     """
     model_type = raw.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise _unsupported(model_type, where)
     family = FAMILIES[model_type]
     config = dict(raw)

@@ -9,13 +9,14 @@ stays torch-free; this module adds the factory and is what the CLI and the publi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memprof.estimators.estimation import Estimate
 from memprof.estimators.estimation import estimate as _estimate
-from memprof.estimators.fit import DEFAULT_HEADROOM, FitResult
-from memprof.estimators.fit import fit as _fit
 from memprof.estimators.models import ModelSpec, is_factory_ref, load_model
+
+if TYPE_CHECKING:
+    from memprof.estimators.fit import FitResult
 
 __all__ = ["estimate", "fit", "optimizer_rows", "resolve_model"]
 
@@ -46,12 +47,20 @@ def fit(
     model: str | ModelSpec,
     gpu: str,
     *,
-    headroom: str | int = DEFAULT_HEADROOM,
+    headroom: str | int | None = None,
     batch_size: int | None = None,
     seq_len: int | str | None = None,
     **knobs: Any,
 ) -> FitResult:
-    """The largest batch size (or, with seq_len="auto", sequence) of `model` that fits `gpu`."""
+    """The largest batch size (or, with seq_len="auto", sequence) of `model` that fits `gpu`.
+
+    headroom: memory to leave free, a share of the usable memory ("5%") or a size ("2GiB"); None:
+    `memprof.estimators.fit.DEFAULT_HEADROOM`."""
+    from memprof.estimators.fit import DEFAULT_HEADROOM
+    from memprof.estimators.fit import fit as _fit
+
+    if headroom is None:
+        headroom = DEFAULT_HEADROOM
     return _fit(resolve_model(model), gpu, headroom=headroom, batch_size=batch_size, seq_len=seq_len, **knobs)
 
 

@@ -602,3 +602,9 @@ def test_random_bert(config):
 @given(vit_configs())
 def test_random_vit(config):
     check_random(config)
+
+
+def test_the_lazy_family_registry_names_each_family_by_its_own_model_type():
+    from memprof.estimators.families import FAMILIES
+
+    assert [f.model_type for f in FAMILIES.values()] == list(FAMILIES) == list(SUPPORTED_MODEL_TYPES)

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from ..autograd import Region, T, Trace
 from ..dtypes import dtype_bytes
 from ..errors import MemprofUserError, unknown_name
+from ..families import FAMILIES, Family
 from ..vocabulary import ATTENTION_IMPLEMENTATIONS, CHECKPOINTING, DEVICES
 
 if TYPE_CHECKING:
-    from ..families import Family
     from ..models import ModelSpec
 
 __all__ = [
@@ -98,11 +98,8 @@ class SavedTensor:
 
 
 def _family(spec: ModelSpec) -> Family[Any]:
-    # imported here: the family modules import this package's `ops` (the recorder they replay on)
-    from ..families import FAMILIES
-
     model_type = getattr(spec, "model_type", None)
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise unknown_name("model type for activation accounting", str(model_type), FAMILIES)
     return FAMILIES[model_type]
 

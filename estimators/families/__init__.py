@@ -13,7 +13,7 @@ Adding a family (say `foo`, trained as FooForCausalLM):
    ... from `_base`) for each module of the model, `_tensors(d)` listing their tensors in registration
    order, `_forward(tr, d, kernel)` running the same descriptors in execution order with the helpers of
    `_trace` (attention, activations, kv cache, loss heads), and `FAMILY = Family(...)`;
-2. register it: import `foo` below and add `foo.FAMILY` to `FAMILIES`.
+2. register it: add `"foo": ("foo", "FAMILY")` to `_REGISTRY` below.
 
 tests/test_models.py then checks the tensors against transformers' own model built on the meta device,
 and tests/test_activations.py the replay against what autograd saves in a tiny real model (add `foo`
@@ -22,25 +22,43 @@ to memprof/tiny_models.py for that).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from . import bert, gpt2, gpt_neox, llama, opt, vit
 from ._base import Dims, Family
 
 __all__ = ["Dims", "Family", "FAMILIES", "SUPPORTED_MODEL_TYPES"]
 
-# model_type -> its family; the order is the one error messages list them in
-FAMILIES: dict[str, Family[Any]] = {
-    f.model_type: f
-    for f in (
-        gpt2.FAMILY,
-        llama.LLAMA,
-        llama.MISTRAL,
-        llama.QWEN2,
-        gpt_neox.FAMILY,
-        opt.FAMILY,
-        bert.FAMILY,
-        vit.FAMILY,
-    )
+# model_type -> (module, attribute) of its family; the order is the one error messages list them in.
+# Modules load on first use, so an estimate of a gpt2 model imports gpt2.py alone (the CLI's start-up
+# time is a product goal: benchmarks/cold_start.py).
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "gpt2": ("gpt2", "FAMILY"),
+    "llama": ("llama", "LLAMA"),
+    "mistral": ("llama", "MISTRAL"),
+    "qwen2": ("llama", "QWEN2"),
+    "gpt_neox": ("gpt_neox", "FAMILY"),
+    "opt": ("opt", "FAMILY"),
+    "bert": ("bert", "FAMILY"),
+    "vit": ("vit", "FAMILY"),
 }
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+
+
+class _Families(Mapping[str, Family[Any]]):
+    """model_type -> Family, each family module imported when first asked for."""
+
+    def __getitem__(self, model_type: str) -> Family[Any]:
+        module, attribute = _REGISTRY[model_type]
+        family: Family[Any] = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+        return family
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+FAMILIES: Mapping[str, Family[Any]] = _Families()
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_REGISTRY)

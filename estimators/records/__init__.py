@@ -5,6 +5,8 @@ profiler measured. Rendering, fit verdicts, comparison and reports read these an
 See docs/architecture.md ("Records").
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .estimate import (
     ContextFigure,
     EstimateLabels,
@@ -15,20 +17,50 @@ from .estimate import (
     Peak,
     TimelinePoint,
 )
-from .profile import (
-    PROFILE_SCHEMA,
-    AllocEvent,
-    DevicePeak,
-    FreeEvent,
-    ProfileEvent,
-    ProfilePeak,
-    ProfilePoint,
-    ProfileRecord,
-    ProfileSettings,
-    check_profile_schema,
-    read_events,
-    read_profile,
+
+if TYPE_CHECKING:
+    from .profile import (
+        PROFILE_SCHEMA,
+        AllocEvent,
+        DevicePeak,
+        FreeEvent,
+        ProfileEvent,
+        ProfilePeak,
+        ProfilePoint,
+        ProfileRecord,
+        ProfileSettings,
+        check_profile_schema,
+        read_events,
+        read_profile,
+    )
+
+# The profile record loads on first use: `memprof estimate` never reads a profile, and its start-up
+# time is a product goal (benchmarks/cold_start.py).
+_PROFILE_NAMES = frozenset(
+    (
+        "PROFILE_SCHEMA",
+        "AllocEvent",
+        "DevicePeak",
+        "FreeEvent",
+        "ProfileEvent",
+        "ProfilePeak",
+        "ProfilePoint",
+        "ProfileRecord",
+        "ProfileSettings",
+        "check_profile_schema",
+        "read_events",
+        "read_profile",
+    )
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PROFILE_NAMES:
+        from . import profile
+
+        return getattr(profile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ContextFigure",

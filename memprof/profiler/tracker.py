@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from memprof.estimators.vocabulary import Category, Phase
+from memprof.estimators.vocabulary import TENSOR_CATEGORIES, Category, Phase
 
 PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER = range(7)
 MAX_TIMELINE_POINTS = 1024  # per device; halved (and the sampling interval doubled) when reached
@@ -52,13 +52,6 @@ PUBLIC_OF_CODE = (
     Category.ACTIVATIONS.value,
     Category.TEMPORARY.value,
     Category.TEMPORARY.value,
-    Category.TEMPORARY.value,
-)
-TENSOR_CATEGORIES = (
-    Category.PARAMETERS.value,
-    Category.GRADIENTS.value,
-    Category.OPTIMIZER_STATES.value,
-    Category.ACTIVATIONS.value,
     Category.TEMPORARY.value,
 )
 _FORWARD, _BACKWARD, _STEP = Phase.FORWARD.value, Phase.BACKWARD.value, Phase.OPTIMIZER_STEP.value
