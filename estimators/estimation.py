@@ -26,6 +26,7 @@ from .optimizers import (
     needs_create_graph,
     step_temporary_bytes,
 )
+from .optimizers.population import gradient_free, population_of
 from .parallel import Buffer, EngineBuffers, ModelStateBytes, ParallelStrategy, Placement, strategy_for
 from .precision import Precision, get_precision
 from .records import (
@@ -253,9 +254,10 @@ def model_state_bytes(
         breakdown[state.key] = breakdown.get(state.key, 0) + state.nbytes
     if precision.master_weights:
         breakdown["master_weights"] = trainable_numel * precision.master_bytes
+    no_grads = gradient_free(optimizer)  # population methods run no backward
     by_category = {
         Category.PARAMETERS.value: parameters,
-        Category.GRADIENTS.value: trainable_numel * precision.grad_bytes,
+        Category.GRADIENTS.value: 0 if no_grads else trainable_numel * precision.grad_bytes,
         Category.OPTIMIZER_STATES.value: sum(breakdown.values()),
     }
     return by_category, breakdown
@@ -327,7 +329,7 @@ def estimate(
         optimizer_options = {**optimizer_options, "fused": True}
 
     full, breakdown = model_state_bytes(spec, opt, prec, device, **optimizer_options)
-    fp32_grads = sum(t.numel for t in spec.parameter_tensors() if t.trainable) * 4
+    fp32_grads = 0 if gradient_free(opt) else sum(t.numel for t in spec.parameter_tensors() if t.trainable) * 4
     placement = strategy.place(
         ModelStateBytes(
             full[Category.PARAMETERS.value],
@@ -342,7 +344,12 @@ def estimate(
 
 
 def _activation_settings(
-    spec: ModelSpec, prec: Precision, settings: Settings, seq_len: int, strategy: ParallelStrategy | None = None
+    spec: ModelSpec,
+    prec: Precision,
+    settings: Settings,
+    seq_len: int,
+    strategy: ParallelStrategy | None = None,
+    gpu: GPUSpec | None = None,
 ) -> ActivationSettings:
     from .activations import ActivationSettings
 
@@ -361,6 +368,7 @@ def _activation_settings(
         training=True,
         device=settings.device,
         sharded_params=strategy.gathers_parameters_per_layer,
+        compute_capability=None if gpu is None or settings.device != "cuda" else gpu.compute_capability,
     )
 
 
@@ -382,12 +390,19 @@ class _StepEstimator:
 
     def build(self, cuda_version: str | None, optimizer_options: Mapping[str, Any]) -> Estimate:
         from .activations import activation_bytes, attention_kernel
-        from .timeline import step_timeline
+        from .timeline import PEAK_ITEMS, step_timeline
 
         s, spec, prec, strategy = self.settings, self.spec, self.prec, self.strategy
-        act = _activation_settings(spec, prec, s, self.seq_len, strategy)
+        act = _activation_settings(spec, prec, s, self.seq_len, strategy, self.gpu)
+        if self.gpu is not None:
+            from .kernels import check_request
+
+            verdict = check_request(self.gpu, prec.name, s.attention)
+            if verdict.level == "warning":
+                self.warnings.append(verdict.message)
         kernel = attention_kernel(spec, act)
-        saved = activation_bytes(spec, act)
+        backward = not gradient_free(self.opt)  # population methods evaluate under torch.no_grad
+        saved = activation_bytes(spec, act) if backward else 0
         impl = (
             default_implementation(self.opt, s.device, **optimizer_options)
             if s.optimizer_impl == "auto"
@@ -439,6 +454,7 @@ class _StepEstimator:
                 optimizer_temporaries_bytes=step_scratch,
                 grad_accumulation=s.grad_accumulation,
                 create_graph=needs_create_graph(self.opt),
+                backward=backward,
             )
         # the buffers live all step (the replay allocates the BLAS workspace itself, outside the timeline)
         for point in timeline:
@@ -459,6 +475,12 @@ class _StepEstimator:
             # buffers the replay leaves out (one large tensor each) are allocated as they are
             allocated = sim.peak_allocated + sum(b.nbytes for b in buffers if b.name != "cublas_workspace")
         reserved = tensor_bytes + (by_category[Category.FRAGMENTATION.value] or 0)
+        # what the temporary category holds at the peak, named: the largest tensors (the timeline's)
+        # and the buffers that live all step
+        at_peak = dict(timeline.peak_temporaries)
+        for b in buffers:
+            at_peak[b.name] = at_peak.get(b.name, 0) + b.nbytes
+        at_peak = dict(sorted(at_peak.items(), key=lambda kv: -kv[1])[:PEAK_ITEMS])
         device_total = reserved + (by_category[Category.CUDA_CONTEXT.value] or 0)
 
         record = EstimateRecord(
@@ -479,6 +501,7 @@ class _StepEstimator:
                 attention_kernel=kernel,
                 optimizer_impl=impl,
                 alloc_conf=s.alloc_conf,
+                population=population_of(self.opt.resolve_options(optimizer_options)) if not backward else None,
             ),
             model_states=ModelStates(
                 self.placement.parameters, self.placement.gradients, self.placement.optimizer_states
@@ -487,7 +510,12 @@ class _StepEstimator:
             optimizer_state_breakdown=self.breakdown,
             cpu_offload=self.placement.cpu,
             activations_saved=saved,
-            temporary_breakdown={"optimizer_step": step_scratch, **{b.name: b.nbytes for b in buffers}},
+            temporary_breakdown={
+                "optimizer_step": step_scratch,
+                **{b.name: b.nbytes for b in buffers},
+                **{k: v for k, v in at_peak.items() if k not in ("optimizer step scratch",)},
+            },
+            temporary_at_peak=at_peak,
             peak=Peak(
                 phase=peak_point.phase,
                 allocated=allocated,
@@ -585,6 +613,8 @@ class _StepEstimator:
                 "parameters and gradients tensor by tensor; ZeRO/FSDP flat buffers and "
                 "communication buckets make reserved memory differ: treat it as approximate"
             )
+        if gradient_free(self.opt):
+            return self._forward_only_replay(act, states, step_scratch, blas)
         return simulate_training_step(
             self.spec,
             act,
@@ -599,6 +629,48 @@ class _StepEstimator:
             alloc_conf=s.alloc_conf,
             create_graph=needs_create_graph(self.opt),
         )
+
+    def _forward_only_replay(
+        self, act: ActivationSettings, states: list[Any], step_scratch: int, blas: tuple[int, ...]
+    ) -> TrainingSimulation:
+        """The allocator replay of a gradient-free step (population methods): the step timeline's
+        forward under torch.no_grad, no backward, wrapped in the same program as a training step
+        (allocator.training.training_events, which always replays a backward)."""
+        from .activations import build_trace
+        from .allocator.training import compose_run, replay_run, spread
+        from .timeline import step_timeline
+
+        params = self.spec.parameter_tensors()
+        numels = [p.numel for p in params]
+        rows = [tuple(n for n in row if n) for row in states]
+        events: list[Any] = []
+        phases: list[str | None] = []
+        timeline = step_timeline(
+            self.spec,
+            act,
+            param_bytes=self.placement.parameters,
+            grad_bytes=0,
+            grad_dtype=self.prec.grad_dtype,
+            optimizer_state_bytes=sum(map(sum, rows)),
+            optimizer_temporaries_bytes=step_scratch,
+            grad_accumulation=self.settings.grad_accumulation,
+            events=events,
+            event_phases=phases,
+            backward=False,
+        )
+        run = compose_run(
+            [p.name for p in params],
+            spread(self.placement.parameters, numels),
+            events,
+            phases,
+            optimizer_states=rows,
+            optimizer_temporaries=spread(step_scratch, numels),
+            buffers=dict(build_trace(self.spec, act).buffers),
+            states_at_creation=True,  # the population exists before the first generation
+            workspaces=blas,
+        )
+        run.timeline = timeline
+        return replay_run(run, self.settings.alloc_conf)
 
 
 def _resolve_seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) -> int:

@@ -25,6 +25,7 @@ from .records import EstimateRecord
 from .units import format_bytes, parse_size
 
 DEFAULT_HEADROOM = "5%"
+SEQ_MULTIPLE = 64  # seq_len="auto" answers a multiple of this when memory is the limit
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class FitResult:
     reference: EstimateRecord  # the configuration the knob table starts from
     rows: list[KnobRow] = field(default_factory=list)
     estimates_run: int = 0
+    # with seq_len="auto": what bounds the answer, "memory" or "positions" (the model's position
+    # embeddings end before memory does), and the longest sequence before rounding to SEQ_MULTIPLE
+    seq_len_limited_by: str | None = None
+    max_seq_len_exact: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def peak(e: EstimateRecord | None) -> dict[str, Any] | None:
@@ -103,6 +108,9 @@ class FitResult:
                 for r in self.rows
             ],
             "estimates_run": self.estimates_run,
+            "seq_len_limited_by": self.seq_len_limited_by,
+            "max_seq_len_exact": self.max_seq_len_exact,
+            "seq_multiple": SEQ_MULTIPLE if self.searched == "seq_len" else None,
         }
 
 
@@ -241,13 +249,21 @@ def fit(
     budget = Budget(gpu_spec.name, usable, parse_headroom(headroom, usable))
     knobs = {**knobs, "gpu": gpu_spec.name, "device": "cuda"}
     search = _Search(spec, knobs, budget)
-    max_batch = max_seq = None
+    max_batch = max_seq = exact = None
+    limited_by: str | None = None
     if seq_len == "auto":
         if spec.model_type == "vit":
             raise ParameterError(f"{spec.name} has a fixed sequence (its patches); drop {{seq_len}} auto", "seq_len")
         b = batch_size or 1
         assert spec.max_positions is not None  # None only for ViT, refused above
         max_seq, best, next_up = search.largest("seq_len", spec.max_positions, batch_size=b)
+        exact = max_seq
+        limited_by = "positions" if max_seq == spec.max_positions else "memory"
+        if limited_by == "memory" and max_seq is not None and max_seq >= SEQ_MULTIPLE:
+            # a length a user would pick: a multiple of SEQ_MULTIPLE (kernels tile by it too)
+            rounded = max_seq // SEQ_MULTIPLE * SEQ_MULTIPLE
+            if rounded != max_seq:
+                max_seq, best = rounded, search.run(batch_size=b, seq_len=rounded)
         reference = best or next_up
         assert reference is not None  # largest() returns the estimate that fits, or the first that does not
     else:
@@ -259,6 +275,8 @@ def fit(
     result = FitResult(
         budget, knobs, "seq_len" if seq_len == "auto" else "batch_size", max_batch, max_seq, best, next_up, reference
     )
+    if seq_len == "auto":
+        result.seq_len_limited_by, result.max_seq_len_exact = limited_by, exact
     ref_peak = _device_total(reference)
     fixed = {"batch_size": reference.settings.batch_size, "seq_len": reference.settings.seq_len}
     for label, family, changes in _knob_candidates(reference):

@@ -9,6 +9,7 @@ importing torch or transformers from its family's description (memprof.estimator
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from ..profiles import data_path
 from .errors import MemprofUserError, unknown_name
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Dims
+from .files import loads_json, read_input
 from .tensors import ParamTensor
 
 __all__ = [
@@ -27,6 +29,9 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "TASKS",
     "FACTORY_REF",
+    "MAX_CONFIG_INT",
+    "MAX_LAYERS",
+    "MAX_PARAMETER_TENSORS",
     "is_factory_ref",
     "load_model",
     "normalize_config",
@@ -38,6 +43,16 @@ __all__ = [
 ]
 
 TASKS = ("causal-lm", "masked-lm", "image-classification")
+
+# Limits on what a config.json may describe (docs/architecture.md, "Input files"). The deepest
+# published models have ~130 layers (Llama 3.1 405B: 126); 512 leaves room for the next ones while
+# bounding the work: `memprof estimate` replays every layer (~1 s at 512 on one core) and `memprof
+# fit` runs ~20 estimates. A BERT layer has 16 parameter tensors, so 512 of them stay under 16,384.
+# Sizes (hidden, vocabulary, heads, ...) are whole numbers up to 2**32: every tensor dimension of a
+# real model fits in 32 bits, and bigger ones only overflow downstream arithmetic.
+MAX_LAYERS = 512
+MAX_PARAMETER_TENSORS = 16_384
+MAX_CONFIG_INT = 1 << 32
 # MODEL as `package.module:factory` (memprof.factory builds it; that needs torch, so not here)
 FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -78,8 +93,18 @@ class ModelSpec:
         config = normalize_config(config, where=self.name)
         object.__setattr__(self, "config", MappingProxyType(config))
         dims = family.describe(self.config)  # one description feeds the parameters and the replay
+        if dims.num_layers > MAX_LAYERS:
+            raise MemprofUserError(
+                f"{self.name}: {dims.num_layers:,} layers is more than memprof models ({MAX_LAYERS}, MAX_LAYERS)"
+            )
         object.__setattr__(self, "_dims", dims)
-        object.__setattr__(self, "_params", tuple(family.tensors(dims)))
+        params = tuple(family.tensors(dims))
+        if len(params) > MAX_PARAMETER_TENSORS:
+            raise MemprofUserError(
+                f"{self.name}: {len(params):,} parameter tensors is more than memprof models "
+                f"({MAX_PARAMETER_TENSORS:,}, MAX_PARAMETER_TENSORS)"
+            )
+        object.__setattr__(self, "_params", params)
 
     def __hash__(self) -> int:
         return hash((self.name, self.model_type, self.num_parameters))
@@ -188,8 +213,9 @@ def load_model(ref: str) -> ModelSpec:
             f"model {ref!r} is a factory reference: it needs torch, so resolve it with "
             "memprof.estimate(...) or the memprof CLI, not memprof.estimators"
         )
-    # an existing config file or model folder wins over a preset of the same spelling
-    if path.is_file():
+    # an existing config file or model folder wins over a preset of the same spelling (a device or a
+    # pipe too: its reader says it is not a file)
+    if path.is_file() or (path.exists() and not path.is_dir()):
         return spec_from_config_file(path, name=ref)
     if path.is_dir() and (path / "config.json").is_file():
         return spec_from_config_file(path / "config.json", name=ref)
@@ -207,13 +233,13 @@ def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpe
     """Read a Hugging Face config.json into a ModelSpec (pure JSON: transformers is not imported)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise MemprofUserError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MemprofUserError(f"cannot read config file {path}: {exc}") from None
     try:
-        raw = json.loads(text)
+        raw = loads_json(text)
     except json.JSONDecodeError as exc:
         raise MemprofUserError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(raw, dict):
@@ -263,8 +289,14 @@ def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str,
     for key in family.optional_ints:
         if config.get(key) is not None:
             _check_positive_int(config, key, where)
+        elif key in config and family.defaults.get(key) is not None:  # a size the model cannot go without
+            raise MemprofUserError(
+                f"{where}: field {key!r} is null; give a whole number or leave it out (default {family.defaults[key]})"
+            )
     for key, value in family.defaults.items():
         config.setdefault(key, value)
+    for key, value in config.items():  # the fields no family checks (image_size, rope_theta, ...) too
+        _check_bounded(key, value, where)
     for key in family.bools:
         if not isinstance(config[key], bool):
             raise MemprofUserError(f"{where}: field {key!r} must be true or false, got {config[key]!r}")
@@ -278,6 +310,24 @@ def _check_positive_int(config: Mapping[str, Any], key: str, where: str) -> None
         raise MemprofUserError(f"{where}: field {key!r} must be an integer, got {value!r}")
     if value <= 0:
         raise MemprofUserError(f"{where}: field {key!r} must be positive, got {value}")
+    if value > MAX_CONFIG_INT:
+        raise MemprofUserError(f"{where}: field {key!r} is {value:,}, more than memprof models (2**32, MAX_CONFIG_INT)")
+
+
+def _check_bounded(key: str, value: Any, where: str) -> None:
+    """A number in a config is at most MAX_CONFIG_INT in size, and finite: no real config holds more,
+    and a bigger one only overflows the arithmetic downstream."""
+    if isinstance(value, list):  # image_size = [224, 224], ...
+        for i, item in enumerate(value):
+            _check_bounded(f"{key}[{i}]", item, where)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MemprofUserError(f"{where}: field {key!r} must be a finite number, got {value!r}")
+    if abs(value) > MAX_CONFIG_INT:
+        shown = f"{value:.3g}" if isinstance(value, float) else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        raise MemprofUserError(f"{where}: field {key!r} is {shown}, more than memprof models (2**32, MAX_CONFIG_INT)")
 
 
 def _unsupported(model_type: Any, where: str) -> MemprofUserError:

@@ -6,7 +6,11 @@
   CUDA_MODULE_LOADING=LAZY by default since 1.13). No formula exists, so `cuda_context_bytes`
   takes the median of measured figures from `profiles/cuda_context.json` (each one cited, fields in
   `profiles/cuda_context.md`): same architecture and CUDA major version if any, else same
-  architecture, else every figure with the same loading mode.
+  architecture, else every figure with the same loading mode. `lazy_loading` decides the mode from
+  the CUDA runtime, the driver and CUDA_MODULE_LOADING the way CUDA and PyTorch do: eager below
+  CUDA 11.7 (runtime or driver), else what the variable says, else lazy (PyTorch's default). The
+  eager figures are 2-5x the lazy ones: 1,341 MiB on a V100 with CUDA 11.2 (transformers' model
+  memory anatomy page) against 366 MiB on a V100 with a 2023 stack.
 - cuBLAS / cuBLASLt workspaces: sizes as aten/src/ATen/cuda/CublasHandlePool.cpp computes them in
   torch 2.13 (see the functions' docstrings). They are allocated through the caching allocator, so
   they count in allocated/reserved memory, not in the context.
@@ -23,6 +27,7 @@ from functools import cache
 from typing import Any
 
 from .allocator.simulator import K_MIN_BLOCK, CachingAllocatorSimulator
+from .cuda import parse_compute_capability, parse_cuda_major, parse_cuda_version
 from .errors import MemprofUserError
 
 MIB = 2**20
@@ -75,27 +80,6 @@ def _normalise_architecture(name: str | None) -> str | None:
         return None
     key = name.strip().lower()
     return _ARCH_ALIASES.get(key, key)
-
-
-def parse_compute_capability(value: Any) -> tuple[int, int]:
-    """(major, minor) from (8, 0), [8, 0], "8.0", "sm_80", "sm80" or an object with `.compute_capability`."""
-    if hasattr(value, "compute_capability"):
-        value = value.compute_capability
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    if isinstance(value, str):
-        text = value.strip().lower()
-        m = re.fullmatch(r"(\d+)\.(\d+)", text)
-        if m:
-            return int(m.group(1)), int(m.group(2))
-        m = re.fullmatch(r"sm_?(\d+)(\d)a?", text)
-        if m:
-            return int(m.group(1)), int(m.group(2))
-    raise MemprofUserError(f"bad compute capability {value!r}; give (major, minor) like (8, 0), '8.0' or 'sm_80'")
 
 
 # ---------------------------------------------------------------------------- cuBLAS workspaces
@@ -250,20 +234,6 @@ def _cuda_major_or_none(text: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def parse_cuda_major(cuda_version: str) -> int:
-    """CUDA major version from "12.4", "12", "13.0.3" or a wheel tag like "cu124" / "cu118" / "cu92"."""
-    if not isinstance(cuda_version, str):
-        raise MemprofUserError(f"CUDA version must be a string like '12.4' or 'cu124', got {cuda_version!r}")
-    text = cuda_version.strip().lower()
-    m = re.fullmatch(r"(\d+)(?:\.\d+){0,2}", text)
-    if m:
-        return int(m.group(1))
-    m = re.fullmatch(r"cu(\d{2,4})", text)
-    if m:
-        return int(m.group(1)[:-1])  # cu92 -> 9, cu118 -> 11, cu130 -> 13
-    raise MemprofUserError(f"bad CUDA version {cuda_version!r}; give e.g. '12.4', '13.0' or 'cu124'")
-
-
 def _observation(entry: dict[str, Any]) -> ContextObservation:
     cc = entry.get("compute_capability")
     cc = tuple(cc) if cc is not None else None
@@ -331,20 +301,78 @@ def _figures(n: int) -> str:
     return f"{n} measured {'figure' if n == 1 else 'figures'}"
 
 
-def cuda_context_bytes(gpu: Any = None, cuda_version: str | None = None, lazy: bool = True) -> ContextEstimate:
+LAZY_LOADING_MIN_CUDA = (11, 7)  # CUDA Programming Guide, "Lazy Loading": first in runtime 11.7
+CUDA_LAZY_BY_DEFAULT = (12, 2)  # ... "enabled by default for Linux" since 12.2 (Windows 12.3)
+_MODULE_LOADING_VALUES = ("LAZY", "EAGER")
+
+
+@dataclass(frozen=True)
+class LazyLoading:
+    """Whether kernels load lazily in a PyTorch process, and why (one line)."""
+
+    enabled: bool
+    reason: str
+
+
+def lazy_loading(
+    cuda_version: str | None = None, *, driver_cuda: str | None = None, module_loading: str | None = None
+) -> LazyLoading:
+    """Whether CUDA loads kernels lazily for a PyTorch process (which sets the context's size).
+
+    - `cuda_version`: the CUDA runtime PyTorch was built with (`torch.version.cuda`, "cu124").
+      Lazy loading exists from runtime 11.7 on (CUDA Programming Guide, "Lazy Loading":
+      "available starting in CUDA runtime version 11.7 ... Libraries compiled using older CUDA
+      runtime versions will load all modules eagerly").
+    - `driver_cuda`: the CUDA version the driver supports (nvidia-smi's header, "CUDA Version:
+      11.2"). "Lazy loading is a joint feature of both the CUDA runtime and driver"; a driver whose
+      CUDA version is below 11.7 predates it (a newer runtime can run on it through minor-version
+      compatibility, eagerly).
+    - `module_loading`: the CUDA_MODULE_LOADING value the user set ("LAZY" / "EAGER"), or None when
+      unset: PyTorch then sets LAZY itself (aten/src/ATen/cuda/detail/CUDAHooks.cpp,
+      maybe_set_cuda_module_loading("LAZY"), only if the variable is unset; since 1.13, #86509).
+    Unknown versions are taken as new enough (PyTorch >= 1.13 wheels are all CUDA >= 11.7).
+    """
+    for name, version in (("CUDA runtime", cuda_version), ("driver CUDA", driver_cuda)):
+        if version is not None and parse_cuda_version(version) < LAZY_LOADING_MIN_CUDA:
+            return LazyLoading(False, f"eager: {name} {version} is older than 11.7, the first with lazy loading")
+    if module_loading is None:
+        return LazyLoading(True, "lazy: PyTorch sets CUDA_MODULE_LOADING=LAZY when the variable is unset")
+    value = module_loading.strip().upper() if isinstance(module_loading, str) else module_loading
+    if value not in _MODULE_LOADING_VALUES:
+        raise MemprofUserError(f"CUDA_MODULE_LOADING must be 'LAZY' or 'EAGER', got {module_loading!r}")
+    return LazyLoading(value == "LAZY", f"{value.lower()}: CUDA_MODULE_LOADING={value} set by the user")
+
+
+def cuda_context_bytes(
+    gpu: Any = None,
+    cuda_version: str | None = None,
+    lazy: bool | None = None,
+    *,
+    driver_cuda: str | None = None,
+    module_loading: str | None = None,
+) -> ContextEstimate:
     """Estimate the CUDA context of one PyTorch process on one device from measured figures.
 
     `gpu` is anything with `compute_capability` (major, minor) and/or `architecture` (a GPUSpec),
-    or None. Among observations with the same loading mode (`lazy`: CUDA_MODULE_LOADING=LAZY, the
-    PyTorch default since 1.13 with CUDA >= 11.7), prefer the same architecture and CUDA major
-    version, else the same architecture, else all of them; the estimate is their median (the mean
-    of the middle two for an even count), with min/max as the spread.
+    or None. The loading mode is `lazy` if given, else `lazy_loading(cuda_version, driver_cuda=...,
+    module_loading=...)`; lazy=True with a CUDA runtime or driver older than 11.7 is eager (lazy
+    loading does not exist there) and the basis says so. Among observations with that loading mode,
+    prefer the same architecture and CUDA major version, else the same architecture, else all of
+    them; the estimate is their median (the mean of the middle two for an even count), with min/max
+    as the spread.
     """
-    if not isinstance(lazy, bool):
-        raise MemprofUserError(f"lazy must be True or False, got {lazy!r}")
+    if lazy is not None and not isinstance(lazy, bool):
+        raise MemprofUserError(f"lazy must be True, False or None (decide from the versions), got {lazy!r}")
+    forced = ""
+    if lazy is None:
+        lazy = lazy_loading(cuda_version, driver_cuda=driver_cuda, module_loading=module_loading).enabled
+    elif lazy:
+        possible = lazy_loading(cuda_version, driver_cuda=driver_cuda)  # versions only
+        if not possible.enabled:
+            lazy, forced = False, f" ({possible.reason})"
     cuda_major = None if cuda_version is None else parse_cuda_major(cuda_version)
     arch = _gpu_architecture(gpu)
-    mode = "lazy loading" if lazy else "eager loading"
+    mode = ("lazy loading" if lazy else "eager loading") + forced
     pool = [o for o in context_observations() if o.use_in_estimate and o.lazy_loading is lazy]
     if not pool:
         raise MemprofUserError(f"no measured CUDA-context figure with {mode} in cuda_context.json")

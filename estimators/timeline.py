@@ -25,7 +25,8 @@ are still live when the stream ends, as when optimizer.step() starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -38,7 +39,9 @@ from .vocabulary import CATEGORIES, Category, Phase
 if TYPE_CHECKING:
     from .models import ModelSpec
 
-__all__ = ["Timeline", "TimelinePoint", "Peak", "step_timeline"]
+__all__ = ["PEAK_ITEMS", "Timeline", "TimelinePoint", "Peak", "step_timeline"]
+
+PEAK_ITEMS = 3  # how many of the largest temporaries at the peak a timeline names
 
 # an allocator event, ("alloc", id, nbytes, 0) or ("free", id): allocator.simulator.Event, spelled out
 # here because the allocator package imports this module (and not the other way round)
@@ -70,6 +73,9 @@ class Peak(NamedTuple):
 @dataclass
 class Timeline:
     points: list[TimelinePoint] = field(default_factory=list)
+    # the tensors of the `temporary` category live at the peak moment, largest first: (what, bytes)
+    peak_temporaries: list[tuple[str, int]] = field(default_factory=list)
+    _peak_total: int = -1
 
     def __iter__(self) -> Iterator[TimelinePoint]:
         return iter(self.points)
@@ -101,9 +107,14 @@ class _Segment:
         self.flush()
         self.phase, self.label, self.best = phase, label, None
 
-    def see(self, by_category: dict[str, int]) -> None:
-        if self.best is None or sum(by_category.values()) > sum(self.best.values()):
+    def see(self, by_category: dict[str, int], temporaries: Callable[[], list[tuple[str, int]]] | None = None) -> None:
+        total = sum(by_category.values())
+        if self.best is None or total > sum(self.best.values()):
             self.best = dict(by_category)
+        if total > self.timeline._peak_total:  # a new peak moment of the whole step: itemize it
+            self.timeline._peak_total = total
+            items = temporaries() if temporaries is not None else []
+            self.timeline.peak_temporaries = sorted((i for i in items if i[1] > 0), key=lambda i: -i[1])[:PEAK_ITEMS]
 
     def flush(self) -> None:
         if self.best is not None:
@@ -133,6 +144,7 @@ def step_timeline(
     events: list[Event] | None = None,
     event_phases: list[str | None] | None = None,
     create_graph: bool = False,
+    backward: bool = True,
 ) -> Timeline:
     """The live bytes of one optimizer step (all its micro-batches) by phase and category.
 
@@ -147,6 +159,13 @@ def step_timeline(
     create_graph: the backward is `loss.backward(create_graph=True)` (Hutchinson Hessian optimizers):
     the graph is retained and the backward records its own (module docstring), so the forward's saved
     tensors and the activation gradients the double backward needs stay live through step().
+    backward: False for gradient-free (population) optimizers: each step evaluates the model under
+    torch.no_grad (nothing saved, no weight cache, no checkpoint regions) and runs no backward; the
+    forward replay stands for one member's evaluation, members being evaluated one after another.
+
+    `Timeline.peak_temporaries` names the largest tensors of the temporary category live at the
+    peak moment (activation gradients by the tensor they are the gradient of, e.g. "gradient of the
+    log-softmax of the logits (float32)").
     """
     _check_nonneg(
         param_bytes=param_bytes,
@@ -164,7 +183,7 @@ def step_timeline(
     def pgrad(p: T) -> int:
         return round(p.numel * gbytes * grad_scale)
 
-    sim = _Sim(tr, pgrad, held_outputs, create_graph)
+    sim = _Sim(tr, pgrad, held_outputs, create_graph, grad_mode=backward)
     timeline = Timeline()
     seg = _Segment(timeline)
     if events is not None:
@@ -174,6 +193,8 @@ def step_timeline(
         base = {_P: param_bytes, _S: states, _G: grad_bytes if micro else 0}
         suffix = f" (micro-batch {micro + 1}/{grad_accumulation})" if grad_accumulation > 1 else ""
         sim.forward(seg, base, suffix)
+        if not backward:
+            continue
         sim.backward(seg, base, suffix, accumulate=micro > 0, grad_bytes=grad_bytes)
         if create_graph and micro < grad_accumulation - 1:
             sim.carry_graph()
@@ -187,7 +208,12 @@ def step_timeline(
             _S: optimizer_state_bytes,
             _A: outputs + sim.retained_bytes() + sim.carried[_A],
             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP],
-        }
+        },
+        lambda: [
+            ("optimizer step scratch", optimizer_temporaries_bytes),
+            ("the batch", inputs),
+            *[item for item in sim.temporaries() if not item[0].startswith("batch: ")],
+        ],
     )
     seg.flush()
     for p in timeline.points:
@@ -236,16 +262,23 @@ _DOUBLE_BACKWARD_KEEPS = {
 class _GradBuf:
     """One gradient tensor; several activations can share it (add passes its gradient through)."""
 
-    __slots__ = ("nbytes", "refs", "eid", "pinned")
+    __slots__ = ("nbytes", "refs", "eid", "pinned", "label")
 
-    def __init__(self, nbytes: int):
-        self.nbytes, self.refs, self.eid, self.pinned = nbytes, 1, 0, False
+    def __init__(self, nbytes: int, label: str = "activation gradient"):
+        self.nbytes, self.refs, self.eid, self.pinned, self.label = nbytes, 1, 0, False, label
 
 
 class _Sim:
     """Replays the trace tensor by tensor, keeping running byte totals by category."""
 
-    def __init__(self, tr: Trace, pgrad: Callable[[T], int], held_outputs: bool, create_graph: bool = False):
+    def __init__(
+        self,
+        tr: Trace,
+        pgrad: Callable[[T], int],
+        held_outputs: bool,
+        create_graph: bool = False,
+        grad_mode: bool = True,
+    ):
         self.tr, self.pgrad = tr, pgrad
         self.create_graph = create_graph
         self.graph_grad_bytes = 0  # create_graph: tensors of the backward's own graph (module docstring)
@@ -263,7 +296,9 @@ class _Sim:
                 self.region_of_input.setdefault(id(t), []).append(r)
         # autograd's references: one per (operation outside any checkpointed region, saved tensor)
         self.saved_refs: dict[int, int] = {}
-        for op in self.ops:
+        if not grad_mode:  # under torch.no_grad autograd saves nothing and checkpoints nothing
+            self.regions, self.region_of_input = {}, {}
+        for op in self.ops if grad_mode else ():
             if op.region is None:
                 for _, t in op.saved:
                     if t.kind != "param":
@@ -272,7 +307,11 @@ class _Sim:
         for i, op in enumerate(self.ops):
             for t in op.inputs:
                 self.last_use[id(t)] = i
-        self.weight_casts = {id(t) for t in tr.weight_casts.values()}
+        # autocast caches its weight casts only for leaves that require grad, under grad mode
+        self.weight_casts = {id(t) for t in tr.weight_casts.values()} if grad_mode else set()
+        self.producer: dict[int, Op] = {id(t): op for op in self.ops for t in op.outputs}
+        self.names: dict[int, str] = {}
+        self.live_tmp: dict[int, T] = {}  # the live tensors of the temporary category
         self.buffer_bytes = sum(tr.buffers.values())
         self.live: dict[int, tuple[T, str]] = {}
         self.totals = {_A: 0, _TMP: 0}
@@ -289,8 +328,12 @@ class _Sim:
         if self.event_phases is not None:
             self.event_phases.append(seg.phase)
 
-    def new_grad(self, nbytes: int) -> _GradBuf:
-        g = _GradBuf(nbytes)
+    def new_grad(self, nbytes: int, of: T | None = None) -> _GradBuf:
+        label = "activation gradient"
+        if of is not None:
+            name = self.name_of(of)
+            label = f"gradient of the {name}" + ("" if of.dtype in name else f" ({of.dtype})")
+        g = _GradBuf(nbytes, label)
         if self.events is not None:
             self.grad_ids -= 1
             g.eid = self.grad_ids
@@ -300,6 +343,53 @@ class _Sim:
     def release_grad(self, g: _GradBuf) -> None:
         if self.events is not None:
             self.emit(("free", g.eid))
+
+    # -- naming what is live at the peak -------------------------------------------------------
+    def name_of(self, t: T) -> str:
+        """What a reader calls the tensor: "logits", "loss", "log-softmax of the logits", else
+        "module: operation"."""
+        name = self.names.get(id(t))
+        if name is not None:
+            return name
+        held = self.tr.held
+        op = self.producer.get(id(t))
+        if held and t is held[-1]:
+            name = "loss"
+        elif getattr(t, "is_input", False):
+            name = f"batch: {t.name}"
+        elif any(t is h for h in held) and t.kind == "act":
+            name = "logits"
+        elif op is not None and op.op == "to_copy" and op.inputs and self.name_of(op.inputs[0]) == "logits":
+            name = f"logits in {t.dtype}"
+        elif (
+            op is not None and op.op == "log_softmax" and op.inputs and self.name_of(op.inputs[0]).startswith("logits")
+        ):
+            name = "log-softmax of the logits"
+        else:
+            where = op.module if op is not None and op.module else None
+            name = f"{where}: {t.name}" if where else t.name
+        self.names[id(t)] = name
+        return name
+
+    def _temporaries_now(
+        self, grads: Mapping[int, _GradBuf], pending: Mapping[str, int], transient: int
+    ) -> list[tuple[str, int]]:
+        return self.temporaries(grads, sum(pending.values()), transient)
+
+    def temporaries(
+        self, grads: Mapping[int, _GradBuf] | None = None, pending: int = 0, transient: int = 0
+    ) -> list[tuple[str, int]]:
+        """The tensors of the temporary category live now, with what they are (module docstring)."""
+        out = [(f"{self.name_of(t)} ({t.dtype})", t.nbytes) for t in self.live_tmp.values()]
+        if grads:
+            out += [(g.label, g.nbytes) for g in {id(g): g for g in grads.values()}.values()]
+        out += [
+            ("module buffers", self.buffer_bytes),
+            ("parameter gradients awaiting accumulation", pending),
+            ("the backward's own graph (create_graph)", self.graph_grad_bytes + transient),
+            ("earlier micro-batches' graphs (create_graph)", self.carried[_TMP]),
+        ]
+        return out
 
     # -- bookkeeping --------------------------------------------------------------------------
     def kept(self, t: T) -> bool:
@@ -320,6 +410,7 @@ class _Sim:
             if id(t) not in self.held:
                 self.carried[cat] += t.nbytes
                 self.live.pop(id(t))
+                self.live_tmp.pop(id(t), None)
                 self.totals[cat] -= t.nbytes
         self.carried[_TMP] += self.graph_grad_bytes
         self.graph_grad_bytes = 0
@@ -348,11 +439,14 @@ class _Sim:
             cat = _TMP
         self.live[id(t)] = (t, cat)
         self.totals[cat] += t.nbytes
+        if cat == _TMP:
+            self.live_tmp[id(t)] = t
         if self.events is not None:
             self.emit(("alloc", id(t), t.nbytes, 0))
 
     def drop(self, t: T) -> None:
         entry = self.live.pop(id(t), None)
+        self.live_tmp.pop(id(t), None)
         if entry is not None:
             self.totals[entry[1]] -= t.nbytes
             if self.events is not None:
@@ -378,7 +472,7 @@ class _Sim:
             for t in op.outputs:
                 self.add(t)
             seg.current = op
-            seg.see(self.snapshot(base))
+            seg.see(self.snapshot(base), self.temporaries)
             for t in op.inputs + op.outputs:
                 if self.last_use.get(id(t), -1) <= i and not self.kept(t) and id(t) not in self.weight_casts:
                     self.drop(t)
@@ -387,7 +481,7 @@ class _Sim:
             if not self.kept(t):
                 self.drop(t)
         seg.start(Phase.FORWARD.value, "forward end" + suffix)
-        seg.see(self.snapshot(base))
+        seg.see(self.snapshot(base), self.temporaries)
 
     # -- backward -------------------------------------------------------------------------------
     def backward(self, seg: _Segment, base: dict[str, int], suffix: str, *, accumulate: bool, grad_bytes: int) -> None:
@@ -411,7 +505,7 @@ class _Sim:
         loss = self.tr.held[-1] if self.tr.held else None
         seg.start(Phase.BACKWARD.value, "backward: loss and head" + suffix)
         if loss is not None:
-            grads[id(loss)] = self.new_grad(loss.nbytes)
+            grads[id(loss)] = self.new_grad(loss.nbytes, loss)
             grad_total += loss.nbytes
         layer = None
 
@@ -439,7 +533,7 @@ class _Sim:
                 seg.start(Phase.BACKWARD.value, label + suffix)
             if op.region is not None and op.region not in recomputed_regions:
                 recomputed_regions.add(op.region)
-                self._recompute(op.region, seg, state)
+                self._recompute(op.region, seg, state, lambda: self.temporaries(grads, sum(pending.values())))
             out = op.outputs[0] if op.outputs else None
             out_buf = grads.get(id(out)) if out is not None else None
             if self.create_graph and out_buf is not None:
@@ -473,7 +567,7 @@ class _Sim:
                         if old.refs == 0:  # pinned: now only the graph holds it
                             grad_total -= old.nbytes
                             self.graph_grad_bytes += old.nbytes
-                        grads[id(t)] = self.new_grad(nbytes)
+                        grads[id(t)] = self.new_grad(nbytes, t)
                         grad_total += nbytes
                     elif self.create_graph:
                         transient += nbytes
@@ -488,14 +582,14 @@ class _Sim:
                     out_buf.refs += 1  # add / clone pass the same gradient on
                     grads[id(t)] = out_buf
                 else:
-                    grads[id(t)] = self.new_grad(nbytes)
+                    grads[id(t)] = self.new_grad(nbytes, t)
                     grad_total += nbytes
             seg.current = op
             if transient and self.events is not None:  # the out-of-place sum, freed within the op
                 self.grad_ids -= 1
                 self.emit(("alloc", self.grad_ids, transient, 0))
                 self.emit(("free", self.grad_ids))
-            seg.see(state(transient))
+            seg.see(state(transient), functools.partial(self._temporaries_now, grads, pending, transient))
             for t in op.outputs:
                 g = grads.pop(id(t), None)
                 if g is not None:
@@ -532,7 +626,7 @@ class _Sim:
             if id(entry[0]) not in self.held and not self.create_graph:
                 self.drop(entry[0])
         seg.start(Phase.BACKWARD.value, "backward end" + suffix)
-        seg.see(state())
+        seg.see(state(), lambda: self.temporaries(grads, sum(pending.values())))
         if self.events is not None:
             # the engine releases what is left when backward returns
             for g in {id(g): g for g in grads.values()}.values():
@@ -540,7 +634,13 @@ class _Sim:
             for name in pending:
                 self.emit(("free", ("grad_acc", name)))
 
-    def _recompute(self, region: Region, seg: _Segment, state: Callable[[], dict[str, int]]) -> None:
+    def _recompute(
+        self,
+        region: Region,
+        seg: _Segment,
+        state: Callable[[], dict[str, int]],
+        temporaries: Callable[[], list[tuple[str, int]]],
+    ) -> None:
         """Re-run a checkpointed region's forward: its saved tensors come back for its backward.
 
         Like torch.utils.checkpoint (non-reentrant, early stop), the recomputation stops as soon as
@@ -565,7 +665,7 @@ class _Sim:
             if j == len(ops) - 1 and not any(t is o for _, t in op.saved for o in op.outputs):
                 # autograd packs an op's saved inputs before running it: the early stop is
                 # raised there, and this last op never runs
-                seg.see(state())
+                seg.see(state(), temporaries)
                 break
             for t in op.outputs:
                 if id(t) not in self.live:
@@ -573,7 +673,7 @@ class _Sim:
                         self.recomputed[id(t)] = saved_here[id(t)]
                     self.add(t)
             seg.current = op
-            seg.see(state())
+            seg.see(state(), temporaries)
             for t in op.inputs + op.outputs:
                 if id(t) in produced and id(t) not in saved_here and last.get(id(t), -1) <= j:
                     self.drop(t)

@@ -24,6 +24,8 @@ _UNITS: dict[str, int] = {
 }
 _VALID = "B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)"
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+MAX_SIZE = 1 << 64  # 16 EiB: more than any memory; bigger numbers are typos (and overflow downstream)
+_TOO_BIG = "sizes above 2**64 bytes (16 EiB) are not memory sizes"
 
 
 def parse_size(text: str | int) -> int:
@@ -37,7 +39,11 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         if text < 0:
             raise MemprofUserError(f"invalid size {text}; a size cannot be negative")
+        if text > MAX_SIZE:
+            raise MemprofUserError(f"invalid size {str(text)[:20]}... ({len(str(text))} digits); {_TOO_BIG}")
         return text
+    if len(str(text)) > 64:
+        raise MemprofUserError(f"invalid size {str(text)[:20]!r}... ({len(str(text))} characters); {_TOO_BIG}")
     match = _PATTERN.match(str(text))
     if not match:
         raise MemprofUserError(
@@ -54,8 +60,12 @@ def parse_size(text: str | int) -> int:
         # exact decimal arithmetic: "1.1GB" must be 1100000000, not a float approximation
         whole, _, frac = number.partition(".")
         scale: int = 10 ** len(frac)
-        return (int(whole or "0") * scale + int(frac or "0")) * factor // scale
-    return int(number) * factor
+        size = (int(whole or "0") * scale + int(frac or "0")) * factor // scale
+    else:
+        size = int(number) * factor
+    if size > MAX_SIZE:
+        raise MemprofUserError(f"invalid size {text!r}; {_TOO_BIG}")
+    return size
 
 
 def format_bytes(n: int) -> str:

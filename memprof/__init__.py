@@ -4,6 +4,7 @@
     >>> memprof.estimate("gpt2-1.5b", "adamw").record.peak.device_total    # predicted, no torch
     >>> with memprof.track(model, optimizer) as run: ...                   # measured
     >>> memprof.compare(estimate, run)                                      # side by side
+    >>> memprof.trace(workload_factory, "adamw").record                     # any model, on fake tensors
 
 The analytic side (`memprof.estimators`) never imports torch; the profiler does. Names that need
 torch (or pandas) are loaded on first use, so `import memprof` stays as fast as the CLI's estimate
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from memprof.estimators.records import ProfileRecord
     from memprof.predict import estimate, fit
     from memprof.profiler import Profile, profile, track
+    from memprof.tracer import trace
+    from memprof.workload import Workload
 
 # public name -> module that defines it (imported on first use)
 _LAZY: dict[str, str] = {
@@ -41,6 +44,8 @@ _LAZY: dict[str, str] = {
     "Profile": "memprof.profiler",
     "compare": "memprof.comparison",
     "ProfileRecord": "memprof.estimators.records",
+    "trace": "memprof.tracer",
+    "Workload": "memprof.workload",
 }
 
 __all__ = [
@@ -53,11 +58,13 @@ __all__ = [
     "RecordError",
     "UnknownNameError",
     "UserCodeError",
+    "Workload",
     "__version__",
     "compare",
     "estimate",
     "fit",
     "profile",
+    "trace",
     "track",
 ]
 

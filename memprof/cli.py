@@ -58,6 +58,13 @@ def flag_of(parameter: str) -> str:
     return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
+def usage_line(exc: click.UsageError) -> str:
+    """click's usage error as one line: its message, then where the help is."""
+    message = " ".join(exc.format_message().split())
+    command = exc.ctx.command_path if exc.ctx is not None else "memprof"
+    return f"{message} (see '{command} --help')"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a MemprofError becomes one line on stderr and exit code 2."""
     try:
@@ -67,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:  # `memprof` alone: the help, as click shows it
+        exc.show()
+        return exc.exit_code
+    except click.UsageError as exc:  # unknown option, missing argument, bad choice: one line, like ours
+        click.echo(f"memprof: error: {usage_line(exc)}", err=True)
+        return USAGE_ERROR
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

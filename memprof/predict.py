@@ -1,9 +1,12 @@
 """`memprof.estimate` and `memprof.fit`: the analytic estimator for any MODEL a user can name.
 
 A MODEL is a preset name, a Hugging Face config.json (or a folder holding one), a `ModelSpec`, or
-`package.module:factory` — a function returning a Hugging Face model, built on the meta device
-(memprof/factory.py; the one path that imports torch). `memprof.estimators` knows the first three and
-stays torch-free; this module adds the factory and is what the CLI and the public API call.
+`package.module:factory` (or `path/to/file.py:factory`) — a function returning a Hugging Face model
+of a supported family, built on the meta device (memprof/factory.py; the one path that imports
+torch). `memprof.estimators` knows the first three and stays torch-free; this module adds the
+factory and is what the CLI and the public API call. Any other model is traced on fake tensors by
+`memprof.trace` (memprof.tracer, a layer above this one: it runs the profiler's tracker);
+`memprof estimate MODULE:FACTORY` picks the analytic path when it can and traces otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from memprof.estimators.estimation import Estimate
 from memprof.estimators.estimation import estimate as _estimate
-from memprof.estimators.models import ModelSpec, is_factory_ref, load_model
+from memprof.estimators.models import ModelSpec, load_model
 
 if TYPE_CHECKING:
     from memprof.estimators.fit import FitResult
@@ -21,14 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["estimate", "fit", "optimizer_rows", "resolve_model"]
 
 
-def resolve_model(model: str | ModelSpec) -> ModelSpec:
-    """The ModelSpec a MODEL names (a factory reference is built on the meta device and checked)."""
+def resolve_model(model: str | ModelSpec, **offered: Any) -> ModelSpec:
+    """The ModelSpec a MODEL names (a factory reference is built on the meta device and checked;
+    offered: batch_size / seq_len for a factory whose signature takes them)."""
     if isinstance(model, ModelSpec):
         return model
-    if isinstance(model, str) and is_factory_ref(model.strip()) and not Path(model.strip()).exists():
-        from memprof.factory import spec_from_factory
+    if isinstance(model, str) and not Path(model.strip()).exists():
+        from memprof.factory import is_code_ref, spec_from_factory
 
-        return spec_from_factory(model.strip())
+        if is_code_ref(model):
+            return spec_from_factory(model.strip(), **offered)
     return load_model(model)
 
 
@@ -40,7 +45,8 @@ def estimate(model: str | ModelSpec, optimizer: str = "adamw", precision: str = 
     cuda_version, alloc_conf, and the optimizer's own options). The result's `.record` is the
     `EstimateRecord` every report reads; `.to_dict()` is its JSON.
     """
-    return _estimate(resolve_model(model), optimizer, precision, **knobs)
+    offered = {k: knobs.get(k) for k in ("batch_size", "seq_len")}
+    return _estimate(resolve_model(model, **offered), optimizer, precision, **knobs)
 
 
 def fit(

@@ -41,9 +41,15 @@ def estimate_table(record: EstimateRecord) -> str:
         + (f" · offload {s.offload}" if s.offload != "none" else "")
         + (f" · {s.grad_accumulation} micro-batches per step" if s.grad_accumulation > 1 else ""),
     ]
+    if s.population is not None:
+        lines.append(
+            f"population {s.population}: each member evaluated by a forward under torch.no_grad; "
+            "no backward, so no gradients and nothing saved for backward"
+        )
     labels = record.labels
     if labels.optimizer_implementation is not None:
-        lines.append(f"optimizer: {labels.optimizer_implementation} ({labels.optimizer_family})")
+        family = f" ({labels.optimizer_family})" if labels.optimizer_family else ""
+        lines.append(f"optimizer: {labels.optimizer_implementation}{family}")
     if labels.precision_description is not None:
         lines.append(f"precision: {labels.precision_description}")
     notes = _notes(record)
@@ -71,11 +77,38 @@ def estimate_table(record: EstimateRecord) -> str:
     for warning in record.warnings:
         lines.append(f"warning: {warning}")
     if record.cpu_offload:
-        lines.append(f"CPU RAM for offloaded states: {format_bytes(record.cpu_offload)}")
+        lines.append(_offload_line(record.cpu_offload, s.gpus))
     verdict = _verdict(record)
     if verdict:
         lines.append(verdict)
     return "\n".join(lines)
+
+
+GPUS_PER_NODE = 8  # what a node holds when the host-RAM line multiplies per GPU
+
+
+def _offload_line(per_gpu: int, gpus: int) -> str:
+    """Host RAM for offloaded states: per GPU (each rank's process), and per node."""
+    on_node = min(gpus, GPUS_PER_NODE)
+    node = f"{format_bytes(per_gpu * on_node)} per node of {on_node} GPU{'s' if on_node != 1 else ''}"
+    if gpus > GPUS_PER_NODE:
+        node += f" (assuming {GPUS_PER_NODE} GPUs per node)"
+    return f"CPU RAM for offloaded states: {format_bytes(per_gpu)} per GPU, {node}"
+
+
+def _activations_note(record: EstimateRecord, prefix: str) -> str:
+    """Why the activations at the peak differ from what autograd saved at the end of the forward."""
+    saved, at_peak = record.activations_saved, record.peak.by_category.get("activations")
+    if record.settings.population is not None:
+        return f"{prefix}nothing saved for backward (no backward); outputs the loop holds"
+    if saved is None:
+        return f"{prefix}saved at forward end not estimated"
+    text = f"{prefix}{format_bytes(saved)} saved for backward at forward end"
+    if at_peak is None or at_peak == saved:
+        return text
+    if at_peak > saved:
+        return text + f" + {format_bytes(at_peak - saved)} the loop holds (logits, loss) or recomputes"
+    return text + f", of which backward has freed {format_bytes(saved - at_peak)} by the peak"
 
 
 def _notes(record: EstimateRecord) -> dict[str, str]:
@@ -92,22 +125,18 @@ def _notes(record: EstimateRecord) -> dict[str, str]:
         parts = "offloaded to CPU RAM (below)"
     notes = {
         "parameters": labels.param_dtype,
-        "gradients": labels.grad_dtype or "",
+        "gradients": "none: no backward" if s.population is not None else labels.grad_dtype or "",
         "optimizer_states": parts or "none",
     }
-    ckpt = "" if s.checkpointing == "none" else f", {s.checkpointing} checkpointing"
-    saved = "-" if record.activations_saved is None else format_bytes(record.activations_saved)
-    notes["peak:activations"] = (
-        f"{s.attention} attention ({s.attention_kernel} kernel){ckpt}; {saved} saved at forward end"
-    )
-    temps = dict(record.temporary_breakdown)
-    step = temps.pop("optimizer_step", None)
-    temp_parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in temps.items() if v]
-    if step is not None:
-        impl = (s.optimizer_impl or "").replace("_", "-")
-        where = "at the peak" if record.peak.phase == "optimizer_step" else "in step()"
-        temp_parts.append(f"{impl} optimizer scratch {format_bytes(step)} {where}")
-    notes["peak:temporary"] = "; ".join(temp_parts)
+    # a traced step of a model memprof has no architecture for knows neither (null): say nothing of them
+    setting = [f"{s.attention} attention" if s.attention else ""]
+    if s.attention and s.attention_kernel:
+        setting[0] += f" ({s.attention_kernel} kernel)"
+    if s.checkpointing not in (None, "none"):
+        setting.append(f"{s.checkpointing} checkpointing")
+    described = ", ".join(x for x in setting if x)
+    notes["peak:activations"] = _activations_note(record, f"{described}; " if described else "")
+    notes["peak:temporary"] = _temporary_note(record)
     if record.cuda_context is not None:
         notes["peak:cuda_context"] = record.cuda_context.basis
     elif s.device == "cpu":
@@ -117,6 +146,33 @@ def _notes(record: EstimateRecord) -> dict[str, str]:
         notes["peak:fragmentation"] = f"{frag / reserved:.1%} of reserved, from a caching-allocator replay of the step"
     notes["absent:fragmentation"] = "allocator replay not available"
     return notes
+
+
+def _temporary_note(record: EstimateRecord) -> str:
+    """The temporaries: the largest tensors live at the peak, named, then the optimizer's scratch."""
+    s = record.settings
+    at_peak = dict(record.temporary_at_peak)
+    parts = []
+    if at_peak:
+        parts.append(
+            "largest at the peak: "
+            + ", ".join(f"{_temporary_label(k, s.optimizer_impl)} {format_bytes(v)}" for k, v in at_peak.items())
+        )
+    else:  # a record written before temporary_at_peak existed
+        others = {k: v for k, v in record.temporary_breakdown.items() if k != "optimizer_step"}
+        parts += [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in others.items() if v]
+    step = record.temporary_breakdown.get("optimizer_step")
+    if step is not None and (record.peak.phase != "optimizer_step" or not at_peak):
+        where = "at the peak" if record.peak.phase == "optimizer_step" else "in step(), not at the peak"
+        parts.append(f"{_temporary_label('optimizer step scratch', s.optimizer_impl)} {format_bytes(step)} {where}")
+    return "; ".join(parts)
+
+
+def _temporary_label(key: str, optimizer_impl: str | None) -> str:
+    if key == "optimizer step scratch":
+        impl = "" if optimizer_impl in (None, "none", "n/a") else optimizer_impl.replace("_", "-") + " "
+        return f"{impl}optimizer scratch"
+    return key if " " in key else key.replace("_", " ")  # "cublas_workspace" -> "cublas workspace"
 
 
 def _align(rows: list[tuple[str, str, str, str]]) -> list[str]:
@@ -148,16 +204,65 @@ def _verdict(record: EstimateRecord) -> str:
     )
 
 
+CSV_SETTINGS = (
+    "optimizer",
+    "precision",
+    "batch_size",
+    "seq_len",
+    "checkpointing",
+    "attention",
+    "device",
+    "gpus",
+    "zero",
+    "offload",
+    "grad_accumulation",
+    "optimizer_impl",
+    "population",
+)
+CSV_COLUMNS = (
+    "model",
+    "category",
+    "model_state_bytes",
+    "peak_bytes",
+    "peak_phase",
+    "peak_allocated",
+    "peak_reserved",
+    "device_total",
+    "activations_saved",
+    "cpu_offload",
+    *CSV_SETTINGS,
+    "gpu",
+    "gpu_usable",
+    "fits",
+)
+
+
 def estimate_csv(record: EstimateRecord) -> str:
-    """One row per category: category, model_state_bytes, peak_bytes (empty where absent)."""
+    """One row per category (docs/architecture.md, the CSV contract): the category's model-state and
+    at-peak bytes, then the figures of the whole estimate repeated on every row, so that a
+    spreadsheet filter or pivot needs no second table: peak phase and totals, settings, GPU verdict.
+    Empty cells are absent figures."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "category", "model_state_bytes", "peak_bytes"])
+    writer.writerow(CSV_COLUMNS)
     states = record.model_states.to_dict()
+    settings = record.to_dict()["settings"]
+    gpu = record.gpu
+    common = [
+        record.peak.phase,
+        record.peak.allocated,
+        record.peak.reserved,
+        record.peak.device_total,
+        record.activations_saved,
+        record.cpu_offload,
+        *(settings.get(k) for k in CSV_SETTINGS),
+        None if gpu is None else gpu.name,
+        None if gpu is None else gpu.usable,
+        None if gpu is None or gpu.fits is None else ("yes" if gpu.fits else "no"),
+    ]
     for cat in CATEGORIES:
-        state = states.get(cat)
-        peak = record.peak.by_category.get(cat)
-        writer.writerow([record.model, cat, "" if state is None else state, "" if peak is None else peak])
+        row = [record.model, cat, states.get(cat), record.peak.by_category.get(cat), *common]
+        writer.writerow(["" if v is None else v for v in row])
     return buffer.getvalue()
 
 
@@ -181,6 +286,14 @@ def fit_table(record: dict[str, Any]) -> str:
             f"longest sequence that fits at batch {best['batch_size']}: {record['max_seq_len']:,} "
             f"(peak {format_bytes(best['device_total'])} at {best['phase']})"
         )
+        exact, multiple = record.get("max_seq_len_exact"), record.get("seq_multiple")
+        if record.get("seq_len_limited_by") == "positions":
+            lines.append(
+                f"  limited by the model's {record['max_seq_len']:,} positions (its position embeddings), "
+                f"not by memory: {format_bytes(record['budget'] - best['device_total'])} of the budget is left"
+            )
+        elif exact is not None and multiple and exact != record["max_seq_len"]:
+            lines.append(f"  rounded down to a multiple of {multiple} from {exact:,}, the exact limit memory sets")
         if nxt:
             lines.append(f"  sequence {nxt['seq_len']:,} would need {format_bytes(nxt['device_total'])}")
     else:
@@ -206,10 +319,31 @@ def fit_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def optimizers_table(rows: list[dict[str, Any]]) -> str:
-    """The human table of `memprof optimizers`: one line per optimizer, a blank line between families."""
+def optimizers_table(rows: list[dict[str, Any]], assumptions: EstimateRecord | None = None) -> str:
+    """The human table of `memprof optimizers`: one line per optimizer, a blank line between families.
+
+    `assumptions`: an estimate of the same knobs; its settings head the table (precision, batch,
+    sequence, devices), so the reader knows what every row assumes."""
     lines: list[str] = []
-    header = ("family", "optimizer", "state B/param", "optimizer states", "model states", "peak", "fits")
+    if assumptions is not None:
+        s = assumptions.settings
+        gpus = f"{s.gpus} GPU{'s' if s.gpus != 1 else ''} · ZeRO {s.zero}" if s.device == "cuda" else "CPU"
+        lines += [
+            f"{assumptions.model} · {s.precision} · batch {s.batch_size} × seq {s.seq_len} · {s.checkpointing} "
+            f"checkpointing · {gpus}" + (f" · offload {s.offload}" if s.offload != "none" else ""),
+            "per device: optimizer states, model states, peak (what one GPU holds, after ZeRO / offload); "
+            "unsharded: state B/param (the whole model)",
+            "",
+        ]
+    header = (
+        "family",
+        "optimizer",
+        "state B/param (unsharded)",
+        "optimizer states (per device)",
+        "model states (per device)",
+        "peak (per device)",
+        "fits",
+    )
     table = [header]
     for row in rows:
         fits = {True: "yes", False: "no", None: ""}[row["fits"]]
@@ -307,4 +441,35 @@ def replay_table(out: dict[str, Any]) -> str:
                 f"{row['num_alloc_retries']:>7} {'yes' if row['oom'] else 'no':>4}"
             )
         lines.append(whatif["recommendation"])
+    return "\n".join(lines)
+
+
+def published_table(record: dict[str, Any]) -> str:
+    """`memprof validate --published`: each scored row against its source, then the summary."""
+    lines = []
+    for row in record["rows"]:
+        if row["predicted"] is None and not row["oom_measured"]:
+            continue
+        if row["oom_measured"]:
+            verdict = {True: "agrees", False: "DISAGREES", None: "inconclusive"}[row["oom_agrees"]]
+            fits = {True: "fits", False: "does not fit", None: "-"}[row["predicted_fits"]]
+            if row["predicted_fits"] is None and row["reason"]:
+                continue
+            lines.append(f"{row['id']:<44} OOM measured; predicted {fits}: {verdict}")
+        else:
+            lines.append(
+                f"{row['id']:<44} {row['metric']:<22} measured {_bytes(row['measured']):>10}  "
+                f"predicted {_bytes(row['predicted']):>10}  {row['error_pct']:+.1f}%"
+            )
+    total = record["summary"]["total"]
+    median, worst = total["median_abs_error_pct"], total["max_abs_error_pct"]
+    lines += [
+        "",
+        f"{total['rows']} published measurements; {total['scored']} expressible, {total['compared']} compared"
+        + ("" if median is None else f": median abs. error {median}%, max {worst}%")
+        + f"; OOM reports predicted as not fitting: {total['oom_agree']} of {total['oom_scored']} scored",
+    ]
+    reasons = record["summary"]["not_expressible_reasons"]
+    if reasons:
+        lines.append("not expressible: " + ", ".join(f"{why or 'other'} ({n})" for why, n in reasons.items()))
     return "\n".join(lines)

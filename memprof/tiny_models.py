@@ -18,7 +18,11 @@ import warnings
 from typing import Any
 
 import torch
-import transformers
+
+with warnings.catch_warnings():
+    # transformers imports tqdm.auto, which warns in a notebook without ipywidgets: not memprof's to show
+    warnings.simplefilter("ignore")
+    import transformers
 
 from memprof.estimators.models import ModelSpec
 
@@ -126,6 +130,10 @@ def build(family: str, attention: str = "eager", seed: int = 0, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = head.from_config(cfg)
+    if getattr(model, "loss_type", "") is None:
+        # transformers 5 leaves it unset on from_config, then logs at the first loss that it falls back
+        # to ForCausalLM: set that same fallback, so the loss is unchanged and nothing is logged
+        model.loss_type = "ForCausalLM"
     model.train()
     spec = ModelSpec(f"tiny-{family}", cfg.model_type, cfg.to_dict(), TASKS[family])
     return model, spec

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib
 import os
 import platform
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from memprof._version import __version__
+
+# the real implementation of each registry optimizer: the table lives beside the tracer, which runs
+# the same implementations on fake tensors
+from memprof.tracer.optimizers import NOT_RUN, REAL_OPTIMIZERS, RealOptimizer
 
 SCHEMA = "memprof.validation/1"
 PEAK_TOLERANCE_PCT = 3.0
@@ -65,93 +68,15 @@ class Case:
         return "-".join((self.family, self.optimizer, self.precision, self.attention, self.checkpointing, shape))
 
 
-# ------------------------------------------------------------------------- real optimizers
-
-
-@dataclass(frozen=True)
-class RealOptimizer:
-    """How to build and drive the real implementation behind a registry entry."""
-
-    module: str  # "torch.optim", "pytorch_optimizer", ...
-    cls: str
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
-    estimate_options: dict[str, Any] = field(default_factory=dict)  # the same, in registry terms
-    warm_steps: int = 1  # steps until the state has its steady size
-    closure: bool = False  # LBFGS
-    create_graph: bool = False  # Hutchinson Hessian estimates differentiate the gradient
-    train_mode: bool = False  # schedule-free optimizers
-    build: Callable[..., list] | None = None  # for optimizers that need several param groups
-
-
-def _muon(model: Any, real: RealOptimizer) -> list:
-    """torch.optim.Muon takes 2-D parameters only; an AdamW steps the rest (registry: fallback)."""
-    import torch
-
-    two_d = [p for p in model.parameters() if p.ndim == 2]
-    rest = [p for p in model.parameters() if p.ndim != 2]
-    return [torch.optim.Muon(two_d, lr=0.02)] + ([torch.optim.AdamW(rest)] if rest else [])
-
-
-def _galore(model: Any, real: RealOptimizer) -> list:
-    """GaLoreAdamW with every 2-D parameter in the GaLore group (the registry's default)."""
-    from galore_torch import GaLoreAdamW
-
-    two_d = [p for p in model.parameters() if p.ndim == 2]
-    rest = [p for p in model.parameters() if p.ndim != 2]
-    return [
-        GaLoreAdamW(
-            [
-                {"params": rest},
-                {"params": two_d, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"},
-            ]
-        )
-    ]
-
-
-_T, _P = "torch.optim", "pytorch_optimizer"
-REAL_OPTIMIZERS: dict[str, RealOptimizer] = {
-    "sgd": RealOptimizer(_T, "SGD", {"lr": 0.01}),
-    "sgd-momentum": RealOptimizer(_T, "SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
-    "adam": RealOptimizer(_T, "Adam"),
-    "adamw": RealOptimizer(_T, "AdamW"),
-    "adagrad": RealOptimizer(_T, "Adagrad"),
-    "adadelta": RealOptimizer(_T, "Adadelta"),
-    "adamax": RealOptimizer(_T, "Adamax"),
-    "asgd": RealOptimizer(_T, "ASGD"),
-    "nadam": RealOptimizer(_T, "NAdam"),
-    "radam": RealOptimizer(_T, "RAdam"),
-    "rmsprop": RealOptimizer(_T, "RMSprop", {"momentum": 0.9, "centered": True}, {"momentum": 0.9, "centered": True}),
-    "rprop": RealOptimizer(_T, "Rprop"),
-    "adafactor": RealOptimizer(_T, "Adafactor"),
-    "muon": RealOptimizer(_T, "Muon", build=_muon),
-    "lbfgs": RealOptimizer(_T, "LBFGS", {"lr": 0.1, "history_size": 3}, {"history_size": 3}, closure=True),
-    "lion": RealOptimizer(_P, "Lion"),
-    "adabelief": RealOptimizer(_P, "AdaBelief"),
-    "diffgrad": RealOptimizer(_P, "DiffGrad"),
-    "adamw8bit": RealOptimizer("bitsandbytes.optim", "AdamW8bit"),
-    "galore": RealOptimizer("galore_torch", "GaLoreAdamW", build=_galore),
-    "shampoo": RealOptimizer(_P, "Shampoo"),
-    "soap": RealOptimizer(_P, "SOAP", {"precondition_frequency": 1}, warm_steps=2),
-    "sophia": RealOptimizer(_P, "SophiaH", create_graph=True),
-    "adahessian": RealOptimizer(_P, "AdaHessian", create_graph=True),
-    "prodigy": RealOptimizer("prodigyopt", "Prodigy"),
-    "dadapt-adam": RealOptimizer("dadaptation", "DAdaptAdam"),
-    "schedulefree-adamw": RealOptimizer("schedulefree", "AdamWScheduleFree", train_mode=True),
-}
-NOT_RUN = {
-    "sparse-adam": "needs sparse gradients (nn.Embedding(sparse=True)); transformers models have dense ones",
-    "ga": "analytic only: no implementation to run",
-    "pso": "analytic only: no implementation to run",
-}
-
-
 def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
     """The real optimizer(s) for registry entry `name` on `model`, and the estimate's options."""
     real = REAL_OPTIMIZERS[name]
     if real.build is not None:
-        opts = real.build(model, real)
+        opts = real.build(list(model.parameters()), real)
     else:
-        cls = getattr(importlib.import_module(real.module), real.cls)
+        from memprof._imports import import_quietly  # bitsandbytes logs at import: not in our table
+
+        cls = getattr(import_quietly(real.module), real.cls)
         opts = [cls(model.parameters(), **real.kwargs)]
     options = dict(real.estimate_options)
     if name == "prodigy":  # p0 of a parameter that is all zeros at the first step is a 0-d tensor
@@ -221,6 +146,31 @@ def quick_matrix() -> list[Case]:
         Case("bert", "adamw", "16-mixed", "sdpa", "full"),
         Case("llama", "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=2),
     ]
+
+
+def select_cases(cases: list[Case], only: Iterable[str]) -> list[Case]:
+    """The cases whose id contains any of `only` (all of them when `only` is empty).
+
+    A blank filter is refused rather than read as "everything" (every id contains ""), and so is a
+    filter that matches no case. Raises MemprofUserError naming --only, as the CLI spells it.
+    """
+    from memprof.estimators.errors import MemprofUserError
+
+    terms = list(only)
+    if not terms:
+        return list(cases)
+    if any(not t.strip() for t in terms):
+        raise MemprofUserError(
+            "--only needs a part of a case id, e.g. --only sophia or --only llama-adamw; "
+            "an empty filter matches nothing"
+        )
+    chosen = [c for c in cases if any(t in c.id for t in terms)]
+    if not chosen:
+        raise MemprofUserError(
+            f"no case id contains {' or '.join(map(repr, terms))}; ids look like "
+            f"{cases[0].id!r} (family-optimizer-precision-attention-checkpointing-shape)"
+        )
+    return chosen
 
 
 # ---------------------------------------------------------------------------------- one case

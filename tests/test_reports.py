@@ -418,3 +418,67 @@ def test_import_memprof_and_reports_load_no_matplotlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- figures a person reads: every band named, axes that say what they are, lines told apart ----------
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_the_report_legend_names_every_band_drawn_even_one_absent_at_the_peak(known_profile) -> None:
+    # GIVEN a profile whose peak holds no gradients while its timeline does (a peak in the first forward)
+    d, _ = known_profile
+    prof = json.loads(json.dumps(d))
+    prof["peak"]["by_category"]["gradients"] = 0
+    assert any(p["by_category"].get("gradients") for p in prof["timeline"])
+    # WHEN the report figure is drawn THEN its one legend names the gradient band and the total line
+    fig = page.report_figure(prof, _estimate_record())
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1
+    names = [t.get_text() for t in legends[0].get_texts()]
+    assert names == ["total", "temporary", "activations", "optimizer states", "gradients", "parameters"]
+
+
+def test_the_timeline_legend_names_a_band_only_one_panel_draws(known_profile) -> None:
+    d, _ = known_profile
+    est = _estimate_record()
+    est["timeline"] = [
+        {"phase": p["phase"], "label": p["label"], "by_category": {"parameters": 4000}} for p in est["timeline"]
+    ]
+    predicted_ax, measured_ax = F.timeline_figure(d, est).axes
+    assert measured_ax.get_legend() is None
+    assert _legend(predicted_ax) == ["total", "temporary", "activations", "optimizer states", "gradients", "parameters"]
+
+
+def test_timeline_axes_say_what_x_is_and_mark_each_phase(known_profile) -> None:
+    d, _ = known_profile
+    predicted_ax, measured_ax = F.timeline_figure(d, _estimate_record()).axes
+    assert "allocation events" in measured_ax.get_xlabel() and "not time" in measured_ax.get_xlabel()
+    assert predicted_ax.get_xlabel().startswith("moments of the simulated step")
+    for ax, points in ((measured_ax, data.measured_timeline(d)), (predicted_ax, _estimate_record()["timeline"])):
+        starts = [phase for phase, first, _ in data.phase_spans(p["phase"] for p in points) if first > 0]
+        marks = [line.get_gid() for line in ax.get_lines() if (line.get_gid() or "").startswith("phase:")]
+        assert marks == [f"phase:{phase}" for phase in starts] and marks
+        # and each phase is named on the panel
+        texts = {t.get_text().strip() for t in ax.texts}
+        assert {F.PHASE_LABELS[p] for p in starts} <= texts
+
+
+def test_overlapping_sweep_curves_differ_in_marker_and_style() -> None:
+    base = {
+        "model": "m",
+        "axis": "batch_size",
+        "values": [1, 2, 4],
+        "peaks": [10, 20, 40],  # identical curves: only their styles tell them apart
+        "measure": "device_total",
+        "settings": {"optimizer": "adamw", "precision": "bf16-mixed", "checkpointing": "none", "attention": "sdpa"},
+        "gpus": [{"name": "a", "memory": 60, "usable": 50}, {"name": "b", "memory": 100, "usable": 90}],
+    }
+    sweeps = [{**base, "settings": {**base["settings"], "optimizer": name}} for name in ("adamw", "sgd", "lion")]
+    ax = F.peak_sweep_figure(sweeps).axes[0]
+    curves = [line for line in ax.get_lines() if line.get_gid().startswith("peak")]
+    gpus = [line for line in ax.get_lines() if line.get_gid().startswith("gpu:")]
+    assert len({(c.get_marker(), str(c.get_linestyle())) for c in curves}) == len(curves) == 3
+    assert len({c.get_marker() for c in curves}) == 3
+    # matplotlib reports any dash tuple as "--"; the pattern itself tells the GPU lines apart
+    assert len({str(g._unscaled_dash_pattern) for g in gpus}) == 2

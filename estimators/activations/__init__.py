@@ -63,6 +63,9 @@ class ActivationSettings:
     training: bool = True  # dropout active when the config's dropout probabilities are > 0
     device: str = "cpu"  # DEVICES
     sharded_params: bool = False  # ZeRO-3 / FSDP full-shard: weights gathered layer by layer
+    # the named GPU's (major, minor): its attention kernels are PyTorch's choice on that GPU
+    # (estimators/kernels.py); None: any GPU of sm80 or newer
+    compute_capability: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("batch_size", "seq_len"):
@@ -112,18 +115,29 @@ def resolve_attention(
     *,
     head_dim: int | None = None,
     has_mask: bool = False,
+    compute_capability: tuple[int, int] | None = None,
 ) -> str:
     """The attention kernel PyTorch runs for a transformers `attn_implementation`.
 
     Returns "eager", "math", "flash" or "efficient". sdpa on the CPU runs the fused flash kernel
     unless dropout is active (then the math decomposition); on CUDA it prefers flash (16-bit, head
     dim <= 256, no explicit mask), then memory-efficient, then math. "flash" (flash_attention_2) needs
-    CUDA and a 16-bit dtype.
+    CUDA and a 16-bit dtype. With a GPU's `compute_capability`, the choice is PyTorch's own for that
+    GPU (estimators/kernels.py: SDPA's backend filters and priority order, flash-attn's requirements);
+    SDPA's cuDNN backend is replayed as flash, whose saved tensors it shares (the output and a float32
+    log-sum-exp per row).
     """
     if requested not in ATTENTION_IMPLEMENTATIONS:
         raise unknown_name("attention implementation", str(requested), ATTENTION_IMPLEMENTATIONS)
     if requested == "eager":
         return "eager"
+    if device == "cuda" and compute_capability is not None:
+        from ..kernels import pick_attention_kernel
+
+        choice = pick_attention_kernel(
+            compute_capability, dtype, head_dim or 64, attention=requested, has_mask=has_mask, dropout=dropout
+        )
+        return "flash" if choice.kernel == "cudnn" else choice.kernel
     half = dtype in ("float16", "bfloat16")
     if requested == "flash":
         if device != "cuda":
@@ -150,7 +164,12 @@ def attention_kernel(spec: ModelSpec, settings: ActivationSettings) -> str:
     _family(spec)
     dropout = spec.dims.attention_dropout if settings.training else 0.0
     return resolve_attention(
-        settings.attention, settings.device, settings.compute_dtype, dropout, head_dim=spec.head_dim
+        settings.attention,
+        settings.device,
+        settings.compute_dtype,
+        dropout,
+        head_dim=spec.head_dim,
+        compute_capability=settings.compute_capability,
     )
 
 

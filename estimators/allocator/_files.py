@@ -1,10 +1,12 @@
-"""Reading an input file of `memprof replay` with one-line errors for the usual failures."""
+"""Reading an input file of `memprof replay` with one-line errors for the usual failures
+(regular files only, at most MAX_INPUT_BYTES: memprof.estimators.files)."""
 
 from __future__ import annotations
 
 import os
 
 from ..errors import MemprofUserError
+from ..files import read_input
 
 
 def read_bytes(path: str | os.PathLike[str], what: str, expected: str) -> tuple[str, bytes]:
@@ -12,8 +14,7 @@ def read_bytes(path: str | os.PathLike[str], what: str, expected: str) -> tuple[
     what a directory is not ("a snapshot pickle")."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as handle:
-            return name, handle.read()
+        return name, read_input(name)
     except FileNotFoundError:
         raise MemprofUserError(f"{what} file not found: {name}") from None
     except IsADirectoryError:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MemprofUserError, RecordError
+from ..files import loads_json
 from ..records.profile import EVENT_KEYS, PROFILE_SCHEMA, ProfileRecord, check_profile_schema, read_events
 from ._files import read_bytes
 from .config import AllocatorConfig, parse_alloc_conf
@@ -57,7 +58,7 @@ def load_profile_timeline(path: str | os.PathLike[str]) -> ProfileTimeline:
     """The events of the profile JSON at `path`; MemprofUserError (one line) for anything else."""
     name, raw_bytes = read_bytes(path, "profile", "a profile")
     try:
-        data = json.loads(raw_bytes.decode("utf-8-sig"))
+        data = loads_json(raw_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MemprofUserError(
             f"{name} is not readable JSON ({type(exc).__name__}: "

@@ -54,9 +54,14 @@ K_SMALL_SIZE = 1 << 20  # kSmallSize: largest small-pool request
 K_SMALL_BUFFER = 2 << 20  # kSmallBuffer: small-pool segment
 K_MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 K_ROUND_LARGE = 2 << 20  # kRoundLarge
-_SPAN = 1 << 52  # free-list key = size * _SPAN + address (addresses stay below)
+# The largest single request the simulator takes: 256 TiB, a thousand times the largest GPU's memory.
+# It keeps every address, segment and counter far below the bounds below (docs/architecture.md,
+# "Input files"); a snapshot or profile asking for more is not a recording of a real program.
+MAX_ALLOCATION = 1 << 48
+_SPAN = 1 << 64  # free-list key = size * _SPAN + address (addresses stay below)
 _NO_LIMIT = 1 << 62
-_DEFAULT_ADDRESS_SPACE = 1 << 40  # virtual size of an expandable segment when no capacity is given
+# virtual size of an expandable segment when no capacity is given (at least the request it is made for)
+_DEFAULT_ADDRESS_SPACE = 1 << 40
 
 
 class Block:
@@ -281,6 +286,11 @@ class CachingAllocatorSimulator:
             # CUDACachingAllocator::allocate never calls malloc for 0 bytes (a null data pointer)
             self._empty.add(ident)
             return True
+        if nbytes > MAX_ALLOCATION:
+            raise MemprofUserError(
+                f"allocation {ident!r} asks for {nbytes:,} bytes, more than the allocator simulator takes "
+                f"in one request (2**48 bytes, 256 TiB)"
+            )
         if self._divisions is None:
             size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else (nbytes + 511) & ~511
         else:
@@ -566,7 +576,10 @@ class CachingAllocatorSimulator:
             if room >= size:
                 return candidate
         page = K_SMALL_BUFFER if pool.small else self._large_segment
-        span = -(-self._es_space // page) * page
+        # torch reserves the device's memory (+1/8) as the segment's address space; with no capacity
+        # given, the space is unlimited in effect: at least the request itself
+        space = self._es_space if self.capacity is not None else max(self._es_space, size)
+        span = -(-space // page) * page
         spare = self._spare_ranges.get(span)
         if spare:
             base = spare.pop()  # reuse a released segment's address range: addresses stay bounded
@@ -625,7 +638,8 @@ class CachingAllocatorSimulator:
             return None
         while candidate.size < size:
             following = candidate.next
-            assert following is not None  # _find_expandable_block found room for `size` in this segment
+            if following is None:  # more than the segment's whole address space: cudaMalloc's OOM
+                return None
             if not self._map_block(pool, following, min(size - candidate.size, following.size)):
                 return None
             candidate = following

@@ -60,6 +60,7 @@ class EstimateSettings:
     attention_kernel: str | None = None
     optimizer_impl: str | None = None
     alloc_conf: str | None = None
+    population: int | None = None  # population optimizers (ga, pso): members; in the JSON only when set
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ class EstimateRecord:
     cpu_offload: int | None = None  # host RAM one rank needs for offloaded states
     activations_saved: int | None = None  # bytes autograd holds when the forward ends
     temporary_breakdown: Mapping[str, int | None] = field(default_factory=dict)
+    # the largest tensors of the temporary category live at the peak moment, largest first
+    temporary_at_peak: Mapping[str, int] = field(default_factory=dict)
     peak: Peak = field(default_factory=Peak)
     cuda_context: ContextFigure | None = None
     allocator: Mapping[str, JSON] | None = None  # the caching-allocator replay's summary (CUDA)
@@ -171,6 +174,7 @@ class EstimateRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer_state_breakdown", _frozen(self.optimizer_state_breakdown))
         object.__setattr__(self, "temporary_breakdown", _frozen(self.temporary_breakdown))
+        object.__setattr__(self, "temporary_at_peak", _frozen(self.temporary_at_peak))
         object.__setattr__(self, "warnings", tuple(self.warnings))
         if self.allocator is not None:
             object.__setattr__(self, "allocator", _frozen(_json_copy(dict(self.allocator))))
@@ -231,6 +235,7 @@ class EstimateRecord:
                 "attention_kernel": s.attention_kernel,
                 "optimizer_impl": s.optimizer_impl,
                 "alloc_conf": s.alloc_conf,
+                **({} if s.population is None else {"population": s.population}),
             },
             "model_states": self.model_states.to_dict(),
             "model_states_unsharded": None
@@ -240,6 +245,7 @@ class EstimateRecord:
             "cpu_offload": self.cpu_offload,
             "activations_saved": self.activations_saved,
             "temporary_breakdown": dict(self.temporary_breakdown),
+            "temporary_at_peak": dict(self.temporary_at_peak),
             "peak": {
                 "phase": self.peak.phase,
                 "allocated": self.peak.allocated,
@@ -303,6 +309,7 @@ class EstimateRecord:
             cpu_offload=reader.optional(int, "cpu_offload"),
             activations_saved=reader.optional(int, "activations_saved"),
             temporary_breakdown=_int_map(data.get("temporary_breakdown") or {}, f"{where}: temporaries", True),
+            temporary_at_peak=_int_map(data.get("temporary_at_peak") or {}, f"{where}: temporary_at_peak"),
             peak=Peak(
                 phase=peak_reader.optional(str, "phase"),
                 allocated=peak_reader.optional(int, "allocated"),
@@ -337,6 +344,7 @@ _SETTING_TYPES: dict[str, type] = {
     "attention_kernel": str,
     "optimizer_impl": str,
     "alloc_conf": str,
+    "population": int,
 }
 
 

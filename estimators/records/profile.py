@@ -37,7 +37,10 @@ Keys of the JSON (sizes are integer bytes; None means "not measured here", never
 
 `settings`, `phases`, `cuda`, `nvml`, `environment` and `error` are free-form measurements, kept as
 read-only mappings; what memprof computes on (model states, the peak by category, the settings'
-model and parameter count, the timeline, the devices, the events) is typed. Keys a later version
+model and parameter count, the timeline, the devices, the events) is typed, and the parts of
+`settings` and `phases` that the comparison reads (dtypes, input shapes, parameter tensors, optimizer
+class and defaults, call counts, each phase's peak) are checked for their type when read. Every
+integer is a signed 64-bit one (MAX_INT): a bigger "byte count" is not a measurement. Keys a later version
 adds at the top level are kept in `extra`, so a record reads and writes back unchanged.
 """
 
@@ -45,13 +48,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
 from ..errors import RecordError
+from ..files import loads_json, read_input
 from ..vocabulary import MODEL_STATE_CATEGORIES
 from .estimate import ModelStates
 
@@ -98,13 +102,25 @@ def _frozen_json(mapping: Mapping[str, JSON]) -> Mapping[str, JSON]:
 
 # -- reading JSON, with errors that name the field --------------------------------------------------
 
-_KIND_NAMES: dict[type, str] = {int: "an integer", str: "a string", bool: "true or false", float: "a number"}
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer (64-bit)",
+    str: "a string",
+    bool: "true or false",
+    float: "a number",
+}
+
+
+# The largest byte count or integer a profile may hold: a signed 64-bit integer, what torch's
+# counters, NumPy and pandas hold (a bigger one is not a measurement).
+MAX_INT = (1 << 63) - 1
 
 
 def _is(kind: type, value: Any) -> bool:
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
+    return isinstance(value, kind)
 
 
 class _Fields:
@@ -178,8 +194,17 @@ class ProfileSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "profile: settings") -> ProfileSettings:
         fields = _Fields(data, where)
-        fields.optional(str, "model")
-        fields.optional(int, "parameters")
+        for key in _SETTINGS_STRINGS:
+            fields.optional(str, key)
+        for key in _SETTINGS_COUNTS:
+            fields.optional(int, key)
+        fields.optional(bool, "gradient_checkpointing")
+        for key in ("hf_config", "optimizer_defaults"):
+            fields.optional_mapping(key)
+        fields.int_map("param_dtypes")
+        _check_list(data, "input_shapes", where, _is_shape_or_null, "a shape (a list of integers) or null")
+        _check_list(data, "parameter_tensors", where, _is_named_shape, "a [name, shape] pair")
+        _check_list(data, "optimizers", where, _is_optimizer_entry, "an optimizer object")
         return cls(data)
 
     @property
@@ -200,6 +225,50 @@ class ProfileSettings:
     def to_dict(self) -> dict[str, JSON]:
         out: dict[str, JSON] = _json_copy(dict(self.values))
         return out
+
+
+# the settings memprof reads (memprof.comparison.observed), by type; others are kept unchecked
+_SETTINGS_STRINGS = ("model", "model_class", "optimizer", "optimizer_class", "autocast_dtype", "attn_implementation")
+_SETTINGS_COUNTS = (
+    "parameters",
+    "trainable_parameters",
+    "forward_calls",
+    "backward_calls",
+    "optimizer_steps",
+    "warmup_steps",
+)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(_is(int, d) and d >= 0 for d in value)
+
+
+def _is_shape_or_null(value: Any) -> bool:
+    return value is None or _is_shape(value)
+
+
+def _is_named_shape(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and _is_shape(value[1])
+
+
+def _is_optimizer_entry(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and all(value.get(k) is None or isinstance(value[k], str) for k in ("optimizer", "optimizer_class"))
+        and (value.get("optimizer_defaults") is None or isinstance(value["optimizer_defaults"], Mapping))
+    )
+
+
+def _check_list(data: Mapping[str, Any], key: str, where: str, check: Callable[[Any], bool], item: str) -> None:
+    """RecordError unless data[key] is absent, null or a list of items passing `check`."""
+    value = data.get(key)
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise RecordError(f"{where}: {key!r} must be a list, got {str(value)[:60]}")
+    for i, entry in enumerate(value):
+        if not check(entry):
+            raise RecordError(f"{where}: '{key}[{i}]' must be {item}, got {str(entry)[:60]}")
 
 
 def model_states_from_dict(data: Mapping[str, Any], where: str = "profile: model_states") -> ModelStates:
@@ -452,9 +521,21 @@ _KNOWN_KEYS = frozenset(
 
 
 def _phases(data: Mapping[str, Any], where: str) -> Mapping[str, JSON]:
+    """The `phases` object: {phase: {calls, time_s, peak: {allocated, by_category}, created_bytes,
+    cuda} | None}, each part of its type when present."""
     for phase, info in data.items():
-        if info is not None and not isinstance(info, Mapping):
-            raise RecordError(f"{where}: {phase!r} must be an object or null, got {info!r}")
+        if info is None:
+            continue
+        if not isinstance(info, Mapping):
+            raise RecordError(f"{where}: {phase!r} must be an object or null, got {str(info)[:60]}")
+        fields = _Fields(info, f"{where}: {phase}")
+        fields.optional(int, "calls")
+        fields.optional(float, "time_s")
+        fields.int_map("created_bytes", nullable=True)
+        fields.optional_mapping("cuda")
+        peak = fields.optional_mapping("peak")
+        if peak is not None:
+            ProfilePeak.from_dict(peak, f"{where}: {phase}: peak")
     return data
 
 
@@ -513,7 +594,7 @@ def _event(entry: Any, index: int, where: str) -> ProfileEvent:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _is(int, value) and value >= 0
 
 
 def _is_id(value: Any) -> bool:
@@ -527,9 +608,11 @@ def read_profile(path: str | os.PathLike[str]) -> ProfileRecord:
     """Read a saved profile (`Profile.save` writes one); anything that is not one raises RecordError."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(read_input(path))
     except FileNotFoundError:
         raise RecordError(f"profile file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise RecordError(f"{str(path)!r} is a directory, not a memprof profile") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"{str(path)!r} is not a memprof profile (not readable JSON: {exc})") from None
     return ProfileRecord.from_dict(data, where=repr(str(path)))

@@ -11,17 +11,7 @@ import json
 
 import click
 
-from memprof.estimators.errors import MemprofUserError
-
-
-def _read_estimate(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise MemprofUserError(f"estimate file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemprofUserError(f"{path!r} is not a memprof estimate (not readable JSON: {exc})") from None
+from memprof.commands._inputs import load_estimate
 
 
 @click.command()
@@ -41,7 +31,7 @@ def compare(profile: str, estimate_path: str | None, fmt: str) -> None:
     from memprof.estimators.records import read_profile
 
     prof = read_profile(profile)
-    table = compare_observed(prof) if estimate_path is None else compare_frames(_read_estimate(estimate_path), prof)
+    table = compare_observed(prof) if estimate_path is None else compare_frames(load_estimate(estimate_path), prof)
     if fmt == "json":
         click.echo(
             json.dumps(

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from memprof.commands._options import training_knobs
+from memprof.factory import is_code_ref
 from memprof.predict import estimate as run_estimate
 
 
@@ -15,10 +16,48 @@ from memprof.predict import estimate as run_estimate
 @click.option(
     "--optimizer", default="adamw", show_default=True, help="An optimizer (see `memprof presets optimizers`)."
 )
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Run the training step on fake tensors (any model; a preset is built from its config at full size).",
+)
+@click.option(
+    "--training-args",
+    type=click.Path(),
+    default=None,
+    help="A saved Hugging Face TrainingArguments JSON (training_args.json): batch, accumulation, precision, "
+    "checkpointing and optimizer come from it; a flag given explicitly must agree with it.",
+)
+@click.option(
+    "--population",
+    type=int,
+    default=None,
+    help="Population methods (ga, pso): members of the population [16].",
+)
 @training_knobs
-def estimate(model: str, optimizer: str, fmt: str, **knobs: Any) -> None:
-    """Predict the memory of training MODEL (a preset, a config.json, or a folder holding one)."""
-    record = run_estimate(model, optimizer, **knobs).record
+def estimate(
+    model: str, optimizer: str, trace: bool, training_args: str | None, population: int | None, fmt: str, **knobs: Any
+) -> None:
+    """Predict the memory of training MODEL: a preset, a config.json (or a folder holding one), or
+    MODULE:FACTORY / path/to/train.py:FACTORY returning a memprof.Workload or a Hugging Face model
+    (traced on fake tensors unless it is a Hugging Face model of a supported family)."""
+    if population is not None:
+        knobs["population"] = population  # the optimizer's own option; others refuse it by name
+    provenance: dict[str, str] = {}
+    if training_args is not None:
+        optimizer, provenance = _apply_training_args(training_args, optimizer, knobs)
+    if trace or is_code_ref(model):
+        from memprof.tracer import estimate_or_trace, trace_preset
+        from memprof.tracer import trace as run_trace
+
+        if not trace:
+            record = estimate_or_trace(model, optimizer, **knobs).record
+        elif is_code_ref(model):
+            record = run_trace(model, optimizer, **knobs).record
+        else:
+            record = trace_preset(model, optimizer, **knobs).record
+    else:
+        record = run_estimate(model, optimizer, **knobs).record
     if fmt == "json":
         click.echo(json.dumps(record.to_dict(), indent=2))
     elif fmt == "csv":
@@ -29,3 +68,34 @@ def estimate(model: str, optimizer: str, fmt: str, **knobs: Any) -> None:
         from memprof.render import estimate_table
 
         click.echo(estimate_table(record))
+        for knob, source in provenance.items():
+            click.echo(f"{knob} from {source}")
+
+
+def _apply_training_args(path: str, optimizer: str, knobs: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Merge the knobs a TrainingArguments file sets into `knobs` (and the optimizer); returns the
+    optimizer and, per knob, the setting it came from. A flag given on the command line that sets the
+    same knob differently is an error: two sources disagree and memprof will not guess which is meant."""
+    from click.core import ParameterSource
+
+    from memprof.estimators.errors import MemprofUserError
+    from memprof.integrations.configs import knobs_from_training_args
+
+    ctx = click.get_current_context()
+    given = {"optimizer": optimizer, **knobs}
+    file_knobs, provenance, warnings = knobs_from_training_args(path)
+    for knob, value in file_knobs.items():
+        explicit = knob in given and ctx.get_parameter_source(knob) is ParameterSource.COMMANDLINE
+        if explicit and given[knob] != value:
+            flag = "--" + knob.replace("_", "-")
+            raise MemprofUserError(
+                f"{flag} {given[knob]} contradicts {provenance.get(knob, path)} (= {value}); "
+                "drop the flag or edit the file"
+            )
+        given[knob] = value
+    for warning in warnings:
+        click.echo(f"memprof: warning: {warning}", err=True)
+    optimizer = given.pop("optimizer")
+    knobs.clear()
+    knobs.update(given)
+    return optimizer, {k: v for k, v in provenance.items() if k in file_knobs}

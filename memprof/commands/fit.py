@@ -23,8 +23,15 @@ from memprof.commands._options import fit_knobs
 @fit_knobs
 def fit(model: str, optimizer: str, headroom: str, fmt: str, seq_len: str | None, **knobs: Any) -> None:
     """Find the largest batch size of MODEL that fits GPU, and which knobs would change that."""
-    from memprof.estimators.errors import MemprofUserError
+    from memprof.estimators.errors import MemprofUserError, ParameterError
+    from memprof.estimators.estimation import MAX_BATCH_SIZE
     from memprof.predict import fit as run_fit
+
+    batch = knobs.get("batch_size")
+    if batch is not None and not 1 <= batch <= MAX_BATCH_SIZE:  # the library reads 0 as "unset"
+        raise ParameterError(
+            f"{{batch_size}} must be a whole number from 1 to {MAX_BATCH_SIZE:,}, got {batch!r}", "batch_size"
+        )
 
     length: int | str | None = seq_len  # a number of tokens, "auto" or None
     if seq_len is not None and seq_len != "auto":

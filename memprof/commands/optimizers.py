@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any
 
 import click
 
@@ -28,6 +29,10 @@ def optimizers(model: str, fmt: str, **knobs: object) -> None:
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)
         return
+    from memprof.predict import estimate
     from memprof.render import optimizers_table
 
-    click.echo(optimizers_table(rows))
+    # the settings every row assumes (resolved: the sequence length the model's context gives)
+    settings: dict[str, Any] = dict(knobs)
+    assumptions = estimate(model, str(rows[0]["optimizer"]), **settings).record
+    click.echo(optimizers_table(rows, assumptions))

@@ -74,10 +74,12 @@ def _is_json(path: str) -> bool:
 
     from memprof.estimators.allocator.profile_replay import looks_like_json
     from memprof.estimators.errors import MemprofUserError
+    from memprof.estimators.files import check_input
 
     if not os.path.exists(path):
         raise MemprofUserError(f"file not found: {path} (expected a snapshot pickle or a memprof profile JSON)")
     try:
+        check_input(path)  # a device or a pipe is refused here, before open() could block on it
         with open(path, "rb") as handle:
             return looks_like_json(handle.read(64))
     except OSError:
@@ -88,8 +90,8 @@ def _replay_snapshot(path: str, alloc_conf: str | None, cap: int | None, device:
     from memprof.estimators.allocator import load_snapshot, replay_snapshot
     from memprof.estimators.errors import MemprofUserError
 
-    if device is not None and not device.isdigit():
-        raise MemprofUserError(f"--device {device!r}: a snapshot's devices are numbered 0, 1, ...")
+    if device is not None and not (device.isascii() and device.isdigit() and len(device) <= 4):
+        raise MemprofUserError(f"--device {device[:20]!r}: a snapshot's devices are numbered 0, 1, ...")
     report = replay_snapshot(load_snapshot(path), alloc_conf, cap, None if device is None else int(device))
     return report, report.trace.events
 

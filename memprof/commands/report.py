@@ -8,38 +8,15 @@ atomically, so a bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from memprof.commands._inputs import load_estimate
 from memprof.estimators.errors import MemprofUserError
 
 FORMATS = {".png": "png", ".html": "html", ".htm": "html"}
-
-
-def _load_estimate(path: str) -> dict[str, Any]:
-    from memprof.comparison import as_estimate_record
-
-    try:
-        record = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MemprofUserError(f"estimate file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemprofUserError(f"{path!r} is not a memprof estimate (not readable JSON: {exc})") from None
-    hint = "write one with `memprof estimate MODEL --format json`"
-    if isinstance(record, dict) and record.get("schema"):  # a profile, say: it has model_states and peak too
-        raise MemprofUserError(f"{path!r} is not a memprof estimate (it is a {record['schema']!r} record); {hint}")
-    try:
-        as_estimate_record(record)  # the estimate record's own check of the JSON
-    except MemprofUserError as exc:
-        raise MemprofUserError(f"{path!r} is not a memprof estimate ({exc}); {hint}") from None
-    missing = [k for k in ("model", "parameters", "settings") if k not in record]
-    if missing:
-        raise MemprofUserError(f"{path!r} is not a memprof estimate (missing {', '.join(missing)}); {hint}")
-    estimate: dict[str, Any] = record
-    return estimate
 
 
 def _out_format(out: str) -> str:
@@ -49,6 +26,8 @@ def _out_format(out: str) -> str:
     folder = Path(out).parent
     if not folder.is_dir():
         raise MemprofUserError(f"--out {out!r}: folder {str(folder)!r} does not exist")
+    if Path(out).is_dir():
+        raise MemprofUserError(f"--out {out!r} is a directory; name the file to write")
     return FORMATS[suffix]
 
 
@@ -89,7 +68,7 @@ def report(profile_path: str, estimate_path: str | None, out: str | None) -> Non
     from memprof.reports.data import comparison_bars, measured_timeline
 
     profile = read_profile(profile_path).to_dict()
-    estimate = _load_estimate(estimate_path) if estimate_path else None
+    estimate = load_estimate(estimate_path) if estimate_path else None
     if estimate is not None:
         check_same_model(estimate, profile)
     if fmt is None:
@@ -104,5 +83,8 @@ def report(profile_path: str, estimate_path: str | None, out: str | None) -> Non
 
     assert out is not None  # fmt is set only with --out
     payload = report_png(profile, estimate) if fmt == "png" else report_html(profile, estimate).encode()
-    atomic_write(Path(out), payload)
+    try:
+        atomic_write(Path(out), payload)
+    except OSError as exc:
+        raise MemprofUserError(f"--out {out!r}: cannot write it ({exc.strerror or exc})") from None
     click.echo(f"wrote {out}")

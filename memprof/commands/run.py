@@ -2,15 +2,30 @@
 
 The script runs as `__main__` inside one profiling session; process-wide module and optimizer hooks
 find every root module and torch.optim.Optimizer it creates, so it needs no changes.
+
+Nothing measured is lost: --out is checked before the script starts; Ctrl-C (SIGINT) and SIGTERM end
+the script, not memprof, so the partial profile is saved and summarised and the exit code is 130 /
+143 as a shell expects; a save that fails at the end writes the profile to a file in the temp dir
+and says where. The script's `sys.exit(...)` ends memprof as it would end `python script.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import tempfile
+import time
 import traceback
+from collections.abc import Iterator
+from types import FrameType
 
 import click
+
+from memprof.estimators.errors import MemprofError
+
+USAGE_ERROR = 2  # memprof's own failure (memprof.cli.USAGE_ERROR)
 
 
 class _ScriptExit(click.ClickException):
@@ -24,8 +39,44 @@ class _ScriptExit(click.ClickException):
         pass
 
 
+class Terminated(BaseException):  # named like KeyboardInterrupt, after the signal
+    """SIGTERM arrived while the script ran (raised in the main thread by the handler below)."""
+
+
+SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the script runs, SIGTERM raises `Terminated` instead of killing the process, so the
+    profile is still saved (SIGINT already raises KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """What `python script.py` exits with for this SystemExit (printing its message as Python does)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    click.echo(str(exc.code), err=True)
+    return 1
+
+
+def _fallback_path() -> str:
+    return os.path.join(tempfile.gettempdir(), f"memprof-profile-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Save the profile (JSON) here.")
+@click.option("--out", default=None, help="Save the profile (JSON) here; checked before the script starts.")
 @click.option(
     "--mode",
     type=click.Choice(["attribution", "stats"]),
@@ -43,7 +94,14 @@ class _ScriptExit(click.ClickException):
 @click.option(
     "--memory-snapshot", is_flag=True, help="CUDA only: record the allocator history and save it beside --out."
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: only the record goes to stdout (the script's own prints go to stderr).",
+)
 @click.option(
     "--compare",
     "compare",
@@ -67,6 +125,11 @@ def run(
     import json
     import runpy
 
+    from memprof.profiler.record import check_writable
+
+    if out is not None:
+        check_writable(out, "out")  # before a long run, not after it
+
     import torch
 
     from memprof.profiler import track
@@ -79,15 +142,20 @@ def run(
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     failed: BaseException | None = None
     exit_code = 0
+    # with --format json stdout carries the record only: the script prints to stderr
+    script_stdout = contextlib.redirect_stdout(sys.stderr) if fmt == "json" else contextlib.nullcontext()
     try:
-        with session:
+        with _sigterm_raises(), script_stdout, session:
             try:
                 runpy.run_path(script, run_name="__main__")
             except SystemExit as exc:  # a script's sys.exit(0) is a normal end
-                if exc.code not in (None, 0):
-                    raise
-    except SystemExit as exc:
-        exit_code = exc.code if isinstance(exc.code, int) else 1
+                exit_code = _exit_status(exc)
+    except KeyboardInterrupt:
+        exit_code = SIGINT_EXIT
+        click.echo("memprof: interrupted (SIGINT); saving what was measured", err=True)
+    except Terminated:
+        exit_code = SIGTERM_EXIT
+        click.echo("memprof: terminated (SIGTERM); saving what was measured", err=True)
     except Exception as exc:  # the script failed: still report what was measured
         failed = exc
         exit_code = 1
@@ -98,8 +166,16 @@ def run(
     if failed is not None:
         click.echo("".join(traceback.format_exception(failed)), err=True, nl=False)
     prof = session.profile
+    saved_to: str | None = None
     if out:
-        prof.save(out, events=events)
+        try:
+            saved_to = str(prof.save(out, events=events))
+        except (OSError, MemprofError) as exc:
+            fallback = _fallback_path()
+            prof.save(fallback, events=events)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            click.echo(f"memprof: error: could not save to {out} ({reason}); profile saved to {fallback}", err=True)
+            exit_code = exit_code or USAGE_ERROR
     table = prof.compare() if compare else None
     if fmt == "json":
         record = prof.to_dict()
@@ -114,7 +190,7 @@ def run(
             from memprof.comparison import format_comparison
 
             click.echo("\n" + format_comparison(table))
-        if out:
-            click.echo(f"profile saved to {out}")
+        if saved_to:
+            click.echo(f"profile saved to {saved_to}")
     if exit_code:
         raise _ScriptExit(exit_code)

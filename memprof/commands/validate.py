@@ -56,22 +56,23 @@ def _line(r: dict) -> str:
     metavar="TEXT",
     help="Run only the cases whose id contains TEXT (repeatable), e.g. --only sophia.",
 )
+@click.option(
+    "--published",
+    is_flag=True,
+    help="Instead of training: score memprof against the published GPU measurements in profiles/published/ "
+    "(offline, seconds); --only then selects a source or row id.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def validate(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
+def validate(quick: bool, out: str | None, only: tuple[str, ...], published: bool, fmt: str) -> None:
     """Train the validation matrix for real on the CPU and compare every case with its estimate."""
     if out is not None and not Path(out).resolve().parent.is_dir():
         raise MemprofUserError(f"cannot write {out!r}: folder {str(Path(out).parent)!r} does not exist")
-    from memprof.validate import full_matrix, quick_matrix, run_matrix
+    if published:
+        _validate_published(quick, out, only, fmt)
+        return
+    from memprof.validate import full_matrix, quick_matrix, run_matrix, select_cases
 
-    cases = quick_matrix() if quick else full_matrix()
-    if only:
-        chosen = [c for c in cases if any(t in c.id for t in only)]
-        if not chosen:
-            raise MemprofUserError(
-                f"no case id contains {' or '.join(map(repr, only))}; ids look like "
-                f"{cases[0].id!r} (family-optimizer-precision-attention-checkpointing-shape)"
-            )
-        cases = chosen
+    cases = select_cases(quick_matrix() if quick else full_matrix(), only)
     progress = None
     if fmt == "table":
         click.echo(f"memprof validate: {len(cases)} cases ({'quick' if quick else 'full'} matrix), CPU")
@@ -101,3 +102,26 @@ def validate(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> N
             click.echo(f"record saved to {out}")
     if s["fail"] or s["error"]:
         raise _CasesFailed(f"{s['fail'] + s['error']} of {s['cases']} cases beyond tolerance or failed")
+
+
+def _validate_published(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
+    """Score the published measurements; no case is trained, so exit 0 unless the arguments are wrong."""
+    if quick:
+        raise MemprofUserError("--quick selects training cases; drop it with --published")
+    if len(only) > 1:
+        raise MemprofUserError("--published takes one --only (a source id or a row-id prefix)")
+    from memprof.published import score_published
+
+    record = score_published(only=only[0] if only else None).to_dict()
+    if out is not None:
+        from memprof.profiler.record import atomic_write
+
+        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=1))
+        return
+    from memprof.render import published_table
+
+    click.echo(published_table(record))
+    if out is not None:
+        click.echo(f"record saved to {out}")

@@ -101,6 +101,21 @@ class _Measured:
     mode: str | None
     model_states: ModelStates
     peak: ProfilePeak
+    states_missing_note: str = ""  # the run measured a step whose forward had no optimizer states
+
+
+def _states_missing(settings: Any, phases: Any, model_states: ModelStates) -> str:
+    """The note for one measured step (after any warm-up) whose forward ran before the optimizer
+    created its states: the estimate is of the steady state, the measurement is not."""
+    steps, warmup = settings.get("optimizer_steps"), settings.get("warmup_steps") or 0
+    forward = ((phases or {}).get("forward") or {}).get("peak") or {}
+    in_forward = (forward.get("by_category") or {}).get("optimizer_states")
+    if not isinstance(steps, int) or steps - warmup != 1 or not model_states.optimizer_states or in_forward != 0:
+        return ""
+    return (
+        "one profiled step: its optimizer states did not exist yet in forward and backward (created by "
+        "step()), unlike the steady state predicted; profile with warmup=1 (memprof.track(..., warmup=1))"
+    )
 
 
 def _measured(profile: Any) -> _Measured:
@@ -108,17 +123,22 @@ def _measured(profile: Any) -> _Measured:
     for the parts the frame compares (so a dict holding just those compares too)."""
     if not isinstance(profile, Mapping):
         record = as_profile_record(profile)
-        return _Measured(record.model, record.parameters, record.device, record.mode, record.model_states, record.peak)
+        note = _states_missing(record.settings, record.phases, record.model_states)
+        return _Measured(
+            record.model, record.parameters, record.device, record.mode, record.model_states, record.peak, note
+        )
     settings = profile.get("settings") or {}
     model, parameters = settings.get("model"), settings.get("parameters")
     device, mode = profile.get("device"), profile.get("mode")
+    states = model_states_from_dict(profile.get("model_states") or {})
     return _Measured(
         model if isinstance(model, str) else None,
         parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None,
         None if device is None else str(device),
         mode if isinstance(mode, str) else None,
-        model_states_from_dict(profile.get("model_states") or {}),
+        states,
         ProfilePeak.from_dict(profile.get("peak") or {}),
+        _states_missing(settings, profile.get("phases"), states),
     )
 
 
@@ -227,7 +247,7 @@ def comparison_frame(
             m_totals.get(key),
             why("peak", key),
             _measured_note(key, prof),
-            phases if key == "allocated" else "",
+            "; ".join(filter(None, [phases, prof.states_missing_note])) if key == "allocated" else "",
         )
     if est is not None and est_device and prof_device and est_device != prof_device:
         mismatch = f"estimate is for {est_device}, profile measured {prof_device}"

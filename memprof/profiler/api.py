@@ -17,26 +17,28 @@ the hooks are process-wide, so nesting or a second thread fails with a MemprofUs
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
 import platform
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
 
-from memprof.estimators.errors import MemprofUserError, unknown_name
+from memprof.estimators.errors import MemprofError, MemprofUserError, ParameterError, unknown_name
 from memprof.estimators.records import ProfileRecord
 from memprof.estimators.vocabulary import CATEGORIES, PHASES, Category, Phase
 from memprof.profiler import tracker as T
 from memprof.profiler.cuda_stats import CudaStats, cuda_device_of
 from memprof.profiler.nvml import Nvml
 from memprof.profiler.phases import PhaseHooks, flat_tensors
-from memprof.profiler.record import Profile, empty_record
+from memprof.profiler.record import Profile, check_writable, empty_record
 
 MODES = ("attribution", "stats")
 _LOCK = threading.Lock()
@@ -126,9 +128,13 @@ class Session:
         device: str | torch.device | None = None,
         events: bool = True,
         memory_snapshot: bool = False,
+        warmup: int = 0,
     ) -> None:
         if mode not in MODES:
             raise unknown_name("profiler mode", str(mode), MODES)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ParameterError(f"{{warmup}} must be a whole number of optimizer steps >= 0, got {warmup!r}", "warmup")
+        self.warmup = warmup
         self.models: list[torch.nn.Module] = _as_list(model, torch.nn.Module, "model")
         self.optimizers: list[torch.optim.Optimizer] = _as_list(optimizer, torch.optim.Optimizer, "optimizer")
         try:
@@ -278,7 +284,7 @@ class Session:
         if self.hooks is not None:
             self.hooks.enter(Phase.BACKWARD.value)
 
-    def on_phase(self, old: str | None, new: str) -> None:
+    def on_phase(self, old: str | None, new: str | None) -> None:
         if self.tracker is not None:
             self.tracker.set_phase(new, in_step=new == Phase.OPTIMIZER_STEP.value)
         if self.cuda is not None:
@@ -321,6 +327,8 @@ class Session:
 
     def on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
         self.steps += 1
+        if self.steps == self.warmup:
+            self._after_warmup()
         if self.tracker is not None:
             for _, t in _state_tensors(optimizer):
                 self.tracker.classify(t, T.STATE)
@@ -329,6 +337,16 @@ class Session:
         # of two (and the end of the region) finds the maximum at a fraction of the cost
         if self.steps <= 4 or self.steps & (self.steps - 1) == 0:
             self._sample_model_states()
+
+    def _after_warmup(self) -> None:
+        """The warm-up steps are over: the peaks start again from what is live now (the states
+        the first step created included), so the profile describes the steady state."""
+        phase = self.hooks.phase if self.hooks else None
+        if self.tracker is not None:
+            self.tracker.reset_peaks()
+        if self.cuda is not None:
+            self.cuda.mark(phase)
+            self.cuda.phases.clear()
 
     def on_grad(self, param: torch.Tensor) -> None:
         if self.tracker is not None and param.grad is not None:
@@ -454,6 +472,7 @@ class Session:
             forward_calls=counts[Phase.FORWARD.value],
             backward_calls=counts[Phase.BACKWARD.value],
             optimizer_steps=self.steps,
+            warmup_steps=self.warmup,
         )
         return s
 
@@ -610,6 +629,7 @@ def track(
     device: str | torch.device | None = None,
     events: bool = True,
     memory_snapshot: bool = False,
+    warmup: int = 0,
 ) -> Session:
     """Profile the memory of the code inside `with memprof.track(model, optimizer) as run:`.
 
@@ -618,20 +638,42 @@ def track(
     discovered when they run. mode: "attribution" or "stats". device: which device's memory to
     report (default: the model's). events: keep the allocation timeline (`run.events`).
     memory_snapshot: on CUDA, record torch.cuda.memory history and save it beside the profile.
+    warmup: the first `warmup` optimizer steps run but are not measured (the peaks restart after
+    them): `warmup=1` profiles the steady state, where the optimizer states exist from the forward on.
     """
-    return Session(model, optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot)
+    return Session(
+        model, optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot, warmup=warmup
+    )
+
+
+DEFAULT_KEEP = 8
 
 
 class ProfiledFunction:
-    """A training-step function that records one Profile per call (`profiles`) and the `worst`."""
+    """A training-step function that records a Profile per call.
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any], out: str | None) -> None:
+    Cost stays flat over any number of calls: only the last `keep` profiles are stored
+    (`profiles`), and the call with the highest peak is tracked as calls end (`worst`, kept even
+    when it is no longer among the last `keep`; `worst_call` is its index, `calls` the count).
+    """
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any], out: str | None, keep: int) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
         self._options = options
         self._out = out
         self._found: dict[str, list[weakref.ref]] = {}
-        self.profiles: list[Profile] = []
+        self._profiles: collections.deque[Profile] = collections.deque(maxlen=keep)
+        self.keep = keep
+        self.calls = 0
+        self.worst: Profile | None = None
+        self.worst_call: int | None = None
+        self._worst_peak: int | None = None
+
+    @property
+    def profiles(self) -> list[Profile]:
+        """The last `keep` calls' profiles, oldest first."""
+        return list(self._profiles)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         options = dict(self._options)
@@ -642,38 +684,52 @@ class ProfiledFunction:
                 found = [o for o in (r() for r in refs) if o is not None]
                 options[key] = found or None
         session = Session(**options)
+        raised = True
         try:
             with session:
-                return self._fn(*args, **kwargs)
+                result = self._fn(*args, **kwargs)
+            raised = False
+            return result
         finally:
             if session.started:
-                self._found = {
-                    "model": [weakref.ref(m) for m in session.roots],
-                    "optimizer": [weakref.ref(o) for o in session.optimizers],
-                }
-                self.profiles.append(session.profile)
-                if self._out:
-                    if "{call}" in self._out:
-                        session.profile.save(self._out.format(call=len(self.profiles) - 1))
-                    elif self.worst is session.profile:
-                        session.profile.save(self._out)
+                self._record_call(session, user_raised=raised)
+
+    def _record_call(self, session: Session, *, user_raised: bool) -> None:
+        self._found = {
+            "model": [weakref.ref(m) for m in session.roots],
+            "optimizer": [weakref.ref(o) for o in session.optimizers],
+        }
+        prof = session.profile
+        call = self.calls
+        self.calls += 1
+        self._profiles.append(prof)
+        try:
+            peak = prof.record.peak.allocated
+        except MemprofUserError:  # nothing could be recorded for this call
+            peak = None
+        is_worst = self.worst is None or (peak is not None and (self._worst_peak is None or peak > self._worst_peak))
+        if is_worst:
+            self.worst, self.worst_call, self._worst_peak = prof, call, peak
+        if not self._out or ("{call}" not in self._out and not is_worst):
+            return
+        path = self._out.format(call=call) if "{call}" in self._out else self._out
+        try:
+            prof.save(path)
+        except (OSError, MemprofError) as exc:
+            # a save failure never replaces the step's own exception, nor stops a training loop
+            warnings.warn(
+                f"memprof: could not save the profile of call {call} to {path!r} ({exc}); "
+                "it is still in .profiles / .worst",
+                RuntimeWarning,
+                stacklevel=4 if user_raised else 3,
+            )
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else functools.partial(self.__call__, obj)
 
     @property
     def last(self) -> Profile | None:
-        return self.profiles[-1] if self.profiles else None
-
-    @property
-    def worst(self) -> Profile | None:
-        """The call with the highest peak (allocated bytes; the first such call on ties)."""
-        best, best_peak = None, None
-        for p in self.profiles:
-            peak = p.to_dict()["peak"]["allocated"]
-            if best is None or (peak is not None and (best_peak is None or peak > best_peak)):
-                best, best_peak = p, peak
-        return best
+        return self._profiles[-1] if self._profiles else None
 
 
 def profile(
@@ -686,19 +742,33 @@ def profile(
     events: bool = False,
     memory_snapshot: bool = False,
     out: str | None = None,
+    keep: int = DEFAULT_KEEP,
 ) -> Any:
     """Decorate a training-step function: each call is profiled (`fn.profiles`, `fn.worst`).
 
     Usable bare (`@memprof.profile`) or with options (`@memprof.profile(model=m, optimizer=opt)`).
-    out: a path to save to; with "{call}" in it every call is saved, otherwise the worst call.
-    Events are off by default here (a long-running loop would keep every call's timeline).
+    out: a path to save to, checked now; with "{call}" in it every call is saved, otherwise the
+    worst call (a failing save warns, it never replaces the step's exception). keep: how many of
+    the last calls' profiles to hold (`worst` is kept besides). Events are off by default here (a
+    long-running loop would keep every call's timeline).
     """
     options = dict(
         model=model, optimizer=optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot
     )
     Session(**options)  # validate the options now, not at the first call
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ParameterError(f"{{keep}} must be a whole number of profiles >= 1, got {keep!r}", "keep")
+    if out is not None:
+        if not isinstance(out, (str, os.PathLike)):
+            raise ParameterError(f"{{out}} must be a path to a .json file, got {out!r}", "out")
+        out = os.fspath(out)
+        try:
+            probe = out.format(call=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ParameterError(f"{{out}} {out!r} may hold only the placeholder {{call}} ({exc!r})", "out") from None
+        check_writable(probe, "out")
 
     def wrap(f: Callable[..., Any]) -> ProfiledFunction:
-        return ProfiledFunction(f, options, out)
+        return ProfiledFunction(f, options, out, keep)
 
     return wrap(fn) if fn is not None else wrap

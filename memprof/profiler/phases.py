@@ -7,10 +7,14 @@ also after an exception):
   unless it runs inside the autograd engine (recomputation under gradient checkpointing);
 - a multi-grad hook on the root's outputs: the first gradient reaching them starts backward;
 - global optimizer step pre-/post-hooks: optimizer_step, and discovery of optimizers;
-- a post-accumulate-grad hook on every parameter seen: the parameter's .grad is a gradient.
+- a post-accumulate-grad hook on every parameter seen: the parameter's .grad is a gradient;
+- the `zero_grad` of every optimizer seen (wrapped on the instance, unwrapped in `remove()`).
 
 Phases are sticky: a phase lasts until the next one starts, so a loss computed after the model's
-forward belongs to forward and gradient clipping after backward belongs to backward.
+forward belongs to forward and gradient clipping after backward belongs to backward. The one end
+that is not a start: optimizer_step ends when the optimizer's zero_grad() returns (the gradients
+it frees are the step's), so what the loop does before the next forward (the next batch) is in no
+phase rather than charged to the step.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _graph_task_id = torch._C._current_graph_task_id
 
 
 class Listener(Protocol):
-    def on_phase(self, old: str | None, new: str) -> None: ...
+    def on_phase(self, old: str | None, new: str | None) -> None: ...
     def on_root_module(self, module: torch.nn.Module) -> None: ...
     def on_root_inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None: ...
     def on_root_output(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None: ...
@@ -72,6 +76,7 @@ class PhaseHooks:
         self._names: dict[int, str] = {}
         self._seen_roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._recompute_depth = 0
+        self._zero_grads: list[tuple[weakref.ref[torch.optim.Optimizer], Any]] = []
 
     # -- install / remove ---------------------------------------------------------------
     def install(self) -> None:
@@ -99,6 +104,11 @@ class PhaseHooks:
             hook_id = getattr(h, "id", None)
             if hook_id is not None:
                 _nn_module._global_forward_hooks_with_kwargs.pop(hook_id, None)
+        zero_grads, self._zero_grads = self._zero_grads, []
+        for ref, wrapper in zero_grads:
+            opt = ref()
+            if opt is not None and vars(opt).get("zero_grad") is wrapper:
+                del opt.zero_grad
         self._close_phase()
 
     # -- phases -------------------------------------------------------------------------
@@ -107,6 +117,34 @@ class PhaseHooks:
         if self.phase is not None:
             self.times[self.phase] += now - self._t_last
         self._t_last = now
+
+    def leave(self, phase: str) -> None:
+        """End `phase` if it is the current one: until the next phase starts, none is."""
+        if self.phase != phase:
+            return
+        self._close_phase()
+        self.phase = None
+        self.listener.on_phase(phase, None)
+
+    def watch_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the optimizer's zero_grad() end the optimizer_step phase (module docstring)."""
+        if "zero_grad" in vars(optimizer):
+            return  # already wrapped (by us, or by someone whose wrapper we leave alone)
+        original = type(optimizer).zero_grad
+        opt_ref = weakref.ref(optimizer)
+        hooks_ref = weakref.ref(self)
+
+        def zero_grad(*args: Any, **kwargs: Any) -> Any:
+            opt = opt_ref()
+            assert opt is not None  # the instance whose attribute this is
+            result = original(opt, *args, **kwargs)
+            hooks = hooks_ref()
+            if hooks is not None and hooks._handles:
+                hooks.leave(Phase.OPTIMIZER_STEP.value)
+            return result
+
+        optimizer.zero_grad = zero_grad  # type: ignore[method-assign]
+        self._zero_grads.append((opt_ref, zero_grad))
 
     def enter(self, phase: str) -> None:
         if phase == self.phase:
@@ -186,6 +224,7 @@ class PhaseHooks:
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.listener.on_optimizer(optimizer)
+        self.watch_zero_grad(optimizer)
         for group in optimizer.param_groups:
             for p in group["params"]:
                 self.watch_param(p)

@@ -16,6 +16,7 @@ is what has been measured so far (`complete` is False). When the region ends the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from memprof._version import __version__
-from memprof.estimators.errors import MemprofUserError
+from memprof.estimators.errors import MemprofUserError, ParameterError, RecordError
 from memprof.estimators.records import PROFILE_SCHEMA, ProfileRecord, read_profile
 from memprof.estimators.vocabulary import CATEGORIES, MODEL_STATE_CATEGORIES, PHASES
 
-__all__ = ["SCHEMA", "Profile", "atomic_write", "empty_record", "format_summary"]
+__all__ = ["SCHEMA", "Profile", "atomic_write", "check_writable", "empty_record", "format_summary"]
 
 SCHEMA = PROFILE_SCHEMA
 
@@ -147,22 +148,48 @@ class Profile:
         """Write the profile as JSON atomically (a temporary file in the same folder, then rename).
 
         With events=True the allocation timeline is included. A recorded CUDA memory snapshot is
-        written beside it as `<name>.snapshot.pickle` (open it at https://pytorch.org/memory_viz).
+        written beside it as `<name>.snapshot.pickle` (open it at https://pytorch.org/memory_viz),
+        FIRST, and the JSON then records its file name and sha256 (`memory_snapshot`): a crash
+        between the two renames leaves the old JSON beside a new pickle, which `load_snapshot`
+        refuses, never a JSON pointing at a snapshot of another run.
         """
         path = Path(path)
         data = self.to_dict()
         if events:
             data["events"] = [list(e) for e in self.events]
             data["event_phases"] = list(self.event_phases)
-        atomic_write(path, json.dumps(data, indent=1).encode())
         if self.memory_snapshot is not None:
-            atomic_write(path.with_suffix(".snapshot.pickle"), pickle.dumps(self.memory_snapshot))
+            payload = pickle.dumps(self.memory_snapshot)
+            snapshot = path.with_suffix(".snapshot.pickle")
+            atomic_write(snapshot, payload)
+            data["memory_snapshot"] = {"file": snapshot.name, "sha256": hashlib.sha256(payload).hexdigest()}
+        atomic_write(path, json.dumps(data, indent=1).encode())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
         """Read a saved profile; anything that is not a memprof profile raises MemprofUserError."""
         return cls(read_profile(path))
+
+    @staticmethod
+    def load_snapshot(path: str | os.PathLike[str]) -> Any:
+        """The CUDA memory snapshot saved with the profile at `path`, checked to be the one its JSON
+        records (RecordError if it is missing or belongs to another save)."""
+        path = Path(path)
+        info = read_profile(path).extra.get("memory_snapshot")
+        if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+            raise RecordError(f"{str(path)!r} records no memory snapshot")
+        snapshot = path.parent / Path(info["file"]).name
+        try:
+            payload = snapshot.read_bytes()
+        except OSError as exc:
+            raise RecordError(f"the memory snapshot of {str(path)!r} cannot be read: {exc}") from None
+        if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
+            raise RecordError(
+                f"{str(snapshot)!r} does not belong to {str(path)!r} (its sha256 differs from the one the "
+                "profile records: an interrupted save); save the profile again"
+            )
+        return pickle.loads(payload)
 
     def __repr__(self) -> str:
         try:
@@ -176,11 +203,16 @@ class Profile:
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` through a temporary file in the same folder and a rename."""
+    """Write `payload` to `path` through a temporary file in the same folder and a rename.
+
+    The temporary is `.NAME.PID.RANDOM.tmp`; temporaries that an interrupted save to the same path
+    left behind (their process is gone, or an older `.NAME.RANDOM.tmp`) are removed first.
+    """
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise MemprofUserError(f"cannot save to {str(path)!r}: folder {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    _remove_leftovers(directory, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         with os.fdopen(fd, "wb") as fh:
@@ -194,6 +226,70 @@ def atomic_write(path: Path, payload: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_leftovers(directory: Path, name: str) -> None:
+    """Remove `.NAME.*.tmp` files of saves that cannot be running any more (not another live
+    process's save in progress: those carry its pid)."""
+    prefix = f".{name}."
+    try:
+        candidates = [e for e in os.scandir(directory) if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for entry in candidates:
+        middle = entry.name[len(prefix) : -len(".tmp")]
+        pid_text, dot, _ = middle.partition(".")
+        if dot and pid_text.isdigit():
+            pid = int(pid_text)
+            if pid == os.getpid() or _alive(pid):
+                continue
+        elif dot:
+            continue  # not a name atomic_write makes
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(path: Any, parameter: str = "out") -> Path:
+    """Check before a long run that a profile can be saved at `path` (ParameterError naming
+    `parameter` if not): a file path in an existing, writable folder, outside /proc and /sys."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ParameterError(f"{{{parameter}}} must be a path to a .json file, got {path!r}", parameter)
+    target = Path(path)
+    resolved = Path(os.path.abspath(target))
+    for pseudo in ("/proc", "/sys", "/dev"):
+        if resolved == Path(pseudo) or Path(pseudo) in resolved.parents:
+            raise ParameterError(
+                f"{{{parameter}}} {str(path)!r} is under {pseudo}, which holds no files to save a profile to",
+                parameter,
+            )
+    if target.is_dir():
+        raise ParameterError(
+            f"{{{parameter}}} {str(path)!r} is a folder; give a file path such as profile.json", parameter
+        )
+    folder = resolved.parent
+    if not folder.is_dir():
+        raise ParameterError(f"{{{parameter}}} {str(path)!r}: folder {str(folder)!r} does not exist", parameter)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ParameterError(
+            f"{{{parameter}}} {str(path)!r} cannot be written ({exc.strerror or exc})", parameter
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 def _umask() -> int:

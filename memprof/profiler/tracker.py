@@ -289,6 +289,16 @@ class StorageTracker(TorchDispatchMode):
         for book in self.books.values():
             self._sample(book)
 
+    def reset_peaks(self) -> None:
+        """Start the peaks (overall, per phase, bytes created per phase) again from what is live now."""
+        self._seq += 1
+        for book in self.books.values():
+            book.peak = _Snap(self._seq, book.total, list(book.cats), self.phase)
+            book.phase_peaks = {}
+            if self.phase is not None:
+                book.phase_peaks[self.phase] = _Snap(self._seq, book.total, list(book.cats), self.phase)
+        self.created.clear()
+
     def timeline_of(self, device: str) -> list[dict[str, Any]] | None:
         """The device's sampled timeline with its exact peaks merged in, as plain records:
         {"seq", "phase", "allocated", "by_category"} in order (None when nothing lived there)."""

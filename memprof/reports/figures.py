@@ -16,6 +16,8 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from memprof.estimators.units import format_bytes
@@ -47,6 +49,25 @@ _UNITS = ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "B
 _STEPS = (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 
 
+def category_handles(categories: Sequence[str], total: bool = False) -> list[Any]:
+    """Legend entries for the category bands `categories` (top of the stack first, as drawn) and,
+    with `total`, the line of total live bytes: one legend can then name every band of every panel."""
+    handles: list[Any] = [Line2D([], [], color="black", linewidth=0.8, label="total")] if total else []
+    ordered = [c for c in CATEGORY_COLORS if c in set(categories)]
+    handles += [Patch(color=CATEGORY_COLORS[c], label=CATEGORY_LABELS[c]) for c in reversed(ordered)]
+    return handles
+
+
+def drawn_categories(bars: dict[str, Any] | None, timelines: Sequence[Sequence[dict[str, Any]]] = ()) -> list[str]:
+    """The categories any bar or timeline band shows (non-zero somewhere), in the vocabulary's order."""
+    seen: set[str] = set()
+    if bars is not None:
+        seen |= {c for c in bars["categories"] if any((b.get(c) or 0) > 0 for b in bars["bars"].values())}
+    for points in timelines:
+        seen |= set(data.stacked_series(points))
+    return [c for c in CATEGORY_COLORS if c in seen]
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A Figure on its own Agg canvas (no pyplot, no global backend)."""
     fig = Figure(figsize=(width, height), layout="constrained")
@@ -71,8 +92,11 @@ def bytes_axis(axis: Any, top: float) -> None:
 
 
 # -- stacked bars: predicted vs measured by category ----------------------------------------------
-def draw_category_bars(ax: Axes, bars: dict[str, Any]) -> None:
-    """Stacked bars, one per side of `data.comparison_bars(...)`; segment heights are the bytes."""
+def draw_category_bars(ax: Axes, bars: dict[str, Any], legend: bool = True) -> None:
+    """Stacked bars, one per side of `data.comparison_bars(...)`; segment heights are the bytes.
+
+    `legend=False` leaves the legend to the caller (a page whose one legend also names the bands of
+    its timelines)."""
     names = list(bars["bars"])
     drawn = [c for c in bars["categories"] if any((bars["bars"][n].get(c) or 0) > 0 for n in names)]
     bottoms = [0] * len(names)
@@ -108,7 +132,8 @@ def draw_category_bars(ax: Axes, bars: dict[str, Any]) -> None:
     ax.set_ylim(0, top * 1.1)
     bytes_axis(ax.yaxis, top)
     ax.set_ylabel("bytes at the peak")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, reverse=True)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, reverse=True)
 
 
 def category_bars_figure(
@@ -166,6 +191,8 @@ def draw_timeline(
     ax.set_ylim(0, top * 1.18)
     for phase, first, last in data.phase_spans(p.get("phase") for p in points):
         ax.axvspan(xe[first], xe[last + 1], color=PHASE_COLORS.get(phase, "#EEEEEE"), zorder=-2, linewidth=0)
+        if first > 0:  # where the phase begins: a boundary that stays visible where the shading is faint
+            ax.axvline(xe[first], color="#777777", linewidth=0.6, linestyle=":", zorder=-1, gid=f"phase:{phase}")
         label = PHASE_LABELS.get(phase, str(phase))
         if (xe[last + 1] - xe[first]) > 0.04 * (end - xe[0]):
             ax.text(
@@ -195,14 +222,19 @@ Panel = Callable[[Axes, list[dict[str, Any]]], None]  # draws one timeline panel
 
 def draw_measured_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
     draw_timeline(
-        ax, points, x=[p["seq"] for p in points], xlabel="allocation events (sampled; the exact peaks included)"
+        ax,
+        points,
+        x=[p["seq"] for p in points],
+        xlabel="allocation events since the region began (a count, not time; sampled, the exact peaks included)",
     )
     ax.set_title("measured", fontsize=9, loc="left")
 
 
 def draw_predicted_panel(ax: Axes, points: list[dict[str, Any]]) -> None:
     draw_timeline(
-        ax, points, xlabel="segments of the simulated step (largest moment of each layer's forward, backward, the step)"
+        ax,
+        points,
+        xlabel="moments of the simulated step, in order (each layer's forward, its backward, the optimizer step)",
     )
     ax.set_title("predicted", fontsize=9, loc="left")
 
@@ -233,7 +265,9 @@ def timeline_figure(
     axes = fig.subplots(len(panels), 1, sharey=True, squeeze=False)[:, 0]
     for ax, (draw, points) in zip(axes, panels):
         draw(ax, points)
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, reverse=True)
+    # one legend for every band of every panel (a category may appear in one panel only)
+    handles = category_handles(drawn_categories(None, [points for _, points in panels]), total=True)
+    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.suptitle(title or "live bytes by category through one training region", fontsize=10)
     return fig
 
@@ -289,6 +323,10 @@ SWEEP_KNOBS = (
     "grad_accumulation",
 )
 SWEEP_COLORS = ("black", "#4C72B0", "#55A868", "#DD8452", "#8172B3", "#937860")
+# curves that overlap (two optimizers with the same peak) stay apart by marker and line style
+SWEEP_MARKERS = ("o", "s", "^", "D", "v", "P")
+SWEEP_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1)))
+GPU_STYLES = ((0, (6, 3)), (0, (2, 2)), (0, (6, 2, 2, 2)), (0, (1, 1)), (0, (8, 2, 1, 2, 1, 2)), (0, (4, 4)))
 
 
 def draw_peak_sweep(ax: Axes, sweeps: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
@@ -306,7 +344,9 @@ def draw_peak_sweep(ax: Axes, sweeps: dict[str, Any] | Sequence[dict[str, Any]])
         ax.plot(
             sw["values"],
             sw["peaks"],
-            marker="o",
+            marker=SWEEP_MARKERS[k % len(SWEEP_MARKERS)],
+            linestyle=SWEEP_STYLES[k % len(SWEEP_STYLES)],
+            markersize=6 - min(k, 3),  # later markers smaller, so one drawn over another still shows
             color=SWEEP_COLORS[k % len(SWEEP_COLORS)],
             label=label,
             gid=f"peak:{name}" if name else "peak",
@@ -315,7 +355,7 @@ def draw_peak_sweep(ax: Axes, sweeps: dict[str, Any] | Sequence[dict[str, Any]])
     for k, gpu in enumerate(gpus.values()):
         ax.axhline(
             gpu["usable"],
-            linestyle="--",
+            linestyle=GPU_STYLES[k % len(GPU_STYLES)],
             linewidth=1.2,
             color=GPU_COLORS[k % len(GPU_COLORS)],
             label=f"{gpu['name']}: {format_bytes(gpu['usable'])} usable",

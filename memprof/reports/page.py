@@ -27,12 +27,16 @@ def report_figure(profile: dict[str, Any], estimate: dict[str, Any] | None = Non
     rows = max(len(panels), 1)
     fig = F.new_figure(13 if panels else 5, 3.2 * rows + 0.6)
     grid = fig.add_gridspec(rows, 2, width_ratios=(1.15 if len(bars["bars"]) > 1 else 0.8, 3))
-    F.draw_category_bars(fig.add_subplot(grid[:, 0]), bars)
+    bars_ax = fig.add_subplot(grid[:, 0])
+    F.draw_category_bars(bars_ax, bars, legend=False)
     first = None
     for row, (draw, points) in enumerate(panels):
         ax = fig.add_subplot(grid[row, 1], sharey=first)
         draw(ax, points)
         first = first or ax
+    # one legend naming every band drawn, in the bars or in any timeline, and the timelines' total line
+    handles = F.category_handles(F.drawn_categories(bars, [p for _, p in panels]), total=bool(panels))
+    bars_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.suptitle(F.default_title(profile, estimate), fontsize=11)
     return fig
 
