@@ -136,6 +136,7 @@ def run(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_device(device, memory_snapshot, torch.cuda.is_available())
     session = track(mode=mode, device=device, events=events or bool(out), memory_snapshot=memory_snapshot)
     saved_argv, saved_path = list(sys.argv), list(sys.path)
     sys.argv = [script, *script_args]
@@ -194,3 +195,18 @@ def run(
             click.echo(f"profile saved to {saved_to}")
     if exit_code:
         raise _ScriptExit(exit_code)
+
+
+def _check_device(device: str, memory_snapshot: bool, cuda_available: bool) -> None:
+    """Refuse, before the script runs, what would otherwise be silently ignored."""
+    from memprof.estimators.errors import MemprofUserError
+
+    if device.startswith("cuda") and not cuda_available:
+        raise MemprofUserError(
+            f"--device {device}: this machine has no CUDA device torch can use; use --device cpu (or auto)"
+        )
+    if memory_snapshot and not device.startswith("cuda"):
+        raise MemprofUserError(
+            f"--memory-snapshot records the CUDA caching allocator's history, and the profiled device is "
+            f"{device}: drop it, or profile a CUDA device"
+        )
