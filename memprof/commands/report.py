@@ -28,6 +28,9 @@ def _out_format(out: str) -> str:
         raise MemprofUserError(f"--out {out!r}: folder {str(folder)!r} does not exist")
     if Path(out).is_dir():
         raise MemprofUserError(f"--out {out!r} is a directory; name the file to write")
+    from memprof.profiler.record import check_writable
+
+    check_writable(out, "out")  # /proc, /sys, an unwritable folder: one line, before any figure is drawn
     return FORMATS[suffix]
 
 

@@ -65,8 +65,10 @@ def _line(r: dict) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def validate(quick: bool, out: str | None, only: tuple[str, ...], published: bool, fmt: str) -> None:
     """Train the validation matrix for real on the CPU and compare every case with its estimate."""
-    if out is not None and not Path(out).resolve().parent.is_dir():
-        raise MemprofUserError(f"cannot write {out!r}: folder {str(Path(out).parent)!r} does not exist")
+    if out is not None:
+        from memprof.profiler.record import check_writable
+
+        check_writable(out, "out")  # before the matrix runs, not after it
     if published:
         _validate_published(quick, out, only, fmt)
         return

@@ -262,7 +262,7 @@ def _alive(pid: int) -> bool:
 
 
 def check_writable(path: Any, parameter: str = "out") -> Path:
-    """Check before a long run that a profile can be saved at `path` (ParameterError naming
+    """Check before a long run that a file (a profile, a record, a report) can be saved at `path` (ParameterError naming
     `parameter` if not): a file path in an existing, writable folder, outside /proc and /sys."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ParameterError(f"{{{parameter}}} must be a path to a .json file, got {path!r}", parameter)
@@ -271,7 +271,7 @@ def check_writable(path: Any, parameter: str = "out") -> Path:
     for pseudo in ("/proc", "/sys", "/dev"):
         if resolved == Path(pseudo) or Path(pseudo) in resolved.parents:
             raise ParameterError(
-                f"{{{parameter}}} {str(path)!r} is under {pseudo}, which holds no files to save a profile to",
+                f"{{{parameter}}} {str(path)!r} is under {pseudo}, which holds no files memprof can write",
                 parameter,
             )
     if target.is_dir():
