@@ -29,6 +29,20 @@ from memprof.predict import estimate as run_estimate
     "checkpointing and optimizer come from it; a flag given explicitly must agree with it.",
 )
 @click.option(
+    "--ds-config",
+    type=click.Path(),
+    default=None,
+    help="A DeepSpeed ds_config.json: micro-batch, accumulation, bf16/fp16 (master weights), ZeRO stage and "
+    "offload come from it; a flag given explicitly must agree with it.",
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(),
+    default=None,
+    help="An accelerate config (default_config.yaml): processes, mixed precision and the DeepSpeed or FSDP "
+    "settings come from it; a flag given explicitly must agree with it.",
+)
+@click.option(
     "--population",
     type=int,
     default=None,
@@ -36,7 +50,15 @@ from memprof.predict import estimate as run_estimate
 )
 @training_knobs
 def estimate(
-    model: str, optimizer: str, trace: bool, training_args: str | None, population: int | None, fmt: str, **knobs: Any
+    model: str,
+    optimizer: str,
+    trace: bool,
+    training_args: str | None,
+    ds_config: str | None,
+    accelerate_config: str | None,
+    population: int | None,
+    fmt: str,
+    **knobs: Any,
 ) -> None:
     """Predict the memory of training MODEL: a preset, a config.json (or a folder holding one), or
     MODULE:FACTORY / path/to/train.py:FACTORY returning a memprof.Workload or a Hugging Face model
@@ -44,8 +66,9 @@ def estimate(
     if population is not None:
         knobs["population"] = population  # the optimizer's own option; others refuse it by name
     provenance: dict[str, str] = {}
-    if training_args is not None:
-        optimizer, provenance = _apply_training_args(training_args, optimizer, knobs)
+    files = {"training_args": training_args, "ds_config": ds_config, "accelerate_config": accelerate_config}
+    if any(files.values()):
+        optimizer, provenance = _apply_config_files(files, optimizer, knobs)
     if trace or is_code_ref(model):
         from memprof.tracer import estimate_or_trace, trace_preset
         from memprof.tracer import trace as run_trace
@@ -72,30 +95,50 @@ def estimate(
             click.echo(f"{knob} from {source}")
 
 
-def _apply_training_args(path: str, optimizer: str, knobs: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """Merge the knobs a TrainingArguments file sets into `knobs` (and the optimizer); returns the
-    optimizer and, per knob, the setting it came from. A flag given on the command line that sets the
-    same knob differently is an error: two sources disagree and memprof will not guess which is meant."""
+def _apply_config_files(
+    files: dict[str, str | None], optimizer: str, knobs: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """Merge the knobs the config files set (--training-args, --ds-config, --accelerate-config) into
+    `knobs` (and the optimizer); returns the optimizer and, per knob, the setting it came from. Two
+    files setting a knob differently, or a flag given on the command line that sets it differently
+    from a file, is an error: the sources disagree and memprof will not guess which is meant."""
     from click.core import ParameterSource
 
     from memprof.estimators.errors import MemprofUserError
-    from memprof.integrations.configs import knobs_from_training_args
+    from memprof.integrations import configs
 
+    readers = {
+        "training_args": configs.knobs_from_training_args,
+        "ds_config": configs.knobs_from_ds_config,
+        "accelerate_config": configs.knobs_from_accelerate_config,
+    }
     ctx = click.get_current_context()
     given = {"optimizer": optimizer, **knobs}
-    file_knobs, provenance, warnings = knobs_from_training_args(path)
-    for knob, value in file_knobs.items():
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for option, path in files.items():
+        if path is None:
+            continue
+        file_knobs, file_provenance, warnings = readers[option](path)
+        for knob, value in file_knobs.items():
+            source = file_provenance.get(knob, path)
+            if knob in merged and merged[knob] != value:
+                raise MemprofUserError(
+                    f"{provenance[knob]} (= {merged[knob]}) contradicts {source} (= {value}); edit one of the files"
+                )
+            merged[knob] = value
+            provenance.setdefault(knob, source)
+        for warning in warnings:
+            click.echo(f"memprof: warning: {warning}", err=True)
+    for knob, value in merged.items():
         explicit = knob in given and ctx.get_parameter_source(knob) is ParameterSource.COMMANDLINE
         if explicit and given[knob] != value:
             flag = "--" + knob.replace("_", "-")
             raise MemprofUserError(
-                f"{flag} {given[knob]} contradicts {provenance.get(knob, path)} (= {value}); "
-                "drop the flag or edit the file"
+                f"{flag} {given[knob]} contradicts {provenance[knob]} (= {value}); drop the flag or edit the file"
             )
         given[knob] = value
-    for warning in warnings:
-        click.echo(f"memprof: warning: {warning}", err=True)
     optimizer = given.pop("optimizer")
     knobs.clear()
     knobs.update(given)
-    return optimizer, {k: v for k, v in provenance.items() if k in file_knobs}
+    return optimizer, {k: v for k, v in provenance.items() if k in merged}

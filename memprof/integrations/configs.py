@@ -14,7 +14,12 @@ registry: the registry entry and the options that make it the optimizer the Trai
 Trainer's own class, or one whose state tensors are the same to the byte; tests/test_integrations_
 transformers.py checks both against `trainer.create_optimizer()`), or None with the reason.
 
-Pure Python: neither transformers nor torch is imported (a saved config is read without them).
+`knobs_from_ds_config` (a DeepSpeed ds_config.json) and `knobs_from_accelerate_config` (an accelerate
+default_config.yaml; FSDP approximated by memprof's ZeRO stages) return the same triple for the
+sharding knobs (gpus, zero, offload) and the precision, micro-batch and accumulation those files set.
+
+Pure Python: neither transformers, accelerate, DeepSpeed nor torch is imported (a saved config is read
+without them; YAML with pyyaml's safe_load).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from memprof.estimators.errors import MemprofUserError, ParameterError
 __all__ = [
     "HF_OPTIMIZERS",
     "OptimMapping",
+    "knobs_from_accelerate_config",
+    "knobs_from_ds_config",
     "knobs_from_training_args",
     "map_optim",
     "read_training_args",
@@ -370,3 +377,430 @@ _PRECISIONS = {
     ("float16", None): "16-true",
     ("float16", "float16"): "16-true",
 }
+
+
+# ------------------------------------------------------------------------ DeepSpeed and accelerate
+
+
+def _read_mapping(path_or_dict: Any, what: str, parse: str) -> tuple[dict[str, Any], str, str | None]:
+    """(the object in a JSON/YAML file or a dict as given, its name for messages, its folder)."""
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict), what, None
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise ParameterError(
+            f"{{path_or_dict}} must be a path to a {what} or a dict, got {type(path_or_dict).__name__}",
+            "path_or_dict",
+        )
+    from memprof.estimators.files import loads_json, read_input
+
+    path = os.fspath(path_or_dict)
+    try:
+        raw = read_input(path)
+    except FileNotFoundError:
+        raise MemprofUserError(f"{what} {path!r} does not exist") from None
+    except OSError as exc:
+        raise MemprofUserError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    try:
+        if parse == "json":
+            data = loads_json(raw)
+        else:
+            import yaml  # type: ignore[import-untyped,unused-ignore]
+
+            data = yaml.safe_load(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise MemprofUserError(f"{what} {path!r} is not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise MemprofUserError(f"{what} {path!r} is not JSON ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError and its subclasses; the message is on one line below
+        first = " ".join(str(exc).split())
+        raise MemprofUserError(f"{what} {path!r} is not YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise MemprofUserError(f"{what} {path!r} holds {type(data).__name__}, not an object of settings")
+    return data, os.path.basename(path), os.path.dirname(os.path.abspath(path))
+
+
+class _Reader:
+    """Shared bookkeeping of the config readers: knobs, provenance, warnings, typed look-ups."""
+
+    def __init__(self, where: str, strict: bool) -> None:
+        self.where, self.strict = where, strict
+        self.knobs: dict[str, Any] = {}
+        self.prov: dict[str, str] = {}
+        self.warns: list[str] = []
+
+    def problem(self, message: str) -> None:
+        if self.strict:
+            raise MemprofUserError(f"{self.where}: {message} (strict=False turns this into a warning)")
+        self.warns.append(message)
+
+    def set(self, knob: str, value: Any, setting: str, raw: Any) -> None:
+        self.knobs[knob] = value
+        self.prov[knob] = f"{self.where}: {setting}={json.dumps(raw)}"
+
+    def section(self, data: Mapping[str, Any], key: str, label: str | None = None) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise MemprofUserError(
+                f"{self.where}: {label or key} must be an object of settings, got {type(value).__name__}"
+            )
+        return dict(value)
+
+    def whole(self, value: Any, setting: str, low: int = 1, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            span = f"{low}-{high}" if high is not None else f">= {low}"
+            raise MemprofUserError(f"{self.where}: {setting} must be a whole number {span}, got {value!r}")
+        return value
+
+    def flag(self, value: Any, setting: str) -> bool | str:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise MemprofUserError(f'{self.where}: {setting} must be true, false or "auto", got {value!r}')
+
+    def auto(self, setting: str, knob: str, fills_from: str) -> None:
+        self.warns.append(
+            f'{setting}="auto": filled by the Hugging Face integration from {fills_from}; '
+            f"{knob} stays at the flag/default"
+        )
+
+
+# DeepSpeed zero_optimization settings that change memory, with DeepSpeed's default (what memprof
+# assumes: estimators/parallel/zero.py models the two buckets at these sizes) and what differs.
+_DS_ZERO_SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("reduce_bucket_size", 500_000_000, "the gradient reduction bucket"),
+    ("allgather_bucket_size", 500_000_000, "the parameter all-gather bucket"),
+    ("contiguous_gradients", True, "gradients copied into one contiguous buffer"),
+    ("overlap_comm", None, "overlapped communication at stage 3 only: overlap keeps more buckets in flight"),
+    ("sub_group_size", 1_000_000_000, "the optimizer step's sub-groups"),
+    ("stage3_prefetch_bucket_size", 50_000_000, "ZeRO-3 parameter prefetch"),
+    ("stage3_param_persistence_threshold", 100_000, "ZeRO-3 parameters kept unpartitioned"),
+    ("stage3_max_live_parameters", 1_000_000_000, "ZeRO-3 live gathered parameters"),
+    ("stage3_max_reuse_distance", 1_000_000_000, "ZeRO-3 gathered parameters kept for reuse"),
+    ("zero_quantized_weights", False, "unquantized ZeRO++ weights"),
+    ("zero_quantized_gradients", False, "unquantized ZeRO++ gradients"),
+    ("zero_hpz_partition_size", 1, "no ZeRO++ secondary partition"),
+)
+_DS_CHECKPOINTING = ("partition_activations", "cpu_checkpointing", "contiguous_memory_optimization")
+_DS_OPTIMIZERS = {"adam": "adamw", "adamw": "adamw"}  # DeepSpeed's FusedAdam / CPUAdam: AdamW's two states
+
+
+def knobs_from_ds_config(
+    path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Estimate knobs from a DeepSpeed `ds_config.json` (or its dict): (knobs, provenance, warnings).
+
+    train_micro_batch_size_per_gpu -> batch_size, gradient_accumulation_steps -> grad_accumulation,
+    train_batch_size / (micro batch x accumulation) -> gpus, bf16 / fp16 enabled -> bf16-master /
+    16-master (16-bit weights; ZeRO's optimizer keeps the fp32 master copy), neither -> 32-true,
+    zero_optimization.stage -> zero, offload_optimizer / offload_param device cpu -> offload,
+    optimizer.type Adam/AdamW -> adamw. "auto" values (the Hugging Face integration fills them from
+    TrainingArguments) leave the knob at the flag/default, with a warning saying so. Settings that
+    change memory but are not modelled (bucket sizes other than DeepSpeed's defaults, stage3_*,
+    NVMe offload, DeepSpeed's activation checkpointing ...) raise MemprofUserError naming what memprof
+    assumes (strict) or are returned as warnings (strict=False)."""
+    data, where, _ = _read_mapping(path_or_dict, "DeepSpeed config", "json")
+    return _ds_knobs(data, _Reader(where, strict))
+
+
+def _ds_knobs(
+    data: Mapping[str, Any], r: _Reader, prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    p = prefix
+    micro = data.get("train_micro_batch_size_per_gpu")
+    if micro == "auto":
+        r.auto(f"{p}train_micro_batch_size_per_gpu", "batch_size", "per_device_train_batch_size")
+    elif micro is not None:
+        r.set(
+            "batch_size",
+            r.whole(micro, f"{p}train_micro_batch_size_per_gpu"),
+            f"{p}train_micro_batch_size_per_gpu",
+            micro,
+        )
+    ga = data.get("gradient_accumulation_steps")
+    if ga == "auto":
+        r.auto(f"{p}gradient_accumulation_steps", "grad_accumulation", "gradient_accumulation_steps")
+    elif ga is not None:
+        r.set(
+            "grad_accumulation", r.whole(ga, f"{p}gradient_accumulation_steps"), f"{p}gradient_accumulation_steps", ga
+        )
+    total = data.get("train_batch_size")
+    if total not in (None, "auto"):
+        total = r.whole(total, f"{p}train_batch_size")
+        if isinstance(micro, int) and isinstance(ga, int):
+            if total % (micro * ga):
+                raise MemprofUserError(
+                    f"{r.where}: train_batch_size={total} is not train_micro_batch_size_per_gpu={micro} x "
+                    f"gradient_accumulation_steps={ga} x a number of GPUs"
+                )
+            r.knobs["gpus"] = total // (micro * ga)
+            r.prov["gpus"] = (
+                f"{r.where}: train_batch_size={total} / (train_micro_batch_size_per_gpu={micro} x "
+                f"gradient_accumulation_steps={ga})"
+            )
+
+    # precision: DeepSpeed's bf16 / fp16 modes keep 16-bit weights and an fp32 master copy
+    enabled: dict[str, bool | str] = {}
+    for key in ("bf16", "fp16"):
+        block = r.section(data, key, f"{p}{key}")
+        if block:
+            enabled[key] = r.flag(block.get("enabled", False), f"{p}{key}.enabled")
+    if r.section(data, "amp", f"{p}amp").get("enabled"):
+        r.problem("amp.enabled=true (NVIDIA apex AMP) is not modelled; memprof assumes the precision flag")
+    if enabled.get("bf16") is True and enabled.get("fp16") is True:
+        raise MemprofUserError(f"{r.where}: bf16.enabled and fp16.enabled are both true; DeepSpeed accepts one")
+    if "auto" in enabled.values():
+        r.auto(f"{p}bf16/fp16.enabled", "precision", "bf16 / fp16")
+    elif enabled.get("bf16") is True:
+        r.set("precision", "bf16-master", f"{p}bf16.enabled", True)
+    elif enabled.get("fp16") is True:
+        r.set("precision", "16-master", f"{p}fp16.enabled", True)
+    else:
+        r.knobs["precision"] = "32-true"
+        r.prov["precision"] = f"{r.where}: neither bf16 nor fp16 enabled"
+    if "grad_accum_dtype" in r.section(data, "data_types", f"{p}data_types"):
+        r.problem(
+            f"data_types.grad_accum_dtype={json.dumps(data['data_types']['grad_accum_dtype'])} is not modelled; "
+            "memprof assumes gradients accumulate in the weights' dtype"
+        )
+
+    # ZeRO and offload
+    zero = r.section(data, "zero_optimization", f"{p}zero_optimization")
+    stage_raw = zero.get("stage", 0)
+    stage = r.whole(stage_raw, f"{p}zero_optimization.stage", 0, 3)
+    r.set("zero", stage, f"{p}zero_optimization.stage", stage_raw)
+    offload = "none"
+    devices = {}
+    for key in ("offload_optimizer", "offload_param"):
+        block = r.section(zero, key, f"{p}zero_optimization.{key}")
+        device = block.get("device", "none") if block else "none"
+        if not isinstance(device, str) or device.lower() not in ("none", "cpu", "nvme"):
+            raise MemprofUserError(
+                f"{r.where}: zero_optimization.{key}.device must be none, cpu or nvme, got {device!r}"
+            )
+        devices[key] = device.lower()
+        if device.lower() == "nvme":
+            r.problem(
+                f'zero_optimization.{key}.device="nvme" (ZeRO-Infinity) is not modelled; memprof assumes cpu '
+                "(the same GPU memory; host RAM differs)"
+            )
+    ratio = r.section(zero, "offload_optimizer", f"{p}zero_optimization.offload_optimizer").get("ratio", 1)
+    if ratio != 1 and devices["offload_optimizer"] != "none":
+        r.problem(
+            f"zero_optimization.offload_optimizer.ratio={json.dumps(ratio)} (partial offload) is not modelled; "
+            "memprof assumes all optimizer states are offloaded (ratio 1)"
+        )
+    if devices["offload_param"] != "none" and stage != 3:
+        r.warns.append(f"zero_optimization.offload_param applies to stage 3 only; ignored at stage {stage}")
+        devices["offload_param"] = "none"
+    if devices["offload_param"] != "none":
+        offload = "optimizer+parameters"
+        if devices["offload_optimizer"] == "none":
+            r.problem(
+                "zero_optimization.offload_param without offload_optimizer is not modelled; "
+                "memprof assumes both are offloaded"
+            )
+    elif devices["offload_optimizer"] != "none":
+        if stage == 0:
+            raise MemprofUserError(f"{r.where}: zero_optimization.offload_optimizer needs stage 1, 2 or 3")
+        offload = "optimizer"
+    r.knobs["offload"] = offload
+    r.prov["offload"] = (
+        f"{r.where}: zero_optimization.offload_optimizer.device={devices['offload_optimizer']}, "
+        f"offload_param.device={devices['offload_param']}"
+    )
+    for key, default, what in _DS_ZERO_SETTINGS:
+        if default is None:  # overlap_comm: DeepSpeed's default depends on the stage
+            default = stage == 3
+        if key not in zero or zero[key] == default:
+            continue
+        value = zero[key]
+        if value == "auto":
+            r.warns.append(
+                f'zero_optimization.{key}="auto" (the Hugging Face integration sizes it from the model) is not '
+                f"modelled; memprof assumes DeepSpeed's default {default} ({what})"
+            )
+        elif key.startswith("stage3_") and stage != 3:
+            continue
+        else:
+            r.problem(
+                f"zero_optimization.{key}={json.dumps(value)} is not modelled; memprof assumes DeepSpeed's "
+                f"default {json.dumps(default)} ({what})"
+            )
+    ac = r.section(data, "activation_checkpointing", f"{p}activation_checkpointing")
+    for key in _DS_CHECKPOINTING:
+        if ac.get(key) not in (None, False):
+            r.problem(
+                f"activation_checkpointing.{key}={json.dumps(ac[key])} is not modelled; memprof assumes the "
+                "model's own checkpointing (--checkpointing) without DeepSpeed's partitioning or offload"
+            )
+
+    # optimizer: DeepSpeed builds it when the config names one
+    opt = r.section(data, "optimizer", f"{p}optimizer")
+    if opt:
+        kind = opt.get("type")
+        if kind == "auto":
+            r.auto(f"{p}optimizer.type", "optimizer", "optim")
+        elif isinstance(kind, str) and kind.lower() in _DS_OPTIMIZERS:
+            r.set("optimizer", _DS_OPTIMIZERS[kind.lower()], f"{p}optimizer.type", kind)
+        else:
+            r.problem(f"optimizer.type={json.dumps(kind)} is not modelled; memprof assumes the --optimizer flag")
+    return r.knobs, r.prov, r.warns
+
+
+_FSDP_STRATEGIES = {  # fsdp_sharding_strategy (names, or accelerate's older numbers) -> ZeRO stage
+    "FULL_SHARD": 3,
+    "1": 3,
+    "SHARD_GRAD_OP": 2,
+    "2": 2,
+    "NO_SHARD": 0,
+    "3": 0,
+    "HYBRID_SHARD": 3,
+    "4": 3,
+    "HYBRID_SHARD_ZERO2": 2,
+    "5": 2,
+}
+_ACCELERATE_PRECISIONS = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
+_DEEPSPEED_PRECISIONS = {"no": "32-true", "fp16": "16-master", "bf16": "bf16-master"}
+
+
+def knobs_from_accelerate_config(
+    path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Estimate knobs from an accelerate `default_config.yaml` (or its dict): (knobs, provenance, warnings).
+
+    num_processes -> gpus; mixed_precision no / fp16 / bf16 -> 32-true / 16-mixed / bf16-mixed (with
+    DeepSpeed: 32-true / 16-master / bf16-master); gradient_accumulation_steps; distributed_type NO /
+    MULTI_GPU (DDP: zero 0), DEEPSPEED (deepspeed_config's zero_stage, offload_*_device and
+    gradient_accumulation_steps, or the ds_config its deepspeed_config_file names, read with
+    `knobs_from_ds_config`), FSDP (fsdp_sharding_strategy FULL_SHARD / SHARD_GRAD_OP / NO_SHARD -> zero
+    3 / 2 / 0, fsdp_offload_params -> offload optimizer+parameters, fsdp_activation_checkpointing ->
+    checkpointing full; approximated by memprof's ZeRO stages, which a warning says). Unmodelled
+    settings raise MemprofUserError (strict) or are returned as warnings (strict=False)."""
+    data, where, folder = _read_mapping(path_or_dict, "accelerate config", "yaml")
+    r = _Reader(where, strict)
+    kind_raw = data.get("distributed_type", "NO")
+    kind = "NO" if kind_raw is False or kind_raw is None else str(kind_raw).upper()  # a bare NO reads as false
+    if "num_processes" in data:
+        r.set("gpus", r.whole(data["num_processes"], "num_processes"), "num_processes", data["num_processes"])
+    elif kind == "NO":
+        r.set("gpus", 1, "distributed_type", kind_raw)
+    mp_raw = data.get("mixed_precision", "no")
+    mp = "no" if mp_raw is False or mp_raw is None else str(mp_raw).lower()  # YAML 1.1 reads a bare no as false
+    precisions = _DEEPSPEED_PRECISIONS if kind == "DEEPSPEED" else _ACCELERATE_PRECISIONS
+    if mp in precisions:
+        r.set("precision", precisions[mp], "mixed_precision", mp_raw)
+    else:
+        r.problem(f"mixed_precision={json.dumps(mp_raw)} is not modelled; memprof assumes the precision flag")
+    if data.get("use_cpu") is True:
+        r.set("device", "cpu", "use_cpu", True)
+    if "gradient_accumulation_steps" in data:
+        ga = data["gradient_accumulation_steps"]
+        r.set("grad_accumulation", r.whole(ga, "gradient_accumulation_steps"), "gradient_accumulation_steps", ga)
+
+    if kind in ("NO", "MULTI_GPU"):
+        r.set("zero", 0, "distributed_type", kind_raw)
+        r.knobs["offload"] = "none"
+        r.prov["offload"] = r.prov["zero"]
+    elif kind == "DEEPSPEED":
+        _accelerate_deepspeed(data, r, folder)
+    elif kind == "FSDP":
+        _accelerate_fsdp(data, r)
+    else:
+        r.problem(
+            f"distributed_type={json.dumps(kind_raw)} is not modelled; memprof assumes DDP over num_processes GPUs"
+        )
+    return r.knobs, r.prov, r.warns
+
+
+def _accelerate_deepspeed(data: Mapping[str, Any], r: _Reader, folder: str | None) -> None:
+    block = r.section(data, "deepspeed_config")
+    file = block.get("deepspeed_config_file")
+    if file not in (None, "", "none"):
+        if not isinstance(file, str):
+            raise MemprofUserError(f"{r.where}: deepspeed_config.deepspeed_config_file must be a path, got {file!r}")
+        path = file
+        if not os.path.isabs(path) and not os.path.exists(path) and folder is not None:
+            path = os.path.join(folder, file)  # accelerate reads it from the working directory; also try beside
+        data_ds, ds_where, _ = _read_mapping(path, "DeepSpeed config", "json")
+        knobs, prov, warns = _ds_knobs(data_ds, _Reader(ds_where, r.strict))
+        # accelerate ignores its own mixed_precision / accumulation / ZeRO settings when a file is given
+        # (they fill the file's "auto" values); a GPU count from train_batch_size must match num_processes
+        for knob, value in knobs.items():
+            if knob == "gpus" and knob in r.knobs and r.knobs[knob] != value:
+                raise MemprofUserError(
+                    f"{r.prov[knob]} (= {r.knobs[knob]}) contradicts {prov[knob]} (= {value}); edit one of the files"
+                )
+            r.knobs[knob] = value
+            r.prov[knob] = prov[knob]
+        r.warns.extend(warns)
+        return
+    stage_raw = block.get("zero_stage", 0)
+    stage = r.whole(stage_raw, "deepspeed_config.zero_stage", 0, 3)
+    r.set("zero", stage, "deepspeed_config.zero_stage", stage_raw)
+    ds: dict[str, Any] = {"zero_optimization": {"stage": stage}}
+    for key in ("offload_optimizer", "offload_param"):
+        device = block.get(f"{key}_device", "none")
+        ds["zero_optimization"][key] = {"device": device}
+    if "gradient_accumulation_steps" in block:
+        ds["gradient_accumulation_steps"] = block["gradient_accumulation_steps"]
+    sub = _Reader(r.where, r.strict)
+    knobs, prov, warns = _ds_knobs(ds, sub, "deepspeed_config.")
+    r.knobs["offload"] = knobs["offload"]
+    devices = {k: json.dumps(block.get(f"{k}_device", "none")) for k in ("offload_optimizer", "offload_param")}
+    r.prov["offload"] = (
+        f"{r.where}: deepspeed_config.offload_optimizer_device={devices['offload_optimizer']}, "
+        f"offload_param_device={devices['offload_param']}"
+    )
+    if "grad_accumulation" in knobs:
+        r.knobs["grad_accumulation"] = knobs["grad_accumulation"]
+        r.prov["grad_accumulation"] = prov["grad_accumulation"]
+    r.warns.extend(w.replace("zero_optimization.", "deepspeed_config.") for w in warns)
+    if block.get("zero3_init_flag") is False and stage == 3:
+        r.warns.append(
+            "deepspeed_config.zero3_init_flag=false: the full model is built on each rank before "
+            "sharding; memprof predicts the training step, not loading"
+        )
+
+
+def _accelerate_fsdp(data: Mapping[str, Any], r: _Reader) -> None:
+    block = r.section(data, "fsdp_config")
+    version = block.get("fsdp_version", 1)
+    if "fsdp_sharding_strategy" in block or version != 2:
+        raw = block.get("fsdp_sharding_strategy", "FULL_SHARD")
+        stage = _FSDP_STRATEGIES.get(str(raw).upper())
+        if stage is None:
+            raise MemprofUserError(
+                f"{r.where}: fsdp_config.fsdp_sharding_strategy must be FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, "
+                f"HYBRID_SHARD or HYBRID_SHARD_ZERO2, got {raw!r}"
+            )
+        r.set("zero", stage, "fsdp_config.fsdp_sharding_strategy", raw)
+        if str(raw).upper().startswith("HYBRID") or str(raw) in ("4", "5"):
+            r.problem(
+                f"fsdp_config.fsdp_sharding_strategy={json.dumps(raw)} (sharded within a node, replicated "
+                "across nodes) is not modelled; memprof assumes sharding over all num_processes GPUs"
+            )
+    else:
+        reshard = r.flag(block.get("fsdp_reshard_after_forward", True), "fsdp_config.fsdp_reshard_after_forward")
+        r.set("zero", 3 if reshard is not False else 2, "fsdp_config.fsdp_reshard_after_forward", reshard)
+    offload = r.flag(block.get("fsdp_offload_params", False), "fsdp_config.fsdp_offload_params")
+    if offload is True and r.knobs["zero"] != 3:
+        r.problem(
+            "fsdp_config.fsdp_offload_params=true without full sharding is not modelled; memprof assumes no offload"
+        )
+        offload = False
+    r.set("offload", "optimizer+parameters" if offload is True else "none", "fsdp_config.fsdp_offload_params", offload)
+    ck = block.get("fsdp_activation_checkpointing")
+    if ck is not None:
+        r.set(
+            "checkpointing",
+            "full" if r.flag(ck, "fsdp_config.fsdp_activation_checkpointing") is True else "none",
+            "fsdp_config.fsdp_activation_checkpointing",
+            ck,
+        )
+    r.warns.append(
+        f"FSDP is approximated by memprof's ZeRO stage {r.knobs['zero']} (FSDP's own buffers: the all-gathered "
+        "flat parameters, its mixed-precision copies, are not modelled yet)"
+    )
