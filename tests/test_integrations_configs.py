@@ -74,8 +74,7 @@ def test_weights_dtype_decides_true_or_mixed():
     [
         ({"optim": "lomo"}, "optim='lomo'"),
         ({"optim": "brand_new_optim"}, "brand_new_optim"),
-        ({"fsdp": ["full_shard"]}, "fsdp"),
-        ({"deepspeed": "ds.json"}, "deepspeed"),
+        ({"fsdp": ["hybrid_shard"]}, "fsdp"),
         ({"activation_checkpointing_kwargs": {"every_n_layers": 2}}, "every_n_layers=2"),
     ],
 )
@@ -157,3 +156,26 @@ def test_a_real_to_json_string_round_trips(tmp_path):
     }
     assert provenance["optimizer"] == 'training_args.json: optim="adamw_bnb_8bit"'
     assert any("GlobalOptimManager" in w for w in warnings)
+
+
+def test_the_trainers_deepspeed_config_sets_precision_zero_and_offload():
+    # GIVEN TrainingArguments naming a ZeRO-3 config with parameter offload, its batch left to the Trainer
+    ds = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
+    }
+    knobs, prov, _ = knobs_from_training_args({**SAVED, "deepspeed": ds}, strict=False)
+    # THEN DeepSpeed's precision, stage and offload win; "auto" keeps the Trainer's batch
+    assert (knobs["precision"], knobs["zero"], knobs["offload"]) == ("bf16-master", 3, "optimizer+parameters")
+    assert knobs["batch_size"] == SAVED["per_device_train_batch_size"]
+    assert "deepspeed -> " in prov["zero"] and "zero_optimization.stage" in prov["zero"]
+
+
+def test_the_trainers_fsdp_words_are_a_zero_stage_named_as_an_approximation():
+    knobs, _, warnings = knobs_from_training_args({**SAVED, "fsdp": "full_shard offload auto_wrap"}, strict=False)
+    assert (knobs["zero"], knobs["offload"]) == (3, "optimizer+parameters")
+    assert any("approximated by memprof's ZeRO stage 3" in w for w in warnings)
+    knobs, _, _ = knobs_from_training_args({**SAVED, "fsdp": ["shard_grad_op"]}, strict=False)
+    assert knobs["zero"] == 2 and "offload" not in knobs

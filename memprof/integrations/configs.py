@@ -216,8 +216,6 @@ def read_training_args(path_or_dict: str | os.PathLike[str] | Mapping[str, Any])
 
 # (field, what memprof assumes instead): settings that change memory but are not modelled here
 _NOT_MODELLED = (
-    ("fsdp", "a single device without sharding"),
-    ("deepspeed", "a single device without ZeRO"),
     ("torch_compile", "eager execution (compiled graphs save different activations)"),
     ("use_liger_kernel", "transformers' own kernels (Liger's fused losses save less)"),
     ("neftune_noise_alpha", "no NEFTune noise (one embedding-sized temporary more)"),
@@ -361,11 +359,56 @@ def knobs_from_training_args(
         knobs["seq_len"] = seq[1]
         prov["seq_len"] = src(seq[0]) + " (the longest sequence: an upper bound with dynamic padding)"
 
+    _sharding_from_training_args(data, where, knobs, prov, warns, strict)
     for key, assumed in _NOT_MODELLED:
         value = data.get(key)
         if value not in (None, False, "", [], {}, 0):
             problem(f"{key}={json.dumps(value)} is not modelled; memprof assumes {assumed}")
     return knobs, prov, warns
+
+
+# TrainingArguments.fsdp words -> ZeRO stage (transformers' FSDPOption; hybrid sharding is not modelled)
+_TRAINER_FSDP = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
+
+
+def _sharding_from_training_args(
+    data: Mapping[str, Any], where: str, knobs: dict[str, Any], prov: dict[str, str], warns: list[str], strict: bool
+) -> None:
+    """`deepspeed` (a ds_config path or dict: read with `knobs_from_ds_config`, whose precision, ZeRO
+    stage and offload are what DeepSpeed runs, so they win; its "auto" values keep the Trainer's) and
+    `fsdp` ("full_shard auto_wrap", "shard_grad_op offload", ...: memprof's ZeRO stage of the same
+    sharding, named as an approximation). The number of processes is not in these files: the knobs are
+    per rank of `gpus` (default 1; the callbacks set it from the running Trainer)."""
+    ds = data.get("deepspeed")
+    if ds not in (None, "", {}, False):
+        if not isinstance(ds, (str, Mapping)):
+            raise MemprofUserError(f"{where}: deepspeed must be a ds_config path or a dict, got {ds!r}")
+        ds_knobs, ds_prov, ds_warns = knobs_from_ds_config(ds, strict=strict)
+        for knob, value in ds_knobs.items():
+            knobs[knob] = value
+            prov[knob] = f"{where}: deepspeed -> {ds_prov.get(knob, knob)}"
+        warns.extend(ds_warns)
+        return
+    fsdp = data.get("fsdp")
+    if fsdp in (None, "", [], False):
+        return
+    words = fsdp.split() if isinstance(fsdp, str) else [str(w) for w in fsdp] if isinstance(fsdp, list) else None
+    stages = [_TRAINER_FSDP[w] for w in words or () if w in _TRAINER_FSDP]
+    if words is None or len(stages) != 1 or any(w.startswith("hybrid") for w in words):
+        message = f"fsdp={json.dumps(fsdp)} is not modelled; memprof assumes a single device without sharding"
+        if strict:
+            raise MemprofUserError(f"{where}: {message} (strict=False turns this into a warning)")
+        warns.append(message)
+        return
+    knobs["zero"] = stages[0]
+    prov["zero"] = f"{where}: fsdp={json.dumps(fsdp)}"
+    if "offload" in words:
+        knobs["offload"] = "optimizer+parameters" if stages[0] == 3 else "optimizer"
+        prov["offload"] = prov["zero"]
+    warns.append(
+        f"fsdp={json.dumps(fsdp)}: FSDP is approximated by memprof's ZeRO stage {stages[0]} (FSDP's own "
+        "all-gather and reduce-scatter buffers are not modelled yet)"
+    )
 
 
 _PRECISIONS = {

@@ -9,8 +9,10 @@ The same behaviour as memprof.integrations.transformers.MemprofCallback, read fr
   `config.model_type`; the module's own parameters must be exactly that model's);
 - precision: `trainer.precision` ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true" are
   memprof's own names; others are named in a warning and the peak is not predicted);
-- strategy: a single device is modelled; DDP, FSDP, DeepSpeed (and any other strategy) are named in
-  a warning as not modelled by this callback yet, and the figure is for one device without sharding;
+- strategy (`strategy_knobs`): a single device; DDP as `gpus` = world size (its gradient buckets);
+  DeepSpeed through its config (`knobs_from_ds_config`: ZeRO stage, offload, master-weight precision);
+  FSDP as memprof's ZeRO stage of the same sharding (named as an approximation); any other strategy
+  is named in a warning and the figure is for one device without sharding;
 - `accumulate_grad_batches`, the optimizer `configure_optimizers` returned (registry match by class
   and hyperparameters; several optimizers are named in a warning), gradient checkpointing as the
   Hugging Face model reports it, the device;
@@ -123,12 +125,8 @@ class MemprofCallback(pl.Callback):
             prov["precision"] = f"Trainer(precision={precision!r})"
         else:
             self.monitor.note(f"precision {precision!r} is not modelled ({', '.join(PRECISIONS)}): no prediction")
-        strategy = type(trainer.strategy).__name__
-        if strategy not in SINGLE_DEVICE:
-            self.monitor.note(
-                f"strategy {strategy} is not modelled by this callback yet (DDP, FSDP and DeepSpeed shard or "
-                "replicate differently): predicted for one device without sharding"
-            )
+        for message in strategy_knobs(trainer.strategy, int(getattr(trainer, "world_size", 1) or 1), knobs, prov):
+            self.monitor.note(message)
         device = trainer.strategy.root_device.type
         knobs["device"] = "cpu" if device == "cpu" else "cuda"
         if device not in ("cpu", "cuda"):
@@ -209,3 +207,44 @@ class MemprofCallback(pl.Callback):
     @guarded
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.monitor.close()
+
+
+# FSDP's ShardingStrategy names -> ZeRO stage (hybrid sharding is not modelled)
+_FSDP_STAGES = {"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "NO_SHARD": 0}
+
+
+def strategy_knobs(strategy: Any, world_size: int, knobs: dict[str, Any], prov: dict[str, str]) -> list[str]:
+    """Set the sharding knobs a Lightning strategy implies; returns the warnings to give."""
+    name = type(strategy).__name__
+    if name in SINGLE_DEVICE:
+        return []
+    if name == "DDPStrategy":
+        knobs["gpus"] = world_size
+        prov["gpus"] = f"DDPStrategy, world size {world_size} (DDP's gradient buckets)"
+        return []
+    if name == "DeepSpeedStrategy":
+        from memprof.integrations.configs import knobs_from_ds_config
+
+        ds_knobs, ds_prov, warnings = knobs_from_ds_config(dict(getattr(strategy, "config", None) or {}), strict=False)
+        for knob, value in ds_knobs.items():
+            knobs[knob] = value
+            prov[knob] = f"DeepSpeedStrategy config: {ds_prov.get(knob, knob)}"
+        knobs["gpus"] = world_size
+        prov["gpus"] = f"DeepSpeedStrategy, world size {world_size}"
+        return warnings
+    if name == "FSDPStrategy":
+        raw = getattr(strategy, "sharding_strategy", "FULL_SHARD")
+        sharding = str(getattr(raw, "name", raw)).upper()
+        if sharding not in _FSDP_STAGES:
+            return [f"FSDPStrategy sharding {sharding} is not modelled: predicted for one device without sharding"]
+        knobs["zero"], knobs["gpus"] = _FSDP_STAGES[sharding], world_size
+        prov["zero"] = prov["gpus"] = f"FSDPStrategy(sharding_strategy={sharding}), world size {world_size}"
+        offload = getattr(strategy, "cpu_offload", None)
+        if offload is not None and getattr(offload, "offload_params", offload) is True:
+            knobs["offload"] = "optimizer+parameters" if knobs["zero"] == 3 else "optimizer"
+            prov["offload"] = "FSDPStrategy(cpu_offload=True)"
+        return [
+            f"FSDPStrategy {sharding} is approximated by memprof's ZeRO stage {knobs['zero']} "
+            "(FSDP's own all-gather and reduce-scatter buffers are not modelled yet)"
+        ]
+    return [f"strategy {name} is not modelled by this callback: predicted for one device without sharding"]

@@ -126,9 +126,9 @@ class MemprofCallback(TrainerCallback):
                 self.monitor.note(message)
         processes = max(int(getattr(args, "world_size", 1) or 1), int(getattr(args, "n_gpu", 1) or 1))
         if processes > 1:
-            self.monitor.note(
-                f"{processes} devices (data parallel): predicted for one device, without DDP's buckets or sharding"
-            )
+            # DDP (zero 0) or the ZeRO stage the deepspeed / fsdp settings gave: predicted per rank
+            knobs["gpus"] = processes
+            provenance["gpus"] = f"the running Trainer: world_size={processes}"
         device = getattr(args.device, "type", str(args.device))
         if device not in ("cpu", "cuda"):
             self.monitor.note(f"device {device!r} is not modelled (cuda, cpu): the peak is not predicted")
