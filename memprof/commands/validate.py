@@ -62,13 +62,25 @@ def _line(r: dict) -> str:
     help="Instead of training: score memprof against the published GPU measurements in profiles/published/ "
     "(offline, seconds); --only then selects a source or row id.",
 )
+@click.option(
+    "--trace",
+    "traced",
+    is_flag=True,
+    help="Instead of training: compare the analytic estimate with the traced step (fake tensors) for every "
+    "preset at full size, on cpu and cuda (about 10 minutes; --quick: gpt2-124m only).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def validate(quick: bool, out: str | None, only: tuple[str, ...], published: bool, fmt: str) -> None:
+def validate(quick: bool, out: str | None, only: tuple[str, ...], published: bool, traced: bool, fmt: str) -> None:
     """Train the validation matrix for real on the CPU and compare every case with its estimate."""
     if out is not None:
         from memprof.profiler.record import check_writable
 
         check_writable(out, "out")  # before the matrix runs, not after it
+    if published and traced:
+        raise MemprofUserError("--published and --trace are two different matrices; pick one")
+    if traced:
+        _validate_trace(quick, out, only, fmt)
+        return
     if published:
         _validate_published(quick, out, only, fmt)
         return
@@ -127,3 +139,56 @@ def _validate_published(quick: bool, out: str | None, only: tuple[str, ...], fmt
     click.echo(published_table(record))
     if out is not None:
         click.echo(f"record saved to {out}")
+
+
+def _trace_line(r: dict) -> str:
+    if r["status"] in ("not run", "error"):
+        return f"{r['status']:8s} {r['id']:70s} {r['error']}"
+    peak = r["rows"]["peak.allocated"]
+    states = all(
+        r["rows"][f"model_states.{c}"]["diff_bytes"] == 0 for c in ("parameters", "gradients", "optimizer_states")
+    )
+    phase = r["phase"]
+    phases = phase["traced"] if phase["analytic"] == phase["traced"] else f"{phase['analytic']} vs {phase['traced']}"
+    return (
+        f"{r['status']:8s} {r['id']:70s} {'states exact' if states else 'STATES OFF  '}  "
+        f"peak {peak['analytic']:>16,} vs {peak['traced']:>16,} B ({peak['diff_pct']:+.2f}%)  {phases}"
+    )
+
+
+def _validate_trace(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
+    """Analytic vs traced at full size: exit 0 when every case passes, 1 when one is beyond tolerance or fails."""
+    from memprof.validate_trace import full_matrix, quick_matrix, run_matrix, select_cases
+
+    cases = select_cases(quick_matrix() if quick else full_matrix(), only)
+    progress = None
+    if fmt == "table":
+        click.echo(
+            f"memprof validate --trace: {len(cases)} cases ({'quick' if quick else 'full'} matrix), "
+            "analytic vs traced at full size"
+        )
+
+        def progress(r: dict) -> None:
+            click.echo(_trace_line(r))
+
+    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    record = run_matrix(cases, subset, progress)
+    if out is not None:
+        from memprof.profiler.record import atomic_write
+
+        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    s = record["summary"]
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=1))
+    else:
+        click.echo(
+            f"\n{s['cases']} cases in {record['duration_s']} s: {s['pass']} pass, {s['fail']} beyond tolerance, "
+            f"{s['not_run']} not run (the tracer refuses them), {s['error']} errors; model states exact in "
+            f"{s['model_states_exact']} of {s['compared']}; peak within {record['tolerance']['peak_allocated_pct']}% "
+            f"in {s['peak_within_tolerance']} (median |diff| {s['peak_abs_diff_pct_median']}%, max "
+            f"{s['peak_abs_diff_pct_max']}%); phase of the peak agrees in {s['phase_agrees']}"
+        )
+        if out is not None:
+            click.echo(f"record saved to {out}")
+    if s["fail"] or s["error"]:
+        raise _CasesFailed(f"{s['fail'] + s['error']} of {s['cases']} cases beyond tolerance or failed")

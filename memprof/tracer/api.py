@@ -199,6 +199,10 @@ def trace_preset(model: str, optimizer: str = "adamw", precision: str = "bf16-mi
             pass
         config = dict(spec.config)
         model_type = config.pop("model_type")
+        # a preset's torch_dtype (the checkpoint's storage dtype) would make from_config build the model in
+        # half precision; the precision knob decides what is trained, as in the analytic estimate
+        config.pop("torch_dtype", None)
+        config.pop("dtype", None)
         cfg = transformers.AutoConfig.for_model(model_type, **config)
         cfg._attn_implementation = "sdpa" if attention == "auto" else attention
         head = {

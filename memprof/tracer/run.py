@@ -366,7 +366,11 @@ def _registry_optimizers(name: str, params: list, device: str, impl: str) -> lis
     if real.module == "torch.optim" and real.build is None:
         accepted = inspect.signature(getattr(torch.optim, real.cls)).parameters
         if impl == "auto" and device == "cuda" and "foreach" in accepted:
-            overrides["foreach"] = True  # torch's default on CUDA; the CPU default is the single-tensor loop
+            # what torch picks on CUDA when not told (the trace runs on the CPU, where it would pick the
+            # loop): foreach for most, the single-tensor loop for those that never default to foreach
+            from memprof.estimators.optimizers import default_implementation
+
+            overrides["foreach"] = default_implementation(name, "cuda") == "foreach"
         elif impl in ("foreach", "single_tensor") and "foreach" in accepted:
             overrides["foreach"] = impl == "foreach"
         elif impl == "fused" and "fused" in accepted:
