@@ -116,8 +116,6 @@ def _peak_off(r: dict[str, Any]) -> bool:
     return abs(r["rows"]["peak.allocated"]["diff_pct"]) > PEAK_TOLERANCE_PCT
 
 
-_DECODERS = ("llama", "mistral", "qwen", "pythia")
-
 # known causes of a disagreement beyond tolerance: a predicate on a case's result and the explanation,
 # read from the record's peak categories (scripts/render_trace_accuracy.py prints them beside it)
 EXPLANATIONS: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
@@ -140,31 +138,6 @@ EXPLANATIONS: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
         "States: the trace files 602,112 B more under gradients, exactly the size of one float32 "
         "3x224x224 image per sample, which no parameter has (the gradients of the parameters are their "
         "bytes, as the analytic figure says); a tracer categorisation issue, reported.",
-    ),
-    (
-        "kv-cache-dtype",
-        lambda r: r["preset"].startswith(_DECODERS) and _diff(r, "activations") >= 2**20,
-        "Peak: an analytic bug, found here. `estimators/families/_trace.py` `kv_cache` promotes the cached "
-        "values to the keys' dtype (float32 after RoPE under bf16-mixed), as transformers < 5 did (it "
-        "concatenated into a cache created in k's dtype); transformers 5.24's DynamicLayer creates each in its "
-        "own dtype, so the values stay bfloat16. The difference is exactly layers x kv-heads x seq x head_dim "
-        "x 2 B (one bf16 value cache), held by the output at a step peak, twice that at a backward peak "
-        "(the float32 copy is cast back to bf16 for attention). A one-line fix, reported to the lead, not "
-        "applied here.",
-    ),
-    (
-        "adafactor-foreach",
-        lambda r: (
-            _peak_off(r)
-            and r["optimizer"] == "adafactor"
-            and (r.get("settings") or {}).get("analytic", {}).get("optimizer_impl")
-            != (r.get("settings") or {}).get("traced", {}).get("optimizer_impl")
-            and r["phase"]["traced"] == "optimizer_step"
-        ),
-        "Peak: the two ran different implementations of the step. torch.optim.Adafactor runs its "
-        "single-tensor loop unless foreach=True is passed (`if foreach:`; it never resolves a default), as the "
-        "analytic estimate says; the tracer passes foreach=True on cuda to every optimizer that accepts it, and "
-        "the foreach step's scratch (whole-model temporaries) is the difference (a tracer issue, reported).",
     ),
     (
         "fp32-kernel",

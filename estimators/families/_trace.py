@@ -7,7 +7,7 @@ parameters' names and sizes, so the replay and `named_parameters()` cannot drift
 
 from __future__ import annotations
 
-from ..autograd import T, Trace, promote
+from ..autograd import T, Trace
 from ..errors import MemprofUserError
 from ..tensors import ParamTensor
 from ._base import Embedding, LayerNorm, Linear
@@ -70,9 +70,10 @@ def kv_cache(tr: Trace, use_cache: bool, k: T, v: T, numel: int) -> tuple[T, T]:
     turns the cache off."""
     if not use_cache or tr.checkpointing == "full":
         return k, v
-    # the cache is created empty in k's dtype: torch.cat promotes v to it when they differ
+    # transformers 5 (DynamicLayer.lazy_initialization) creates the key cache in k's dtype and the value
+    # cache in v's: under autocast, keys are float32 after the rotary embedding and values stay 16-bit
     kc = tr.cast(k, k.dtype, numel, force=True, name="cache_keys")
-    vc = tr.cast(v, promote(k.dtype, v.dtype), numel, force=True, name="cache_values")
+    vc = tr.cast(v, v.dtype, numel, force=True, name="cache_values")
     kc.contig = vc.contig = True  # torch.cat output
     tr.held += [kc, vc]
     return kc, vc
