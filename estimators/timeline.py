@@ -26,7 +26,7 @@ are still live when the stream ends, as when optimizer.step() starts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -73,9 +73,16 @@ class Peak(NamedTuple):
 @dataclass
 class Timeline:
     points: list[TimelinePoint] = field(default_factory=list)
-    # the tensors of the `temporary` category live at the peak moment, largest first: (what, bytes)
-    peak_temporaries: list[tuple[str, int]] = field(default_factory=list)
     _peak_total: int = -1
+    # what was live at the latest peak moment, named only when asked (naming every new peak of a
+    # growing forward cost O(ops x live tensors): benchmarks/cold_start.py)
+    _peak_items: Callable[[], list[tuple[str, int]]] | None = None
+
+    @property
+    def peak_temporaries(self) -> list[tuple[str, int]]:
+        """The tensors of the `temporary` category live at the peak moment, largest first: (what, bytes)."""
+        items = self._peak_items() if self._peak_items is not None else []
+        return sorted((i for i in items if i[1] > 0), key=lambda i: -i[1])[:PEAK_ITEMS]
 
     def __iter__(self) -> Iterator[TimelinePoint]:
         return iter(self.points)
@@ -107,14 +114,16 @@ class _Segment:
         self.flush()
         self.phase, self.label, self.best = phase, label, None
 
-    def see(self, by_category: dict[str, int], temporaries: Callable[[], list[tuple[str, int]]] | None = None) -> None:
+    def see(
+        self, by_category: dict[str, int], temporaries: Callable[[], Callable[[], list[tuple[str, int]]]] | None = None
+    ) -> None:
+        """`temporaries()` snapshots what is live (cheaply) and returns the function that names it."""
         total = sum(by_category.values())
         if self.best is None or total > sum(self.best.values()):
             self.best = dict(by_category)
-        if total > self.timeline._peak_total:  # a new peak moment of the whole step: itemize it
+        if total > self.timeline._peak_total:  # a new peak moment of the whole step: remember what is live
             self.timeline._peak_total = total
-            items = temporaries() if temporaries is not None else []
-            self.timeline.peak_temporaries = sorted((i for i in items if i[1] > 0), key=lambda i: -i[1])[:PEAK_ITEMS]
+            self.timeline._peak_items = temporaries() if temporaries is not None else None
 
     def flush(self) -> None:
         if self.best is not None:
@@ -209,11 +218,9 @@ def step_timeline(
             _A: outputs + sim.retained_bytes() + sim.carried[_A],
             _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP],
         },
-        lambda: [
-            ("optimizer step scratch", optimizer_temporaries_bytes),
-            ("the batch", inputs),
-            *[item for item in sim.temporaries() if not item[0].startswith("batch: ")],
-        ],
+        lambda: sim.temporaries(
+            extra=(("optimizer step scratch", optimizer_temporaries_bytes), ("the batch", inputs)), skip_batch=True
+        ),
     )
     seg.flush()
     for p in timeline.points:
@@ -373,23 +380,36 @@ class _Sim:
 
     def _temporaries_now(
         self, grads: Mapping[int, _GradBuf], pending: Mapping[str, int], transient: int
-    ) -> list[tuple[str, int]]:
+    ) -> Callable[[], list[tuple[str, int]]]:
         return self.temporaries(grads, sum(pending.values()), transient)
 
     def temporaries(
-        self, grads: Mapping[int, _GradBuf] | None = None, pending: int = 0, transient: int = 0
-    ) -> list[tuple[str, int]]:
-        """The tensors of the temporary category live now, with what they are (module docstring)."""
-        out = [(f"{self.name_of(t)} ({t.dtype})", t.nbytes) for t in self.live_tmp.values()]
-        if grads:
-            out += [(g.label, g.nbytes) for g in {id(g): g for g in grads.values()}.values()]
-        out += [
+        self,
+        grads: Mapping[int, _GradBuf] | None = None,
+        pending: int = 0,
+        transient: int = 0,
+        extra: Sequence[tuple[str, int]] = (),
+        skip_batch: bool = False,
+    ) -> Callable[[], list[tuple[str, int]]]:
+        """The tensors of the temporary category live now (module docstring): a snapshot taken now,
+        returned as the function that names them (`extra` first; `skip_batch` leaves out the batch's
+        own tensors when `extra` counts the batch as one item)."""
+        live = tuple(self.live_tmp.values())
+        gradients = [(g.label, g.nbytes) for g in {id(g): g for g in grads.values()}.values()] if grads else []
+        fixed = [
             ("module buffers", self.buffer_bytes),
             ("parameter gradients awaiting accumulation", pending),
             ("the backward's own graph (create_graph)", self.graph_grad_bytes + transient),
             ("earlier micro-batches' graphs (create_graph)", self.carried[_TMP]),
         ]
-        return out
+
+        def named() -> list[tuple[str, int]]:
+            tensors = [(f"{self.name_of(t)} ({t.dtype})", t.nbytes) for t in live]
+            if skip_batch:
+                tensors = [item for item in tensors if not item[0].startswith("batch: ")]
+            return [*extra, *tensors, *gradients, *fixed]
+
+        return named
 
     # -- bookkeeping --------------------------------------------------------------------------
     def kept(self, t: T) -> bool:
@@ -639,7 +659,7 @@ class _Sim:
         region: Region,
         seg: _Segment,
         state: Callable[[], dict[str, int]],
-        temporaries: Callable[[], list[tuple[str, int]]],
+        temporaries: Callable[[], Callable[[], list[tuple[str, int]]]],
     ) -> None:
         """Re-run a checkpointed region's forward: its saved tensors come back for its backward.
 
