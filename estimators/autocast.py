@@ -24,6 +24,11 @@ bfloat16 autocast they run in the input's dtype, while CUDA autocast runs them i
 measurement of activation dtypes does not carry over to CUDA for these ops.
 tests/test_autocast.py checks these tuples against the installed torch: the header's macros, the
 AutocastCUDA registrations, and the output dtypes of real autocast calls on fake CUDA tensors.
+
+The activation replay reads them for `device="cuda"` with a mixed precision
+(memprof.estimators.autograd: `Trace.fp32_input`, `softmax`, `cross_entropy`);
+tests/test_cuda_autocast_replay.py compares its saved tensors with a tiny model's forward run under
+CUDA autocast's policy on CPU tensors (tests/cuda_autocast_policy.py, from torch's own lists).
 """
 
 from __future__ import annotations

@@ -10,13 +10,14 @@ modelled are None ("absent"), never 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .dtypes import dtype_bytes
-from .errors import ParameterError
+from .errors import MemprofUserError, ParameterError
+from .families import FAMILIES
 from .models import ModelSpec, load_model
 from .optimizers import (
     OptimizerSpec,
@@ -27,7 +28,15 @@ from .optimizers import (
     step_temporary_bytes,
 )
 from .optimizers.population import gradient_free, population_of
-from .parallel import Buffer, EngineBuffers, ModelStateBytes, ParallelStrategy, Placement, strategy_for
+from .parallel import (
+    Buffer,
+    EngineBuffers,
+    EngineSchedule,
+    ModelStateBytes,
+    ParallelStrategy,
+    Placement,
+    strategy_for,
+)
 from .precision import Precision, get_precision
 from .records import (
     ContextFigure,
@@ -40,13 +49,14 @@ from .records import (
     TimelinePoint,
 )
 from .tensors import ParamTensor
-from .vocabulary import ATTENTION, CATEGORIES, CHECKPOINTING, DEVICES, TENSOR_CATEGORIES, Category
+from .vocabulary import ATTENTION, CATEGORIES, CHECKPOINTING, DEVICES, TENSOR_CATEGORIES, Category, Phase
 
 if TYPE_CHECKING:
     from .activations import ActivationSettings
     from .allocator.training import TrainingSimulation
     from .gpus import GPUSpec
     from .overheads import ContextEstimate
+    from .parallel.pipeline import PipelineStage
     from .timeline import Timeline
 
 __all__ = [
@@ -64,6 +74,8 @@ __all__ = [
 ]
 
 OPTIMIZER_IMPLS = ("auto", "single_tensor", "foreach", "fused")
+CUDA_MODULE_LOADING = ("lazy", "eager")  # CUDA_MODULE_LOADING's values (CUDA reads LAZY / EAGER)
+ZERO_GRAD = ("set-to-none", "zeros")  # timeline.ZERO_GRAD: what zero_grad does between steps
 # families whose position embeddings are a learned table (a longer sequence cannot run)
 LEARNED_POSITIONS = ("gpt2", "opt", "bert")
 DEFAULT_MAX_SEQ_LEN = 2048  # default seq_len: the model's context, capped here
@@ -90,16 +102,32 @@ class Settings:
     optimizer_impl: str = "auto"
     alloc_conf: str | None = None  # PYTORCH_CUDA_ALLOC_CONF for the allocator replay
     optimizer_options: tuple[tuple[str, Any], ...] = ()
+    cuda_version: str | None = None  # the CUDA runtime PyTorch was built with ("12.4"): the context
+    cuda_module_loading: str | None = None  # CUDA_MODULE_LOADING ("lazy" | "eager"); None: unset
+    # the loop's choices (timeline.step_timeline): the output kept through backward, zero_grad's mode
+    keep_output: bool = True
+    zero_grad: str = "set-to-none"
+    engine: str | None = None  # the parallel engine (parallel.ENGINES); None: implied by gpus / zero
+    fsdp_unit: str = "block"  # FSDP2's wrapping: fully_shard per block and the root, or the model only
+    gpus_per_node: int = 8  # ranks sharing one host's RAM (offloaded states are provisioned per node)
+    target_len: int | None = None  # an encoder-decoder's decoder length; None: seq_len
+    tp: int = 1  # tensor-parallel ranks (parallel.tensor): the estimate is one rank's
 
     def validate(self) -> None:
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         if self.seq_len is not None:
             _check_int("seq_len", self.seq_len, 1, MAX_SEQ_LEN)
+        if self.target_len is not None:
+            _check_int("target_len", self.target_len, 1, MAX_SEQ_LEN)
         _check_choice("checkpointing", self.checkpointing, CHECKPOINTING)
         _check_choice("attention", self.attention, ATTENTION)
         _check_choice("device", self.device, DEVICES)
         _check_int("grad_accumulation", self.grad_accumulation, 1, MAX_GRAD_ACCUMULATION)
+        _check_int("gpus_per_node", self.gpus_per_node, 1, 1 << 16)
         _check_choice("optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        if not isinstance(self.keep_output, bool):
+            raise ParameterError(f"{{keep_output}} must be true or false, got {self.keep_output!r}", "keep_output")
+        _check_choice("zero_grad", self.zero_grad, ZERO_GRAD)
         if self.alloc_conf is not None:
             if self.device != "cuda":
                 raise ParameterError(
@@ -110,6 +138,27 @@ class Settings:
             from .allocator.config import parse_alloc_conf
 
             parse_alloc_conf(self.alloc_conf)
+        self._validate_cuda_stack()
+
+    def _validate_cuda_stack(self) -> None:
+        for param, value in (("cuda_version", self.cuda_version), ("cuda_module_loading", self.cuda_module_loading)):
+            if value is not None and self.device != "cuda":
+                raise ParameterError(
+                    f"{{{param}}} describes the CUDA stack; drop it with {{device}} cpu", param, "device"
+                )
+        if self.cuda_version is not None:
+            from .cuda import check_cuda_version
+
+            try:
+                check_cuda_version(self.cuda_version)
+            except MemprofUserError as e:
+                raise ParameterError(str(e).replace("CUDA version", "{cuda_version}", 1), "cuda_version") from None
+        value = self.cuda_module_loading
+        if value is not None and (not isinstance(value, str) or value.strip().lower() not in CUDA_MODULE_LOADING):
+            raise ParameterError(
+                f"invalid {{cuda_module_loading}} {value!r}; valid: {', '.join(CUDA_MODULE_LOADING)}",
+                "cuda_module_loading",
+            )
 
 
 def _check_int(param: str, value: Any, low: int, high: int) -> None:
@@ -144,6 +193,7 @@ class Estimate:
     context: ContextEstimate | None = None  # on CUDA
     gpu: GPUSpec | None = None
     optimizer_temporaries: int | None = None  # peak scratch bytes inside optimizer.step()
+    allocator_run: TrainingSimulation | None = None  # the caching-allocator replay (CUDA), for `fit`
 
     def to_dict(self) -> dict[str, Any]:
         """The estimate JSON (docs/architecture.md)."""
@@ -247,8 +297,10 @@ def model_state_bytes(
     trainable = [t for t in tensors if t.trainable]
     parameters = sum(t.numel * (precision.param_bytes if t.dtype is None else dtype_bytes(t.dtype)) for t in tensors)
     trainable_numel = sum(t.numel for t in trainable)
+    # a gradient has its parameter's dtype (LoRA's float32 adapters in a 16-bit model, say)
+    grad_bytes = sum(t.numel * (precision.grad_bytes if t.dtype is None else dtype_bytes(t.dtype)) for t in trainable)
     breakdown: dict[str, int] = {}
-    for state in optimizer.state_tensors(trainable, precision.optimizer_dtype, **optimizer_options):
+    for state in optimizer.state_tensors(trainable, state_dtype(trainable, precision), **optimizer_options):
         if device == "cuda" and getattr(state, "host", False):
             continue
         breakdown[state.key] = breakdown.get(state.key, 0) + state.nbytes
@@ -257,10 +309,21 @@ def model_state_bytes(
     no_grads = gradient_free(optimizer)  # population methods run no backward
     by_category = {
         Category.PARAMETERS.value: parameters,
-        Category.GRADIENTS.value: 0 if no_grads else trainable_numel * precision.grad_bytes,
+        Category.GRADIENTS.value: 0 if no_grads else grad_bytes,
         Category.OPTIMIZER_STATES.value: sum(breakdown.values()),
     }
     return by_category, breakdown
+
+
+def state_dtype(trainable: Sequence[ParamTensor], precision: Precision) -> str:
+    """The dtype optimizer states are kept in: the precision's, or the trainable tensors' own when
+    they all have one (LoRA's float32 adapters: torch's states are zeros_like(param))."""
+    own = {t.dtype for t in trainable}
+    if len(own) == 1:
+        (dtype,) = own
+        if dtype is not None:
+            return dtype
+    return precision.optimizer_dtype
 
 
 def estimate(
@@ -281,15 +344,91 @@ def estimate(
     optimizer_impl: str = "auto",
     cuda_version: str | None = None,
     alloc_conf: str | None = None,
+    cuda_module_loading: str | None = None,
+    keep_output: bool = True,
+    zero_grad: str = "set-to-none",
+    head: str | None = None,
+    lora_rank: int | None = None,
+    lora_targets: str | Sequence[str] | None = None,
+    lora_dropout: float = 0.0,
+    quantize: str | None = None,
+    double_quant: bool = False,
+    parallel: ParallelStrategy | None = None,
+    pipeline: PipelineStage | None = None,
+    deepspeed: Mapping[str, Any] | None = None,
+    pp: int = 1,
+    pp_schedule: str = "1f1b",
+    microbatches: int = 1,
+    virtual_stages: int = 1,
+    pp_stage: int | None = None,
+    tp: int = 1,
+    engine: str | None = None,
+    fsdp_unit: str = "block",
+    gpus_per_node: int = 8,
+    target_len: int | None = None,
     **optimizer_options: Any,
 ) -> Estimate:
     """Estimate the memory of training `model` with `optimizer` at `precision`, per device.
 
     optimizer_impl: "auto" (what torch picks for the device: foreach on CUDA, the single-tensor loop
     on the CPU), "single_tensor", "foreach" or "fused". cuda_version: the CUDA runtime, for the
-    context estimate (e.g. "12.4"; default: any). alloc_conf: the PYTORCH_CUDA_ALLOC_CONF the
+    context estimate (e.g. "12.4"; default: any) and the check that it builds kernels for `gpu`;
+    cuda_module_loading: CUDA_MODULE_LOADING, "lazy" or "eager" (default: unset, which PyTorch turns
+    into lazy; CUDA older than 11.7 loads eagerly whatever it says). alloc_conf: the PYTORCH_CUDA_ALLOC_CONF the
     allocator replay runs with (e.g. "expandable_segments:True"; default: PyTorch's defaults).
+    keep_output: the loop keeps the model output through backward (`out = model(**batch)`, the
+    default) or only the loss (`loss = model(**batch).loss`, as the Hugging Face Trainer does): then
+    the logits and the key/value cache are freed in the forward. zero_grad: "set-to-none" (torch 2's
+    default) or "zeros" (`zero_grad(set_to_none=False)`: gradients stay allocated through the next
+    forward and each backward adds into them). head: the task head (estimators/heads.py: causal-lm,
+    masked-lm, seq-cls, token-cls, image-cls, seq2seq-lm); None: the one the config's
+    `architectures` names, else the preset's or family's own.
+    lora_rank / lora_targets / lora_dropout: train LoRA adapters (peft) of that rank on the named
+    linear modules (names separated by commas, "all-linear", or None for peft's default for the
+    model type) with that dropout, the base model frozen; quantize ("int8", "nf4", "fp4") and
+    double_quant: its base linear weights in bitsandbytes' storage, QLoRA (memprof.estimators.adapters).
+    engine: "ddp", "fsdp" (FSDP2's fully_shard; zero 2 or 3) or "deepspeed" (ZeRO 1-3); None: DDP for
+    several GPUs at zero 0, DeepSpeed for zero 1-3 (estimators/parallel/__init__.py). fsdp_unit:
+    "block" (fully_shard per transformer block and on the root, the torchtitan recipe) or "model".
+    gpus_per_node: the ranks on one host, whose offloaded states share its RAM (`cpu_offload_per_node`).
+    target_len: the decoder's length of an encoder-decoder model (t5; None: seq_len, the encoder's).
+    deepspeed: DeepSpeed's zero_optimization settings that size its buffers (reduce_bucket_size,
+    allgather_bucket_size, contiguous_gradients, overlap_comm, stage3_*: parallel.deepspeed.DeepSpeedConfig).
+    pp, pp_schedule ("gpipe", "1f1b", "interleaved-1f1b"), microbatches, virtual_stages: pipeline
+    parallelism over `pp` stages (parallel.pipeline), `batch_size` being the micro-batch, combined with
+    the data-parallel knobs (`gpus` ranks per stage); the estimate is stage `pp_stage`'s, or by default
+    the stage with the largest peak (the warnings give every stage's). pipeline / parallel: a stage or
+    an engine built by the caller. tp: tensor parallelism over `tp` ranks (Megatron's column / row split
+    of a Llama-like block, parallel.tensor): the estimate is one rank's.
     """
+    if pp != 1 or pp_stage is not None:
+        if pipeline is not None:
+            raise ParameterError("give {pp} or a pipeline stage, not both", "pp")
+        from .parallel.pipeline import PipelineStage as _Stage
+
+        args = dict(locals())
+        for name in ("optimizer_options", "pp", "pp_schedule", "microbatches", "virtual_stages", "pp_stage"):
+            args.pop(name)
+        args.pop("pipeline")
+        args.pop("_Stage")
+        stages = range(pp) if pp_stage is None else [pp_stage]
+        runs = [
+            estimate(
+                **args,
+                **optimizer_options,
+                pipeline=_Stage(pp, s, pp_schedule, microbatches, virtual_stages),
+            )
+            for s in stages
+        ]
+        worst = max(runs, key=lambda e: e.record.peak.allocated or 0)
+        if len(runs) > 1:
+            peaks = ", ".join(f"{i}: {e.record.peak.allocated:,} B" for i, e in zip(stages, runs))
+            note = (
+                f"pipeline: the stage with the largest peak of {pp} ({pp_schedule}, {microbatches} micro-batches); "
+                f"stage peaks {peaks}"
+            )
+            worst = _with_warning(worst, note)
+        return worst
     settings = Settings(
         optimizer=optimizer,
         precision=precision,
@@ -305,12 +444,54 @@ def estimate(
         optimizer_impl=optimizer_impl,
         alloc_conf=alloc_conf,
         optimizer_options=tuple(sorted(optimizer_options.items())),
+        cuda_version=cuda_version,
+        cuda_module_loading=cuda_module_loading,
+        keep_output=keep_output,
+        zero_grad=zero_grad,
+        engine=engine,
+        fsdp_unit=fsdp_unit,
+        gpus_per_node=gpus_per_node,
+        target_len=target_len,
+        tp=tp,
     )
     settings.validate()
-    spec = model if isinstance(model, ModelSpec) else load_model(model)
+    spec = model.with_head(head) if isinstance(model, ModelSpec) else load_model(model, head=head)
+    tp_note = None
+    if tp != 1:  # one tensor-parallel rank runs a model with 1/tp of the heads and MLP features
+        from .parallel.tensor import local_spec
+
+        whole_parameters = spec.num_parameters
+        spec = local_spec(spec, tp)
+        tp_note = (
+            f"tensor parallel: one rank of {tp} (Megatron's column / row split of each block; embeddings, norms "
+            f"and head replicated): {spec.num_parameters:,} of the model's {whole_parameters:,} parameters"
+        )
     opt = get_optimizer(optimizer)
     prec = get_precision(precision)
-    strategy = strategy_for(gpus, zero, offload)
+    if lora_rank is not None or quantize is not None or lora_targets is not None or lora_dropout or double_quant:
+        from .adapters import adapt
+
+        spec = adapt(
+            spec,
+            prec,
+            lora_rank=lora_rank,
+            lora_targets=lora_targets,
+            lora_dropout=lora_dropout,
+            quantize=quantize,
+            double_quant=double_quant,
+        )
+        if zero or offload != "none" or engine not in (None, "ddp") or parallel is not None or pipeline is not None:
+            raise ParameterError(
+                "LoRA / quantized weights with ZeRO, FSDP, pipelines or CPU offload are not modelled (the "
+                "engines' partitions and buckets of frozen and quantized weights); drop {zero} / {offload} "
+                "(data parallel with {gpus} works)",
+                "zero",
+                "offload",
+                "gpus",
+            )
+    # parallel: an engine the caller built with its own options (DeepSpeedZeRO with its ds_config)
+    ds = tuple(sorted((deepspeed or {}).items()))  # DeepSpeed's zero_optimization settings
+    strategy = strategy_for(gpus, zero, offload, engine, fsdp_unit, ds) if parallel is None else parallel
     gpu_spec = None
     if gpu is not None:
         if device != "cuda":
@@ -322,25 +503,207 @@ def estimate(
         from .gpus import get_gpu
 
         gpu_spec = get_gpu(gpu)
-    warnings: list[str] = []
+    warnings: list[str] = [] if tp_note is None else [tp_note]
     length = _resolve_seq_len(spec, seq_len, warnings)
+    warnings += FAMILIES[spec.model_type].estimate_notes
+    if target_len is not None and FAMILIES[spec.model_type].task != "seq2seq-lm":
+        raise ParameterError(
+            f"{{target_len}} is the decoder's length of an encoder-decoder model (t5); {spec.name} "
+            f"({spec.model_type}) has one sequence: use {{seq_len}}",
+            "target_len",
+            "seq_len",
+        )
     if optimizer_impl == "fused" and "fused" in opt.options and "fused" not in optimizer_options:
         # torch's fused kernels also keep `step` on the device: the state follows the implementation
         optimizer_options = {**optimizer_options, "fused": True}
 
-    full, breakdown = model_state_bytes(spec, opt, prec, device, **optimizer_options)
-    fp32_grads = 0 if gradient_free(opt) else sum(t.numel for t in spec.parameter_tensors() if t.trainable) * 4
+    # pipeline: one stage of a pipeline-parallel run holds its own blocks' states (what its
+    # data-parallel engine shards); `model_states_unsharded` is then the stage's
+    held: Any = spec
+    if pipeline is not None:
+        pipeline.validate(spec.num_layers)
+        if grad_accumulation != 1:
+            raise ParameterError(
+                "{grad_accumulation} with {pp}: the pipeline's micro-batches are the accumulation; use {microbatches}",
+                "grad_accumulation",
+                "pp",
+            )
+        held = _Tensors(tuple(pipeline.tensors(spec.parameter_tensors(), spec.num_layers)))
+    full, breakdown = model_state_bytes(held, opt, prec, device, **optimizer_options)
+    fp32_grads = 0 if gradient_free(opt) else sum(t.numel for t in held.parameter_tensors() if t.trainable) * 4
+    rank_states = full[Category.OPTIMIZER_STATES.value]
+    bind = getattr(strategy, "bind", None)
+    if bind is not None:  # an engine that lays the rank out from the model's tensors (DeepSpeed)
+        bind(held.parameter_tensors(), prec.param_bytes, prec.grad_bytes)
+        rank_states = _flat_partition_states(strategy, held, opt, device, optimizer_options)
+        warnings += getattr(strategy, "warnings", [])
+    per_rank = None
+    local = strategy.local_tensors(held.parameter_tensors())
+    if local is not None:  # an engine that shards tensor by tensor (FSDP2): the rank's own tensors, exact
+        rank, breakdown = model_state_bytes(_Tensors(local), opt, prec, device, **optimizer_options)
+        per_rank = (
+            rank[Category.PARAMETERS.value],
+            rank[Category.GRADIENTS.value],
+            rank[Category.OPTIMIZER_STATES.value],
+        )
     placement = strategy.place(
         ModelStateBytes(
             full[Category.PARAMETERS.value],
             full[Category.GRADIENTS.value],
-            full[Category.OPTIMIZER_STATES.value],
+            rank_states,
             fp32_grads,
+            per_rank,
         )
     )
     return _StepEstimator(
-        spec, opt, prec, settings, strategy, placement, full, breakdown, length, gpu_spec, warnings
-    ).build(cuda_version, optimizer_options)
+        spec, opt, prec, settings, strategy, placement, full, breakdown, length, gpu_spec, warnings, pipeline
+    ).build(optimizer_options)
+
+
+def _parallel_settings(pipeline: PipelineStage | None, tp: int) -> dict[str, Any]:
+    """The record's pipeline and tensor-parallel settings, only those in use: pp, pp_schedule,
+    microbatches, virtual_stages and pp_stage (the stage whose figures these are: the one asked for, or
+    the stage with the largest peak) with a pipeline; tp above 1."""
+    out: dict[str, Any] = {}
+    if pipeline is not None:
+        out.update(
+            pp=pipeline.stages,
+            pp_schedule=pipeline.schedule,
+            microbatches=pipeline.microbatches,
+            virtual_stages=pipeline.virtual,
+            pp_stage=pipeline.stage,
+        )
+    if tp != 1:
+        out["tp"] = tp
+    return out
+
+
+def _engine_name(s: Settings) -> str | None:
+    """The engine the settings run (parallel.default_engine when not named); None: one device."""
+    from .parallel import default_engine
+
+    return s.engine or default_engine(s.gpus, s.zero)
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    """A rank's own parameter tensors, as `model_state_bytes` reads a model."""
+
+    tensors: tuple[ParamTensor, ...]
+
+    def parameter_tensors(self) -> tuple[ParamTensor, ...]:
+        return self.tensors
+
+
+def _with_warning(e: Estimate, note: str) -> Estimate:
+    from dataclasses import replace
+
+    return replace(e, record=replace(e.record, warnings=(*e.record.warnings, note)))
+
+
+def _add_in_flight(timeline: Timeline, stage: PipelineStage, buffers: tuple[int, int]) -> None:
+    """A pipeline stage holds the activations of its other micro-batches in flight (parallel.pipeline):
+    what one micro-batch holds when its forward ends, added to the replayed micro-batches' moments
+    (the first replayed one without gradients, the second with the earlier ones' accumulated); and
+    the schedule's buffers (`PipelineStage.schedule_buffers`): receive buffers all step, the last
+    stage's kept outputs."""
+    end = next((p for p in timeline if p.label.startswith("forward end")), None)
+    if end is None:
+        return
+    held = end.by_category[Category.ACTIVATIONS.value]
+    k = stage.in_flight
+    # GPipe's later backwards run with fewer forwards left in flight; 1F1B's steady state with k
+    later = k - 1 if stage.microbatches > k else k - 2
+    persistent, output = buffers
+    for point in timeline:
+        point.by_category[Category.TEMPORARY.value] += persistent
+        if point.phase == Phase.OPTIMIZER_STEP.value:
+            point.by_category[Category.TEMPORARY.value] += stage.outputs_kept(2) * output
+            continue
+        second = "micro-batch 2/" in point.label
+        extra = max(0, later) if second else k - 1
+        point.by_category[Category.ACTIVATIONS.value] += extra * held
+        # the replay frees its own output after the loss: the schedule's copy stays
+        point.by_category[Category.TEMPORARY.value] += stage.outputs_kept(2 if second else 1) * output
+
+
+def _flat_partition_states(
+    strategy: ParallelStrategy, spec: ModelSpec, opt: OptimizerSpec, device: str, options: Mapping[str, Any]
+) -> int:
+    """The optimizer states of a rank that steps one flat fp32 partition (DeepSpeed ZeRO): the
+    optimizer's states of that tensor and the partition itself (the master weights)."""
+    trainable = [t for t in spec.parameter_tensors() if t.trainable]
+    flat: list[ParamTensor] = strategy.optimizer_tensors(trainable)  # type: ignore[attr-defined]
+    states = sum(
+        st.nbytes
+        for st in opt.state_tensors(flat, "float32", **options)
+        if not (device == "cuda" and getattr(st, "host", False))
+    )
+    return states + sum(t.numel for t in flat) * 4
+
+
+def _param_dtype_label(spec: ModelSpec, dtype: str) -> str:
+    """The parameters' dtype as the table shows it: a quantized base reads "nf4 base + float32"."""
+    a = spec.adapter
+    return dtype if a is None or not a.quantize else f"{a.quantize} base + {dtype}"
+
+
+def _adapter_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The record's LoRA / quantization settings (none for full training)."""
+    a = spec.adapter
+    if a is None:
+        return {}
+    return {
+        "lora_rank": a.rank,
+        "lora_targets": a.requested or "default",
+        "lora_modules": len(a.targets),
+        "lora_dropout": float(a.dropout),
+        "quantize": a.quantize,
+        "double_quant": a.double_quant if a.quantize else None,
+    }
+
+
+def _allocator_summary(sim: TrainingSimulation, spec: ModelSpec, act: ActivationSettings) -> dict[str, Any]:
+    """What the allocator did at the peak and the reserved range over allocation orders
+    (allocator.explain.summarize), its allocations named from the activation trace."""
+    from .activations import build_trace
+    from .allocator.explain import describe_allocation, summarize
+
+    names: dict[int, str] = {}
+
+    def name(ident: Any) -> str:
+        if not names and isinstance(ident, int):  # built at the first step tensor named (a dozen are)
+            for op in build_trace(spec, act).ops:  # the estimate's own trace (build_trace caches it)
+                for t in op.outputs:
+                    names[id(t)] = f"{op.module or op.op}: {t.name} ({op.op})"
+        return describe_allocation(ident, names)
+
+    run = sim.run
+    return summarize(
+        run.events,
+        sim.result.config,
+        sim.result,
+        measured_from=run.measured_from,
+        where=run.where,
+        name=name,
+        capture=sim.capture,
+    )
+
+
+def _cuda_text(cuda_version: str | None) -> str | None:
+    """ "12.4" for "12.4", "12.4.1" or "cu124"; None stays None."""
+    if cuda_version is None:
+        return None
+    from .cuda import check_cuda_version
+
+    return check_cuda_version(cuda_version).text
+
+
+def _module_loading(s: Settings) -> str:
+    """ "lazy" or "eager": how CUDA loads kernels in the run (overheads.lazy_loading)."""
+    from .overheads import lazy_loading
+
+    return "lazy" if lazy_loading(s.cuda_version, module_loading=s.cuda_module_loading).enabled else "eager"
 
 
 def _activation_settings(
@@ -354,21 +717,26 @@ def _activation_settings(
     from .activations import ActivationSettings
 
     if strategy is None:
-        strategy = strategy_for(settings.gpus, settings.zero, settings.offload)
-    implementation = "sdpa" if settings.attention == "auto" else settings.attention
+        strategy = strategy_for(settings.gpus, settings.zero, settings.offload, settings.engine, settings.fsdp_unit)
+    implementation = FAMILIES[spec.model_type].default_attention if settings.attention == "auto" else settings.attention
     compute = prec.compute_dtype if prec.autocast else prec.param_dtype
+    param_dtype, autocast = prec.param_dtype, prec.autocast
+    if strategy.compute_without_autocast:
+        # FSDP2's MixedPrecisionPolicy: the layers run on weights gathered in the compute dtype
+        param_dtype, autocast = compute, False
     return ActivationSettings(
         batch_size=settings.batch_size,
         seq_len=seq_len,
         compute_dtype=compute,
-        param_dtype=prec.param_dtype,
-        autocast=prec.autocast,
+        param_dtype=param_dtype,
+        autocast=autocast,
         attention=implementation,
         checkpointing=settings.checkpointing,
         training=True,
         device=settings.device,
         sharded_params=strategy.gathers_parameters_per_layer,
         compute_capability=None if gpu is None or settings.device != "cuda" else gpu.compute_capability,
+        target_len=settings.target_len,
     )
 
 
@@ -387,8 +755,9 @@ class _StepEstimator:
     seq_len: int
     gpu: GPUSpec | None
     warnings: list[str] = field(default_factory=list)
+    pipeline: PipelineStage | None = None
 
-    def build(self, cuda_version: str | None, optimizer_options: Mapping[str, Any]) -> Estimate:
+    def build(self, optimizer_options: Mapping[str, Any]) -> Estimate:
         from .activations import activation_bytes, attention_kernel
         from .timeline import PEAK_ITEMS, step_timeline
 
@@ -400,6 +769,18 @@ class _StepEstimator:
             verdict = check_request(self.gpu, prec.name, s.attention)
             if verdict.level == "warning":
                 self.warnings.append(verdict.message)
+            if s.cuda_version is not None:
+                from .kernels import check_cuda
+
+                runs = check_cuda(self.gpu, s.cuda_version)
+                if runs.level == "error":
+                    raise ParameterError(f"{{gpu}} {self.gpu.name}: {runs.message}", "gpu", "cuda_version")
+        if s.cuda_version is not None:
+            from .cuda import check_cuda_version
+
+            note = check_cuda_version(s.cuda_version).note  # a release newer than memprof's table
+            if note:
+                self.warnings.append(note)
         kernel = attention_kernel(spec, act)
         backward = not gradient_free(self.opt)  # population methods evaluate under torch.no_grad
         saved = activation_bytes(spec, act) if backward else 0
@@ -414,9 +795,15 @@ class _StepEstimator:
         if strategy.optimizer_on_host:
             step_scratch = 0  # the optimizer steps on the host
         else:
+            stepped = [t for t in spec.parameter_tensors() if t.trainable]
+            if self.pipeline is not None:
+                stepped = self.pipeline.tensors(stepped, spec.num_layers)
+            flat = getattr(strategy, "optimizer_tensors", None)
+            if flat is not None:  # the optimizer steps the rank's flat partition (DeepSpeed ZeRO)
+                stepped = flat(stepped)
             whole = step_temporary_bytes(
                 self.opt,
-                [t for t in spec.parameter_tensors() if t.trainable],
+                stepped,
                 prec.optimizer_dtype,
                 device=s.device,
                 implementation=impl,
@@ -438,12 +825,22 @@ class _StepEstimator:
         if s.device == "cuda":
             from .overheads import cuda_context_bytes
 
-            context = cuda_context_bytes(self.gpu, cuda_version)
+            context = cuda_context_bytes(self.gpu, s.cuda_version, module_loading=s.cuda_module_loading)
+        # the caching-allocator replay lays out one device's ordinary step; a pipeline stage's schedule
+        # and DeepSpeed's flat buffers and buckets are in the byte timeline only
+        replayable = self.pipeline is None and getattr(strategy, "gradient_residency", None) is None
+        if s.device == "cuda" and not replayable:
+            self.warnings.append(
+                f"{'pipeline stage' if self.pipeline is not None else strategy.name}: tensor bytes from the step "
+                "timeline; no caching-allocator replay (reserved memory and fragmentation not predicted beyond them)"
+            )
+        if s.device == "cuda" and replayable:
             sim = self._allocator_replay(act, step_scratch, blas, optimizer_options)
             replayed = sim.run.timeline  # the replay ran the step timeline; its byte totals are ours
             assert replayed is not None  # compose_run leaves it None only for event lists it did not build
             timeline = replayed
         else:
+            residency = getattr(strategy, "gradient_residency", None)
             timeline = step_timeline(
                 spec,
                 act,
@@ -452,19 +849,38 @@ class _StepEstimator:
                 grad_dtype=prec.grad_dtype,
                 optimizer_state_bytes=self.placement.optimizer_states,
                 optimizer_temporaries_bytes=step_scratch,
-                grad_accumulation=s.grad_accumulation,
+                grad_accumulation=s.grad_accumulation if self.pipeline is None else 1 + self.pipeline.accumulates,
                 create_graph=needs_create_graph(self.opt),
                 backward=backward,
+                keep_output=s.keep_output,
+                zero_grad=s.zero_grad,
+                gradient_residency=residency() if residency is not None else None,
+                engine=self._engine_schedule(),
+                **self._pipeline_replay(),
             )
+            if self.pipeline is not None:
+                from .activations import build_trace
+
+                schedule = self.pipeline.schedule_buffers(build_trace(spec, act), spec.num_layers)
+                _add_in_flight(timeline, self.pipeline, schedule)
         # the buffers live all step (the replay allocates the BLAS workspace itself, outside the timeline)
         for point in timeline:
             point.by_category[Category.TEMPORARY.value] += buffer_bytes
+        # an engine's buffers that live through one phase (DeepSpeed's reduction bucket in the backward)
+        by_phase: dict[str, list[Buffer]] = getattr(strategy, "phase_buffers", dict)()
+        for point in timeline:
+            point.by_category[Category.TEMPORARY.value] += sum(b.nbytes for b in by_phase.get(point.phase, ()))
+        all_step = list(buffers)
+        buffers = buffers + list({b.name: b for bs in by_phase.values() for b in bs}.values())
+        # buffers the timeline counts elsewhere, named in temporary_breakdown (DeepSpeed's stage 1-2 bucket)
+        itemized: list[Buffer] = getattr(strategy, "itemized", list)()
         peak_point = timeline.peak
         by_category: dict[str, int | None] = dict(peak_point.by_category)
         tensor_bytes = sum(by_category[c] or 0 for c in TENSOR_CATEGORIES)
         allocator: dict[str, Any] | None = None
         if sim is None:
-            by_category[Category.CUDA_CONTEXT.value] = 0  # no CUDA context, no caching allocator
+            # no caching allocator replayed (the CPU; a pipeline stage on CUDA: tensor bytes only)
+            by_category[Category.CUDA_CONTEXT.value] = 0 if context is None else context.bytes
             by_category[Category.FRAGMENTATION.value] = 0
             allocated = tensor_bytes
         else:
@@ -472,13 +888,16 @@ class _StepEstimator:
             by_category[Category.CUDA_CONTEXT.value] = context.bytes
             by_category[Category.FRAGMENTATION.value] = max(0, sim.peak_reserved - sim.peak_requested)
             allocator = sim.to_dict()
+            allocator.update(_allocator_summary(sim, spec, act))
             # buffers the replay leaves out (one large tensor each) are allocated as they are
             allocated = sim.peak_allocated + sum(b.nbytes for b in buffers if b.name != "cublas_workspace")
+            # an engine's changing buffers are in the timeline, not in the replay's allocations
+            allocated = max(allocated, tensor_bytes) if self._engine_schedule() is not None else allocated
         reserved = tensor_bytes + (by_category[Category.FRAGMENTATION.value] or 0)
         # what the temporary category holds at the peak, named: the largest tensors (the timeline's)
         # and the buffers that live all step
         at_peak = dict(timeline.peak_temporaries)
-        for b in buffers:
+        for b in [*all_step, *by_phase.get(peak_point.phase, ())]:
             at_peak[b.name] = at_peak.get(b.name, 0) + b.nbytes
         at_peak = dict(sorted(at_peak.items(), key=lambda kv: -kv[1])[:PEAK_ITEMS])
         device_total = reserved + (by_category[Category.CUDA_CONTEXT.value] or 0)
@@ -501,7 +920,17 @@ class _StepEstimator:
                 attention_kernel=kernel,
                 optimizer_impl=impl,
                 alloc_conf=s.alloc_conf,
+                cuda_version=_cuda_text(s.cuda_version),
+                cuda_module_loading=None if context is None else _module_loading(s),
                 population=population_of(self.opt.resolve_options(optimizer_options)) if not backward else None,
+                keep_output=s.keep_output,
+                zero_grad=s.zero_grad,
+                head=getattr(spec, "head", None),
+                engine=_engine_name(s),
+                fsdp_unit=s.fsdp_unit if _engine_name(s) == "fsdp" else None,
+                target_len=(s.target_len or self.seq_len) if FAMILIES[spec.model_type].task == "seq2seq-lm" else None,
+                **_adapter_settings(spec),
+                **_parallel_settings(self.pipeline, s.tp),
             ),
             model_states=ModelStates(
                 self.placement.parameters, self.placement.gradients, self.placement.optimizer_states
@@ -509,10 +938,11 @@ class _StepEstimator:
             model_states_unsharded=ModelStates(**self.full),
             optimizer_state_breakdown=self.breakdown,
             cpu_offload=self.placement.cpu,
+            cpu_offload_per_node=self.placement.cpu * min(s.gpus, s.gpus_per_node) if self.placement.cpu else None,
             activations_saved=saved,
             temporary_breakdown={
                 "optimizer_step": step_scratch,
-                **{b.name: b.nbytes for b in buffers},
+                **{b.name: b.nbytes for b in [*buffers, *itemized]},
                 **{k: v for k, v in at_peak.items() if k not in ("optimizer step scratch",)},
             },
             temporary_at_peak=at_peak,
@@ -534,7 +964,7 @@ class _StepEstimator:
                 optimizer_implementation=self.opt.implementation,
                 optimizer_family=self.opt.family.value,
                 precision_description=prec.description,
-                param_dtype=prec.param_dtype,
+                param_dtype=_param_dtype_label(spec, prec.param_dtype),
                 grad_dtype=prec.grad_dtype,
             ),
         )
@@ -552,7 +982,34 @@ class _StepEstimator:
             context=context,
             gpu=self.gpu,
             optimizer_temporaries=step_scratch,
+            allocator_run=sim,
         )
+
+    def _engine_schedule(self) -> EngineSchedule | None:
+        """The engine's buffers through the step (FSDP2's gathers and reductions), or None."""
+        from .parallel import largest_layer_parameters
+
+        act = _activation_settings(self.spec, self.prec, self.settings, self.seq_len, self.strategy, self.gpu)
+        return self.strategy.schedule(
+            self.spec.parameter_tensors(),
+            EngineBuffers(
+                num_parameters=self.spec.num_parameters,
+                grad_bytes=self.prec.grad_bytes,
+                param_bytes=self.prec.param_bytes,
+                largest_layer_parameters=largest_layer_parameters(self.spec.parameter_tensors()),
+                gathered_bytes=dtype_bytes(act.param_dtype),
+                reduce_bytes=self.prec.grad_bytes,
+                device=self.settings.device,
+            ),
+        )
+
+    def _pipeline_replay(self) -> dict[str, Any]:
+        """A pipeline stage's part of the step: its blocks' forward (replayed for two micro-batches,
+        the second with the first's gradients, when the step has more than one)."""
+        if self.pipeline is None:
+            return {}
+        stage, layers = self.pipeline, self.spec.num_layers
+        return {"trace_filter": lambda tr: stage.filter_trace(tr, layers)}
 
     def _buffers(self, blas: tuple[int, ...]) -> list[Buffer]:
         """The itemized temporary buffers of one rank, largest first: the cuBLAS workspace and the engine's."""
@@ -569,7 +1026,8 @@ class _StepEstimator:
             )
         out += self.strategy.buffers(
             EngineBuffers(
-                num_parameters=self.spec.num_parameters,
+                # the engines' gradient buckets cover what trains (LoRA: the adapters alone)
+                num_parameters=sum(t.numel for t in self.spec.parameter_tensors() if t.trainable),
                 grad_bytes=self.prec.grad_bytes,
                 param_bytes=self.prec.param_bytes,
                 largest_layer_parameters=largest_layer_parameters(self.spec.parameter_tensors()),
@@ -598,10 +1056,12 @@ class _StepEstimator:
         params = self.spec.parameter_tensors()
         states: list[Any]
         if not self.strategy.states_as_flat_buffer:
+            # an engine that shards tensor by tensor (FSDP2): the states of the rank's own shards
+            params = self.strategy.local_tensors(params) or params
             trainable = [t for t in params if t.trainable]
             states = states_per_parameter(
-                trainable,
-                self.opt.state_tensors(trainable, prec.optimizer_dtype, **optimizer_options),
+                params,  # one row per tensor; frozen ones (an adapter's base weights) keep no state
+                self.opt.state_tensors(trainable, state_dtype(trainable, prec), **optimizer_options),
                 master_bytes_per_element=prec.master_bytes,
                 device="cuda",
             )
@@ -628,6 +1088,9 @@ class _StepEstimator:
             workspaces=blas,
             alloc_conf=s.alloc_conf,
             create_graph=needs_create_graph(self.opt),
+            keep_output=s.keep_output,
+            zero_grad=s.zero_grad,
+            engine=self._engine_schedule(),
         )
 
     def _forward_only_replay(

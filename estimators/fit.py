@@ -51,6 +51,7 @@ class KnobRow:
     peak: int  # device total with the knob
     saves: int  # reference peak minus this peak (negative: costs memory)
     fits: bool
+    cache_flushes: int | None = None  # fits only by flushing the allocator's cache this often per step
 
 
 @dataclass
@@ -69,6 +70,11 @@ class FitResult:
     # embeddings end before memory does), and the longest sequence before rounding to SEQ_MULTIPLE
     seq_len_limited_by: str | None = None
     max_seq_len_exact: int | None = None
+    flushes: dict[int, int | None] = field(default_factory=dict)  # id(record) -> _Search's verdict
+
+    def _flushes(self, e: EstimateRecord) -> int | None:
+        n = self.flushes.get(id(e))
+        return None if n is None or n < 0 else n
 
     def to_dict(self) -> dict[str, Any]:
         def peak(e: EstimateRecord | None) -> dict[str, Any] | None:
@@ -79,6 +85,8 @@ class FitResult:
                     "batch_size": e.settings.batch_size,
                     "seq_len": e.settings.seq_len,
                     "device_total": e.device_total,
+                    "device_total_high": device_total_high(e),
+                    "cache_flushes": self._flushes(e),
                     "phase": e.peak.phase,
                 }
             )
@@ -104,9 +112,11 @@ class FitResult:
                     "peak": r.peak,
                     "saves": r.saves,
                     "fits": r.fits,
+                    "cache_flushes": r.cache_flushes,
                 }
                 for r in self.rows
             ],
+            "policy": FIT_POLICY,
             "estimates_run": self.estimates_run,
             "seq_len_limited_by": self.seq_len_limited_by,
             "max_seq_len_exact": self.max_seq_len_exact,
@@ -140,19 +150,73 @@ def _device_total(e: EstimateRecord) -> int:
     return e.device_total
 
 
+FIT_POLICY = (
+    "fits: the step runs within the budget (usable memory less the headroom) in every allocation order the "
+    "allocator replay tries (allocator.range); when the cache the replay reserves is larger than the budget, "
+    "the step is replayed with the budget as the allocator's limit, and fits if it runs: the caching allocator "
+    "frees its cached segments and retries before it raises out-of-memory (each retry a synchronising "
+    "cudaFree, counted as cache flushes per step)"
+)
+
+
+def device_total_high(e: EstimateRecord) -> int | None:
+    """The device total at the high end of the reserved range over allocation orders (allocator.range)."""
+    total = e.device_total
+    allocator = getattr(e, "allocator", None) or {}
+    high, baseline = (allocator.get("range") or {}).get("high"), (allocator.get("peak") or {}).get("reserved")
+    if total is None or not isinstance(high, int) or not isinstance(baseline, int):
+        return total
+    return total + max(0, high - baseline)
+
+
 class _Search:
-    """Runs estimates and counts them."""
+    """Runs estimates, counts them, and judges them by FIT_POLICY."""
 
     def __init__(self, model: Any, knobs: dict[str, Any], budget: Budget):
         self.model, self.knobs, self.budget = model, knobs, budget
         self.count = 0
+        # id(record) -> cache flushes per step (None: none needed, -1: does not fit); the records are
+        # kept with it (`_judged`), so that an id is never that of a record since collected
+        self.flushes: dict[int, int | None] = {}
+        self._judged: dict[int, Any] = {}
+        self._replays: dict[int, Any] = {}  # id(record) -> its Estimate, until judged
 
     def run(self, **changes: Any) -> EstimateRecord:
         self.count += 1
-        return estimate(self.model, **{**self.knobs, **changes}).record
+        est = estimate(self.model, **{**self.knobs, **changes})
+        self._replays[id(est.record)] = est
+        return est.record
 
     def fits(self, e: EstimateRecord) -> bool:
-        return e.device_total is not None and e.device_total <= self.budget.limit
+        if self._judged.get(id(e)) is e:
+            return self.flushes[id(e)] != -1
+        verdict = self._judge(e)
+        self.flushes[id(e)], self._judged[id(e)] = verdict, e
+        self._replays.pop(id(e), None)
+        return verdict != -1
+
+    def _judge(self, e: EstimateRecord) -> int | None:
+        """None: fits in every order without a cache flush; n >= 1: fits with n flushes per step; -1: no."""
+        total, high, limit = e.device_total, device_total_high(e), self.budget.limit
+        if total is None or high is None:
+            return -1
+        if high <= limit:
+            return None
+        est = self._replays.get(id(e))
+        if est is not None and est.record is not e:
+            est = None
+        sim = getattr(est, "allocator_run", None)
+        context = getattr(est, "context", None)
+        if sim is None or context is None or e.peak.allocated is None or e.peak.allocated + context.bytes > limit:
+            return -1  # no replay to run under a limit, or the live tensors alone exceed the budget
+        from .allocator.explain import runs_within
+
+        outside = total - context.bytes - sim.peak_reserved  # tensors the replay does not allocate (buffers)
+        capacity = limit - context.bytes - outside
+        if capacity <= 0:
+            return -1
+        verdict = runs_within(sim.run.events, sim.result.config, capacity, measured_from=sim.run.measured_from)
+        return max(1, verdict["retries"]) if verdict["fits"] else -1
 
     def largest(
         self, key: str, high: int, **fixed: Any
@@ -202,6 +266,8 @@ def _knob_candidates(ref: EstimateRecord) -> list[tuple[str, str, dict[str, Any]
     for mode in ("selective", "full"):
         if s.checkpointing != mode:
             rows.append((f"--checkpointing {mode}", "activations", {"checkpointing": mode}))
+    if s.keep_output:  # the loop keeps only the loss: logits and key/value cache go before backward
+        rows.append(("--no-keep-output", "activations", {"keep_output": False}))
     if s.attention == "eager":
         rows.append(("--attention sdpa", "activations", {"attention": "sdpa"}))
     if s.attention_kernel != "flash" and prec.compute_dtype in ("bfloat16", "float16"):
@@ -213,6 +279,14 @@ def _knob_candidates(ref: EstimateRecord) -> list[tuple[str, str, dict[str, Any]
     for name in ("adamw8bit", "adafactor", "lion", "sgd"):
         if s.optimizer != name:
             rows.append((f"--optimizer {name}", "optimizer", {"optimizer": name}))
+    if s.optimizer_impl != "fused":
+        rows.append(("--optimizer-impl fused", "optimizer", {"optimizer_impl": "fused"}))
+    # training adapters instead of the whole model (peft's default targets, rank 16): LoRA, then QLoRA
+    if s.lora_rank is None:
+        rows.append(("--lora-rank 16", "adapters", {"lora_rank": 16}))
+        rows.append(("--lora-rank 16 --quantize nf4", "adapters", {"lora_rank": 16, "quantize": "nf4"}))
+    elif s.quantize is None:
+        rows.append(("--quantize nf4", "adapters", {"quantize": "nf4"}))
     if not s.alloc_conf:
         rows.append(("--alloc-conf expandable_segments:True", "allocator", {"alloc_conf": "expandable_segments:True"}))
     if s.gpus == 1 and s.zero == 0:
@@ -220,6 +294,10 @@ def _knob_candidates(ref: EstimateRecord) -> list[tuple[str, str, dict[str, Any]
         for n in (2, 8):
             rows.append((f"--gpus {n} --zero 3", "sharding", {"gpus": n, "zero": 3}))
         rows.append(("--gpus 8 --zero 2", "sharding", {"gpus": 8, "zero": 2}))
+        # model parallelism: a stage of the blocks (1F1B, --batch-size per micro-batch) or a tensor-parallel
+        # rank (Llama-like families whose heads divide; other models skip the row)
+        rows.append(("--pp 4 --microbatches 4", "model parallel", {"pp": 4, "microbatches": 4}))
+        rows.append(("--tp 2", "model parallel", {"tp": 2}))
     elif s.zero < 3:
         rows.append(("--zero 3", "sharding", {"zero": 3}))
     return rows
@@ -284,9 +362,20 @@ def fit(
             e = search.run(**fixed, **changes)
         except MemprofUserError:
             continue  # a knob this model or device cannot take (e.g. flash on an unsupported dtype)
+        fits = search.fits(e)
+        flushes = search.flushes.get(id(e))
         result.rows.append(
-            KnobRow(label, family, changes, _device_total(e), ref_peak - _device_total(e), search.fits(e))
+            KnobRow(
+                label,
+                family,
+                changes,
+                _device_total(e),
+                ref_peak - _device_total(e),
+                fits,
+                None if flushes is None or flushes < 0 else flushes,
+            )
         )
     result.rows.sort(key=lambda r: -r.saves)
     result.estimates_run = search.count
+    result.flushes = search.flushes
     return result

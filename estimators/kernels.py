@@ -40,6 +40,7 @@ __all__ = [
     "KernelCheck",
     "RequestCheck",
     "bf16_support",
+    "check_cuda",
     "check_request",
     "cudnn_sdpa",
     "efficient_sdpa",
@@ -357,6 +358,23 @@ _PRECISION_DTYPE = {
     "16-master": "float16",
     "32-true": "float32",
 }
+
+
+def check_cuda(gpu: Any, cuda_version: str) -> RequestCheck:
+    """Whether a PyTorch built with CUDA `cuda_version` can run kernels on `gpu`.
+
+    "error" when the toolkit does not build for the GPU's compute capability (estimators/cuda.py,
+    cuda_supports): torch.cuda warns at initialisation ("... is not compatible with the current
+    PyTorch installation", _check_cubins) and the first kernel then raises "no kernel image is
+    available for execution on the device", so no training step runs. An unknown CUDA version raises.
+    """
+    from .cuda import check_cuda_version, cuda_supports
+
+    version = check_cuda_version(cuda_version)
+    why = cuda_supports(_cc(gpu), version.text)
+    if why:
+        return RequestCheck("error", f"a PyTorch built with CUDA {version.text} cannot run on this GPU: {why}")
+    return RequestCheck("warning", version.note) if version.note else RequestCheck("ok", "")
 
 
 def check_request(gpu: Any, precision: str, attention: str = "auto", *, tf32: bool = False) -> RequestCheck:

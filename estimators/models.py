@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +22,8 @@ from ..profiles import data_path
 from .errors import MemprofUserError, unknown_name
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Dims
 from .files import loads_json, read_input
+from .heads import canonical as head_name
+from .heads import check_head, family_heads, head_from_architectures
 from .tensors import ParamTensor
 
 __all__ = [
@@ -42,7 +44,7 @@ __all__ = [
     "spec_from_config_file",
 ]
 
-TASKS = ("causal-lm", "masked-lm", "image-classification")
+TASKS = ("causal-lm", "masked-lm", "image-classification")  # the heads presets name (estimators/heads.py: HEADS)
 
 # Limits on what a config.json may describe (docs/architecture.md, "Input files"). The deepest
 # published models have ~130 layers (Llama 3.1 405B: 126); 512 leaves room for the next ones while
@@ -72,17 +74,21 @@ class ModelSpec:
     task: str  # "causal-lm" | "masked-lm" | "image-classification"
     hf_id: str | None = None
     source: str = ""  # where the figures come from
+    # LoRA / quantized base weights (memprof.estimators.adapters.Adapter): None for full training
+    adapter: Any = None
     _dims: Dims = field(init=False, repr=False, compare=False)
     _params: tuple[ParamTensor, ...] = field(init=False, repr=False, compare=False)
+    _num_parameters: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.model_type not in FAMILIES:
             raise _unsupported(self.model_type, self.name)
         family = FAMILIES[self.model_type]
-        if self.task != family.task:
+        heads = family_heads(family)
+        if head_name(self.task) not in heads:
+            listed = ", ".join(f"{h} ({cls})" for h, cls in heads.items())
             raise MemprofUserError(
-                f"{self.name}: task {self.task!r} is not modelled for {self.model_type}; "
-                f"valid: {family.task!r} ({family.head_class})"
+                f"{self.name}: head {self.task!r} is not modelled for {self.model_type}; its heads: {listed}"
             )
         config = dict(self.config)
         if config.setdefault("model_type", self.model_type) != self.model_type:
@@ -93,6 +99,10 @@ class ModelSpec:
         config = normalize_config(config, where=self.name)
         object.__setattr__(self, "config", MappingProxyType(config))
         dims = family.describe(self.config)  # one description feeds the parameters and the replay
+        if head_name(self.task) in ("seq-cls", "token-cls"):  # a classification head on the backbone
+            from .families._heads import head_fields
+
+            dims = replace(dims, **head_fields(self.model_type, self.config, head_name(self.task)))
         if dims.num_layers > MAX_LAYERS:
             raise MemprofUserError(
                 f"{self.name}: {dims.num_layers:,} layers is more than memprof models ({MAX_LAYERS}, MAX_LAYERS)"
@@ -104,15 +114,32 @@ class ModelSpec:
                 f"{self.name}: {len(params):,} parameter tensors is more than memprof models "
                 f"({MAX_PARAMETER_TENSORS:,}, MAX_PARAMETER_TENSORS)"
             )
+        # the model's own parameters; an adapter adds its own and stores quantized weights packed
+        count = sum(t.numel for t in params)
+        if self.adapter is not None:  # an adapters.Adapter
+            params = tuple(self.adapter.model_tensors(self, params))
+            count += sum(t.numel for t in params if ".lora_" in t.name)
         object.__setattr__(self, "_params", params)
+        object.__setattr__(self, "_num_parameters", count)
 
     def __hash__(self) -> int:
-        return hash((self.name, self.model_type, self.num_parameters))
+        return hash((self.name, self.model_type, self.num_parameters, self.adapter))
 
     @property
     def head_class(self) -> str:
         """The transformers class whose parameters `parameter_tensors` lists (e.g. "GPT2LMHeadModel")."""
-        return FAMILIES[self.model_type].head_class
+        return family_heads(FAMILIES[self.model_type])[head_name(self.task)]
+
+    @property
+    def head(self) -> str:
+        """The task head trained, as `--head` names it ("causal-lm", "seq-cls", ...)."""
+        return head_name(self.task)
+
+    def with_head(self, head: str | None) -> ModelSpec:
+        """The same model with task head `head` (None: this one); an unmodelled head is a ParameterError."""
+        if head is None or head_name(head) == self.head:
+            return self
+        return replace(self, task=check_head(FAMILIES[self.model_type], head))
 
     def parameter_tensors(self) -> tuple[ParamTensor, ...]:
         """Exactly `model.named_parameters()` of the head class: names, shapes and order."""
@@ -120,7 +147,8 @@ class ModelSpec:
 
     @property
     def num_parameters(self) -> int:
-        return sum(t.numel for t in self._params)
+        """The model's parameters (LoRA's included), counted unquantized."""
+        return self._num_parameters
 
     @property
     def dims(self) -> Dims:
@@ -197,8 +225,11 @@ class ModelSpec:
 # Loading
 
 
-def load_model(ref: str) -> ModelSpec:
+def load_model(ref: str, head: str | None = None) -> ModelSpec:
     """A preset name or alias (case-insensitive), a path to a config.json, or a folder holding one.
+
+    head: the task head to build (estimators/heads.py); None: the one the config's `architectures`
+    names, else the preset's or family's own.
 
     `package.module:factory` references need torch (memprof.factory builds the model): they are
     resolved by memprof.estimate and the memprof CLI, not here."""
@@ -216,11 +247,11 @@ def load_model(ref: str) -> ModelSpec:
     # an existing config file or model folder wins over a preset of the same spelling (a device or a
     # pipe too: its reader says it is not a file)
     if path.is_file() or (path.exists() and not path.is_dir()):
-        return spec_from_config_file(path, name=ref)
+        return spec_from_config_file(path, name=ref, head=head)
     if path.is_dir() and (path / "config.json").is_file():
-        return spec_from_config_file(path / "config.json", name=ref)
+        return spec_from_config_file(path / "config.json", name=ref, head=head)
     if key in aliases:
-        return _load_preset(aliases[key])
+        return _load_preset(aliases[key]).with_head(head)
     if path.is_dir():
         raise MemprofUserError(f"no config.json in folder {path}")
     if key.endswith(".json") or (path.parent != Path(".") and path.parent.exists()):
@@ -229,7 +260,7 @@ def load_model(ref: str) -> ModelSpec:
     raise unknown_name("model", ref, list(aliases))
 
 
-def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpec:
+def spec_from_config_file(path: str | Path, name: str | None = None, head: str | None = None) -> ModelSpec:
     """Read a Hugging Face config.json into a ModelSpec (pure JSON: transformers is not imported)."""
     path = Path(path)
     try:
@@ -244,10 +275,12 @@ def spec_from_config_file(path: str | Path, name: str | None = None) -> ModelSpe
         raise MemprofUserError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(raw, dict):
         raise MemprofUserError(f"{path}: a config.json must hold a JSON object, found {type(raw).__name__}")
-    return spec_from_config(raw, name=name or str(path), where=str(path), source=f"config file {path}")
+    return spec_from_config(raw, name=name or str(path), where=str(path), source=f"config file {path}", head=head)
 
 
-def spec_from_config(raw: Mapping[str, Any], *, name: str, where: str, source: str) -> ModelSpec:
+def spec_from_config(
+    raw: Mapping[str, Any], *, name: str, where: str, source: str, head: str | None = None
+) -> ModelSpec:
     """A ModelSpec from a Hugging Face config as a dict (config.json's fields, `config.to_dict()`)."""
     if raw.get("model_type") is None:
         raise MemprofUserError(f"{where}: no 'model_type' field; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
@@ -257,10 +290,27 @@ def spec_from_config(raw: Mapping[str, Any], *, name: str, where: str, source: s
         name=name,
         model_type=family.model_type,
         config=config,
-        task=family.task,
+        task=check_head(family, head) if head is not None else _configured_head(family, raw, where),
         hf_id=raw.get("_name_or_path") or None,
         source=source,
     )
+
+
+def _configured_head(family: Any, raw: Mapping[str, Any], where: str) -> str:
+    """The head a config's `architectures` names (BertForSequenceClassification -> seq-cls), else the
+    family's own. A head memprof does not model for the family is an error, not another head's figures."""
+    found = head_from_architectures(raw.get("architectures"))
+    if found is None:
+        return str(family.task)
+    head, cls = found
+    heads = family_heads(family)
+    if head not in heads:
+        listed = ", ".join(f"{h} ({c})" for h, c in heads.items())
+        raise MemprofUserError(
+            f"{where}: architectures names {cls} (head {head}), which memprof does not model for "
+            f"{family.model_type}; its heads: {listed} (pass --head to estimate one of them)"
+        )
+    return head
 
 
 def normalize_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:

@@ -3,10 +3,14 @@
 The forward replay of `activations.build_trace` is simulated tensor by tensor:
 - forward: each operation allocates its outputs; a tensor is freed after its last use unless autograd
   saved it (or a checkpoint kept it as a region input, or the caller holds it: inputs, logits, loss);
+  the head's input (the base model's last hidden state, marked `forward_local` by the family) lives
+  until the forward returns; with keep_output=False the output's tensors go then too, the loss stays;
   autocast's weight copies stay cached until the forward ends;
 - backward: operations run in reverse; each allocates the gradients of its differentiable inputs
   (parameter gradients stay, in the gradient dtype), then releases the gradients of its outputs and
-  its saved tensors. A checkpointed region is first recomputed (its saved tensors reappear) when the
+  its saved tensors; a broadcasting product (`weight * x`, `x * rstd`) also holds, for its smaller
+  operand, the full-size product the engine sums down only after the operation returns. A
+  checkpointed region is first recomputed (its saved tensors reappear) when the
   backward reaches it;
 - optimizer step: parameters, full gradients, optimizer states and the optimizer's temporaries
   (a foreach implementation allocates lists the size of the parameters; fused and single-tensor ones
@@ -38,10 +42,15 @@ from .vocabulary import CATEGORIES, Category, Phase
 
 if TYPE_CHECKING:
     from .models import ModelSpec
+    from .parallel import EngineSchedule
 
-__all__ = ["PEAK_ITEMS", "Timeline", "TimelinePoint", "Peak", "step_timeline"]
+__all__ = ["PEAK_ITEMS", "ZERO_GRAD", "Timeline", "TimelinePoint", "Peak", "step_timeline"]
 
 PEAK_ITEMS = 3  # how many of the largest temporaries at the peak a timeline names
+# what the loop's zero_grad does between steps: torch.optim.Optimizer.zero_grad(set_to_none=True),
+# torch 2's default, frees every .grad; set_to_none=False (torch 1.x's default) zeroes them in place
+# (p.grad.zero_(), or torch._foreach_zero_ per device and dtype with foreach: no allocation either way)
+ZERO_GRAD = ("set-to-none", "zeros")
 
 # an allocator event, ("alloc", id, nbytes, 0) or ("free", id): allocator.simulator.Event, spelled out
 # here because the allocator package imports this module (and not the other way round)
@@ -154,6 +163,11 @@ def step_timeline(
     event_phases: list[str | None] | None = None,
     create_graph: bool = False,
     backward: bool = True,
+    keep_output: bool = True,
+    zero_grad: str = "set-to-none",
+    gradient_residency: Callable[[Sequence[str]], int] | None = None,
+    engine: EngineSchedule | None = None,
+    trace_filter: Callable[[Trace], Trace] | None = None,
 ) -> Timeline:
     """The live bytes of one optimizer step (all its micro-batches) by phase and category.
 
@@ -171,6 +185,22 @@ def step_timeline(
     backward: False for gradient-free (population) optimizers: each step evaluates the model under
     torch.no_grad (nothing saved, no weight cache, no checkpoint regions) and runs no backward; the
     forward replay stands for one member's evaluation, members being evaluated one after another.
+    keep_output: with held_outputs, whether the loop keeps the whole model output (`out =
+    model(**batch)`: logits, the use_cache key/value cache) through backward and step, or only the
+    loss (`loss = model(**batch).loss`, what the Hugging Face Trainer's compute_loss returns): then
+    every output tensor autograd did not save is freed after its last use in the forward.
+    zero_grad: "set-to-none" (gradients are freed after each step, so the forward runs without them
+    and the first backward allocates them) or "zeros" (`zero_grad(set_to_none=False)`: they stay
+    allocated, live through the next forward, and every backward computes each parameter gradient
+    into a temporary the engine adds into `.grad` in place, torch/csrc/autograd/functions/
+    accumulate_grad.h: `variable_grad += new_grad` when the gradient exists and grad mode is off).
+
+    trace_filter: what of the model's forward this device runs (a pipeline stage's blocks,
+    parallel.pipeline.PipelineStage.filter_trace).
+    gradient_residency: for an engine that handles each parameter gradient in a hook as it is
+    produced (DeepSpeed ZeRO copies it into its reduction bucket and frees it): the gradient bytes
+    live in the backward (the engine's buckets included), given the names of the parameters whose
+    gradients were produced so far, in backward order; None keeps every gradient produced.
 
     `Timeline.peak_temporaries` names the largest tensors of the temporary category live at the
     peak moment (activation gradients by the tensor they are the gradient of, e.g. "gradient of the
@@ -184,27 +214,35 @@ def step_timeline(
     )
     if not isinstance(grad_accumulation, int) or grad_accumulation < 1:
         raise MemprofUserError(f"grad_accumulation must be a positive integer, got {grad_accumulation!r}")
+    if zero_grad not in ZERO_GRAD:
+        raise MemprofUserError(f"zero_grad must be one of {', '.join(ZERO_GRAD)}, got {zero_grad!r}")
+    persistent = zero_grad == "zeros" and backward  # gradients outlive the step
     gbytes = dtype_bytes(grad_dtype)
     tr = build_trace(spec, settings)
-    traced = sum(p.numel for p in tr.params.values()) * gbytes
+    if trace_filter is not None:  # a pipeline stage: its part of the forward (parallel.pipeline)
+        tr = trace_filter(tr)
+    traced = sum(p.numel for p in tr.params.values() if p.requires_grad) * gbytes  # frozen weights get none
     grad_scale = grad_bytes / traced if traced else 0.0
 
     def pgrad(p: T) -> int:
         return round(p.numel * gbytes * grad_scale)
 
-    sim = _Sim(tr, pgrad, held_outputs, create_graph, grad_mode=backward)
+    sim = _Sim(tr, pgrad, held_outputs, create_graph, grad_mode=backward, keep_output=keep_output)
+    sim.engine = engine  # a distributed engine's buffers through the step (_Sim.engine_enter)
     timeline = Timeline()
     seg = _Segment(timeline)
     if events is not None:
         sim.events, sim.event_phases, sim.seg = events, event_phases, seg
     states = optimizer_state_bytes if states_exist else 0
     for micro in range(grad_accumulation):
-        base = {_P: param_bytes, _S: states, _G: grad_bytes if micro else 0}
+        base = {_P: param_bytes, _S: states, _G: grad_bytes if micro or persistent else 0}
         suffix = f" (micro-batch {micro + 1}/{grad_accumulation})" if grad_accumulation > 1 else ""
         sim.forward(seg, base, suffix)
         if not backward:
             continue
-        sim.backward(seg, base, suffix, accumulate=micro > 0, grad_bytes=grad_bytes)
+        sim.backward(
+            seg, base, suffix, accumulate=micro > 0 or persistent, grad_bytes=grad_bytes, residency=gradient_residency
+        )
         if create_graph and micro < grad_accumulation - 1:
             sim.carry_graph()
     seg.start(Phase.OPTIMIZER_STEP.value, "optimizer step")
@@ -216,7 +254,12 @@ def step_timeline(
             _G: grad_bytes,
             _S: optimizer_state_bytes,
             _A: outputs + sim.retained_bytes() + sim.carried[_A],
-            _TMP: optimizer_temporaries_bytes + inputs + sim.buffer_bytes + sim.graph_grad_bytes + sim.carried[_TMP],
+            _TMP: optimizer_temporaries_bytes
+            + inputs
+            + sim.buffer_bytes
+            + sim.graph_grad_bytes
+            + sim.carried[_TMP]
+            + (engine.step if engine is not None else 0),
         },
         lambda: sim.temporaries(
             extra=(("optimizer step scratch", optimizer_temporaries_bytes), ("the batch", inputs)), skip_batch=True
@@ -266,6 +309,18 @@ _DOUBLE_BACKWARD_KEEPS = {
 }
 
 
+def _broadcast_reduction(op: Op) -> int:
+    """A broadcasting product's backward (`weight * x`, `x * rstd`): the gradient of the smaller
+    operand is computed at the output's size (mul_tensor_backward: grad * other) and summed down to
+    its shape by the engine only after the operation returns (torch/csrc/autograd/engine.cpp,
+    validate_outputs: `metadata.reduce_grad(grad)`), so that full-size product is live with the
+    operation's other gradients: a transient of the output's size per such operand."""
+    if op.op != "mul" or not op.outputs:
+        return 0
+    out = op.outputs[0]
+    return sum(out.nbytes for t in op.inputs[:2] if t.requires_grad and t.numel < out.numel)
+
+
 class _GradBuf:
     """One gradient tensor; several activations can share it (add passes its gradient through)."""
 
@@ -285,6 +340,7 @@ class _Sim:
         held_outputs: bool,
         create_graph: bool = False,
         grad_mode: bool = True,
+        keep_output: bool = True,
     ):
         self.tr, self.pgrad = tr, pgrad
         self.create_graph = create_graph
@@ -292,6 +348,18 @@ class _Sim:
         self.carried = {_A: 0, _TMP: 0}  # create_graph: the graphs of earlier micro-batches
         self.ops = tr.ops
         self.held = {id(t): t for t in tr.held} if held_outputs else {}
+        # `loss = model(**batch).loss`: the output object holds its tensors until the forward returns,
+        # then the loop keeps the batch and the loss only; what autograd saved of the rest stays
+        self.released_at_forward_end: list[T] = []
+        if not keep_output and tr.held:
+            self.released_at_forward_end = [
+                t for t in self.held.values() if not getattr(t, "is_input", False) and t is not tr.held[-1]
+            ]
+        # the head's forward holds the base model's output (`outputs.last_hidden_state`, a local of
+        # the *For*.forward) until it returns, whatever the head did with it (a families' mark)
+        self.released_at_forward_end += [
+            t for op in tr.ops for t in op.outputs if getattr(t, "forward_local", False) and id(t) not in self.held
+        ]
         self.regions = region_inputs(tr)
         self.region_ops: dict[Region, list[Op]] = {}
         for op in self.ops:
@@ -327,6 +395,16 @@ class _Sim:
         self.event_phases: list[str | None] | None = None
         self.seg: _Segment | None = None
         self.grad_ids = 0
+        # a distributed engine's buffers (parallel._base.EngineSchedule): its bytes now, the parameter
+        # gradients produced whole per unit (and their shards), the reduce-scatter input in flight,
+        # the gradient shards reduced so far, and where the step is
+        self.engine: EngineSchedule | None = None
+        self.engine_bytes = 0
+        self.whole_grads: dict[Any, int] = {}
+        self.whole_shards: dict[Any, int] = {}
+        self.in_flight = 0
+        self.engine_grads = 0
+        self.engine_pos: Any = None
 
     def emit(self, event: Event) -> None:
         events, seg = self.events, self.seg
@@ -379,9 +457,14 @@ class _Sim:
         return name
 
     def _temporaries_now(
-        self, grads: Mapping[int, _GradBuf], pending: Mapping[str, int], transient: int
+        self,
+        grads: Mapping[int, _GradBuf],
+        pending: Mapping[str, int],
+        transient: int,
+        scratch: tuple[str, int] = ("", 0),
     ) -> Callable[[], list[tuple[str, int]]]:
-        return self.temporaries(grads, sum(pending.values()), transient)
+        """`scratch`: what the operation's own backward holds (named, bytes), e.g. a dequantized weight."""
+        return self.temporaries(grads, sum(pending.values()), transient, extra=(scratch,) if scratch[1] else ())
 
     def temporaries(
         self,
@@ -477,18 +560,68 @@ class _Sim:
         out[_A] = self.totals[_A] + self.carried[_A]
         out[_TMP] = self.totals[_TMP] + self.buffer_bytes + act_grads + self.carried[_TMP]
         out[_G] = out.get(_G, 0) + extra_grads
+        if self.engine is not None:
+            out[_TMP] += self.engine_bytes + sum(self.whole_grads.values()) + self.in_flight
+            out[_G] += self.engine_grads
         return out
+
+    # -- a distributed engine's buffers (parallel._base.EngineSchedule) --------------------------
+    def engine_enter(self, phase: str, layer: int | None, see: Callable[[], None]) -> None:
+        """The step reaches `layer` (None: outside the blocks): the engine's buffers change; leaving
+        a unit in backward reduces its gradients."""
+        e = self.engine
+        if e is None:
+            return
+        old = self.engine_pos
+        if isinstance(layer, int):
+            pos: Any = layer
+        elif phase == Phase.FORWARD.value:
+            pos = "embeddings" if old is None else "head"
+        else:
+            pos = "head" if old is None or old == "head" else "embeddings"
+        if phase == Phase.BACKWARD.value and old is not None and e.unit_of.get(old) != e.unit_of.get(pos):
+            self.engine_reduce(e.unit_of.get(old), see)
+        self.engine_pos = pos
+        table, enter = (e.forward, e.forward_enter) if phase == Phase.FORWARD.value else (e.backward, e.backward_enter)
+        if pos in enter:
+            self.engine_bytes = enter[pos]
+            see()
+        self.engine_bytes = table.get(pos, self.engine_bytes)
+
+    def engine_reduce(self, unit: Any, see: Callable[[], None]) -> None:
+        """A unit's post-backward: its gathered weights are freed, the previous reduce-scatter input
+        released, its whole gradients copied into its own input and freed; the shards remain."""
+        e = self.engine
+        assert e is not None
+        self.engine_bytes -= e.resharded_at_reduce.get(unit, 0)
+        self.in_flight = e.reduce_scatter_input.get(unit, 0)
+        see()  # the whole gradients beside the reduce-scatter input
+        self.whole_grads.pop(unit, None)
+        self.engine_grads += self.whole_shards.pop(unit, 0)
+
+    def engine_end_backward(self, see: Callable[[], None]) -> None:
+        if self.engine is None:
+            return
+        for unit in list(self.whole_grads):
+            self.engine_reduce(unit, see)
+        self.in_flight = 0  # the root's post-backward callback waits for the last reduction
+        self.engine_bytes = 0
+        self.engine_pos = None
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, seg: _Segment, base: dict[str, int], suffix: str) -> None:
+        for t in self.released_at_forward_end:
+            self.held[id(t)] = t
         layer: int | str | None = "start"  # no layer seen yet
         seg.start(Phase.FORWARD.value, "forward: embeddings" + suffix)
+        self.engine_pos, self.engine_grads = None, 0
         for i, op in enumerate(self.ops):
             if op.layer != layer:
                 layer = op.layer
                 label = f"forward: layer {layer}" if layer is not None else "forward: head and loss"
                 if op.layer is not None or (i > 0 and self.ops[i - 1].layer is not None):
                     seg.start(Phase.FORWARD.value, label + suffix)
+                self.engine_enter(Phase.FORWARD.value, op.layer, lambda: seg.see(self.snapshot(base)))
             for t in op.outputs:
                 self.add(t)
             seg.current = op
@@ -500,11 +633,26 @@ class _Sim:
         for t in self.tr.weight_casts.values():
             if not self.kept(t):
                 self.drop(t)
+        for t in self.released_at_forward_end:  # the output object dies: `loss = model(**batch).loss`
+            del self.held[id(t)]
+            if not self.kept(t):
+                self.drop(t)
         seg.start(Phase.FORWARD.value, "forward end" + suffix)
+        if self.engine is not None:
+            self.engine_bytes, self.engine_pos = self.engine.forward_end, None
         seg.see(self.snapshot(base), self.temporaries)
 
     # -- backward -------------------------------------------------------------------------------
-    def backward(self, seg: _Segment, base: dict[str, int], suffix: str, *, accumulate: bool, grad_bytes: int) -> None:
+    def backward(
+        self,
+        seg: _Segment,
+        base: dict[str, int],
+        suffix: str,
+        *,
+        accumulate: bool,
+        grad_bytes: int,
+        residency: Callable[[Sequence[str]], int] | None = None,
+    ) -> None:
         refs = dict(self.saved_refs)
         # a region's inputs are released once every operation of it that runs in backward has run
         region_refs = {
@@ -513,6 +661,11 @@ class _Sim:
         grads: dict[int, _GradBuf] = {}  # activation gradients alive, by tensor (shared buffers)
         grad_total = 0  # bytes of distinct live gradient buffers
         param_done: set[str] = set()
+        # parameters whose gradient hook has run, in backward order: a parameter's AccumulateGrad (and
+        # the hooks on it) runs once its last use has contributed (a tied weight: at the embeddings)
+        produced: list[str] = []
+        uses_left: dict[str, int] = {}
+        pgrads_before = [0, 0]  # (how many, bytes) of them before the current operation
         pgrads = 0  # parameter gradients produced so far (this micro-batch)
         pending: dict[str, int] = {}  # accumulation: parameter gradients awaiting other uses
         uses: dict[str, int] = {}
@@ -539,7 +692,13 @@ class _Sim:
         def state(transient: int = 0) -> dict[str, int]:
             b = dict(base)
             b[_G] = 0
-            s = self.snapshot(b, extra_grads=grad_bytes if accumulate else pgrads, act_grads=grad_total)
+            held = grad_bytes if accumulate else pgrads
+            if residency is not None and not accumulate:
+                # an engine that moves gradients out as they come: its hooks run after the operation
+                # that produced them (AccumulateGrad), so this operation's gradients are still whole
+                count, done = pgrads_before
+                held = residency(produced[:count]) + pgrads - done
+            s = self.snapshot(b, extra_grads=held, act_grads=grad_total)
             s[_TMP] += sum(pending.values()) + self.graph_grad_bytes + transient
             return s
 
@@ -551,14 +710,18 @@ class _Sim:
                 layer = op.layer
                 label = f"backward: layer {layer}" if layer is not None else "backward: embeddings"
                 seg.start(Phase.BACKWARD.value, label + suffix)
+                self.engine_enter(Phase.BACKWARD.value, op.layer, lambda: seg.see(state()))
             if op.region is not None and op.region not in recomputed_regions:
                 recomputed_regions.add(op.region)
                 self._recompute(op.region, seg, state, lambda: self.temporaries(grads, sum(pending.values())))
+            pgrads_before[:] = [len(produced), pgrads]
             out = op.outputs[0] if op.outputs else None
             out_buf = grads.get(id(out)) if out is not None else None
             if self.create_graph and out_buf is not None:
                 self.keep_for_double_backward(op, out_buf)
-            transient = 0
+            transient = op.backward_scratch  # what the op's backward allocates and frees itself
+            reduced = _broadcast_reduction(op)
+            transient += reduced
             for t in op.inputs:
                 if not t.requires_grad:
                     continue
@@ -572,9 +735,19 @@ class _Sim:
                                 self.emit(("alloc", ("grad_acc", t.name), pending[t.name], 0))
                     elif t.name not in param_done:
                         param_done.add(t.name)
-                        pgrads += self.pgrad(t)
+                        if self.engine is not None and self.engine.gathered_gradients:
+                            # produced whole in the gathered dtype; its shard stays after the reduction
+                            unit = self.engine.unit_of.get(self.engine_pos)
+                            self.whole_grads[unit] = self.whole_grads.get(unit, 0) + t.numel * dtype_bytes(t.dtype)
+                            self.whole_shards[unit] = self.whole_shards.get(unit, 0) + self.pgrad(t)
+                        else:
+                            pgrads += self.pgrad(t)
                         if self.events is not None:
                             self.emit(("alloc", ("grad", t.name), self.pgrad(t), 0))
+                    if residency is not None:
+                        uses_left[t.name] = uses_left.get(t.name, uses.get(t.name, 1)) - 1
+                        if uses_left[t.name] == 0:
+                            produced.append(t.name)
                     continue
                 nbytes = t.numel * dtype_bytes(t.dtype)
                 old = grads.get(id(t))
@@ -609,7 +782,18 @@ class _Sim:
                 self.grad_ids -= 1
                 self.emit(("alloc", self.grad_ids, transient, 0))
                 self.emit(("free", self.grad_ids))
-            seg.see(state(transient), functools.partial(self._temporaries_now, grads, pending, transient))
+            seg.see(
+                state(transient),
+                functools.partial(
+                    self._temporaries_now,
+                    grads,
+                    pending,
+                    transient - op.backward_scratch - reduced,
+                    (f"{op.module}: {op.op} backward's scratch (dequantized weight)", op.backward_scratch)
+                    if op.backward_scratch
+                    else (f"{op.module}: {op.op} gradient before its broadcast is summed away", reduced),
+                ),
+            )
             for t in op.outputs:
                 g = grads.pop(id(t), None)
                 if g is not None:
@@ -646,6 +830,7 @@ class _Sim:
             if id(entry[0]) not in self.held and not self.create_graph:
                 self.drop(entry[0])
         seg.start(Phase.BACKWARD.value, "backward end" + suffix)
+        self.engine_end_backward(lambda: seg.see(state()))
         seg.see(state(), lambda: self.temporaries(grads, sum(pending.values())))
         if self.events is not None:
             # the engine releases what is left when backward returns
@@ -666,14 +851,16 @@ class _Sim:
         Like torch.utils.checkpoint (non-reentrant, early stop), the recomputation stops as soon as
         the last saved tensor is packed; intermediates nobody saved are freed after their last use.
         """
-        ops = self.region_ops[region]
-        saving = [j for j, op in enumerate(ops) if any(t.kind != "param" for _, t in op.saved)]
+        region_ops = self.region_ops[region]
+        saving = [j for j, op in enumerate(region_ops) if any(t.kind != "param" for _, t in op.saved)]
         if not saving:
             return
-        ops = ops[: saving[-1] + 1]
+        ops = region_ops[: saving[-1] + 1]
         produced = {id(t) for op in ops for t in op.outputs}
         last: dict[int, int] = {}
-        for j, op in enumerate(ops):
+        # uses after the stop count: what the region's later operations read is still held by the
+        # stopped forward's frames (a module's input, its locals) when the early stop is raised
+        for j, op in enumerate(region_ops):
             for t in op.inputs:
                 last[id(t)] = j
         saved_here: dict[int, int] = {}
@@ -681,10 +868,12 @@ class _Sim:
             for _, t in op.saved:
                 if t.kind != "param":
                     saved_here[id(t)] = saved_here.get(id(t), 0) + 1
+        added: list[T] = []
         for j, op in enumerate(ops):
             if j == len(ops) - 1 and not any(t is o for _, t in op.saved for o in op.outputs):
                 # autograd packs an op's saved inputs before running it: the early stop is
-                # raised there, and this last op never runs
+                # raised there, and this last op never runs; the inputs it would have read die
+                # with the stopped recomputation
                 seg.see(state(), temporaries)
                 break
             for t in op.outputs:
@@ -692,8 +881,13 @@ class _Sim:
                     if id(t) in saved_here:
                         self.recomputed[id(t)] = saved_here[id(t)]
                     self.add(t)
+                    added.append(t)
             seg.current = op
             seg.see(state(), temporaries)
             for t in op.inputs + op.outputs:
                 if id(t) in produced and id(t) not in saved_here and last.get(id(t), -1) <= j:
                     self.drop(t)
+        # the stopped recomputation unwinds: what it made and nobody saved dies with its frames
+        for t in added:
+            if id(t) not in saved_here:
+                self.drop(t)

@@ -8,6 +8,13 @@ per row, as a *proxy* (memprof estimates something close to, not the same as, wh
 *assumption* (a detail the source leaves to a framework default). Nothing here is fitted to the rows:
 the estimator runs unchanged and the errors are reported as they come out.
 
+Parameter-efficient rows: LoRA is memprof's adapter knob (lora_rank, lora_targets, lora_dropout; quantize
+and double_quant for bitsandbytes base weights). A LoRA row takes its rank, targets and dropout from
+its training script's defaults, read in that script at the version the source ran (`_LORA_RECIPES`),
+and its stated trainable-parameter count must equal what memprof's adapters hold. Other adapter
+methods, LoRA under sharding (memprof refuses LoRA with ZeRO / FSDP) and quantized paths that are not
+transformers' bitsandbytes loading are not expressible, each with its reason.
+
     score = score_published()             # every row under profiles/published/
     score.to_dict()["summary"]            # per source and per metric: median / max abs error, OOM agreement
 
@@ -234,14 +241,8 @@ _MODELS: Mapping[str, tuple[str, str | None]] = {
         "32 layers, intermediate 11008; only max_position_embeddings 2048 vs 4096 and rms_norm_eps differ)",
     ),
 }
-# (preset, task as the row states it) -> proxy note, for heads memprof does not model
-_HEAD_PROXIES: Mapping[tuple[str, str], str] = {
-    ("bert-large-uncased", "sequence-classification"): (
-        "head: BertForSequenceClassification estimated as BertForMaskedLM, the head memprof models "
-        "(MLM transform + tied decoder over 30,522 tokens instead of pooler + 2-label classifier: "
-        "30,520 more parameters, and batch x seq x 30,522 logits with their loss the run did not have)"
-    ),
-}
+# (preset, task as the row states it) -> the head memprof estimates (estimators/heads.py)
+_HEADS: Mapping[tuple[str, str], str] = {("bert-large-uncased", "sequence-classification"): "seq-cls"}
 _PRECISIONS: Mapping[str, tuple[str, str | None]] = {
     "fp16=true (mixed precision)": ("16-mixed", None),
     "bf16-true": ("bf16-true", None),
@@ -269,10 +270,166 @@ _CHECKPOINTING: Mapping[str, str] = {"gradient_checkpointing=true": "full", "ac"
 _TRANSFORMERS_SDPA_DATE = "2023-12-08"  # transformers v4.36.0: SDPA became the default attention
 # before 2023, TrainingArguments.optim defaulted to "adamw_hf" (transformers.optimization.AdamW)
 _TRANSFORMERS_TORCH_ADAMW_DATE = "2023-01-01"
+# torch 2.0 (released 2023-03-15) made zero_grad(set_to_none=True) the default; the Trainer calls
+# model.zero_grad(), so before it the gradients stayed allocated (zeroed) through the next forward
+_TORCH_SET_TO_NONE_DATE = "2023-03-15"
+_ZERO_GRAD: Mapping[str, str] = {"set_to_none": "set-to-none", "set-to-none": "set-to-none", "zeros": "zeros"}
 
 
 def _key(value: Any) -> str:
     return str(value).strip().lower()
+
+
+# ---- parameter-efficient finetuning. memprof's adapter knob is LoRA (memprof.estimators.adapters: peft's
+# LoRA, bitsandbytes' quantized base weights as transformers loads them). A row's LoRA settings are its
+# training script's defaults, read in the script the row names at the version it ran.
+@dataclass(frozen=True)
+class _LoraRecipe:
+    """A training script's LoRA defaults and what else it fixes that the rows leave unstated."""
+
+    script: str  # the script and the version whose code was read
+    rank: int
+    alpha: int  # only sets the LoRA scaling (a Python float): no tensor's size (adapters/lora.py)
+    targets: str  # memprof's lora_targets
+    dropout: float
+    read: str  # the defaults as the script spells them
+    proxy: str | None = None  # what differs from the Hugging Face model + peft memprof estimates
+    multi_gpu: str | None = None  # how the script runs on several GPUs (why that is not expressible)
+    quantized: str | None = None  # why its quantized path is not memprof's --quantize (None: not read)
+    optimizer: tuple[str, str] | None = None  # (memprof optimizer, the script's line) when the row states none
+    global_batch: tuple[int, str] | None = None  # (samples per optimizer step, where stated): accumulation
+    seq_len: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # preset -> (tokens, where stated)
+    keep_output: tuple[bool, str] | None = None
+    checkpointing: tuple[str, str] | None = None  # (memprof checkpointing, the script's line) on one GPU
+
+
+_LORA_RECIPES: Mapping[str, _LoraRecipe] = {
+    # llama-recipes configs/peft.py, lora_config, unchanged from the repository's first commit (2023-07-17)
+    # to PR #41 (July 2023); llama_finetuning.py --use_peft --peft_method lora builds LoraConfig from it
+    "llama-recipes": _LoraRecipe(
+        script="llama-recipes configs/peft.py lora_config (first commit 2023-07-17, as PR #41 ran it)",
+        rank=8,
+        alpha=32,
+        targets="q_proj,v_proj",
+        dropout=0.05,
+        read="r=8, lora_alpha=32, target_modules=['q_proj', 'v_proj'], lora_dropout=0.05",
+        multi_gpu="--enable_fsdp wraps the peft model in FSDP",
+    ),
+    "litgpt": _LoraRecipe(
+        script="litgpt finetune/lora.py at commit 8641822 (the version the tables' header names)",
+        rank=8,
+        alpha=16,
+        targets="q_proj,v_proj",
+        dropout=0.05,
+        read="lora_r = 8, lora_alpha = 16, lora_dropout = 0.05, lora_query = True, lora_value = True "
+        "(lora_key, lora_projection, lora_mlp, lora_head False)",
+        proxy=(
+            "model: litgpt's own GPT (lit_gpt/model.py, lit_gpt/lora.py at commit 8641822) estimated as the "
+            "Hugging Face model of the same shapes with peft's LoRA on q_proj and v_proj: litgpt fuses q, k and v "
+            "into one linear (LoRAQKVLinear: one dropout of the input, lora_A (2r x hidden), a grouped conv1d "
+            "lora_B and a zero_pad to the fused width) where peft wraps q_proj and v_proj apart (a float32 copy "
+            "and a dropout of the input each); litgpt's adapters are bf16 (Fabric's bf16-true converts the whole "
+            "module) where peft's are float32; litgpt runs lm_head in chunks of 128 tokens into a chunked "
+            "cross-entropy (lm_head_chunk_size=128, chunked_cross_entropy) where transformers computes one logits "
+            "tensor and its loss; both attend with F.scaled_dot_product_attention (causal, no mask)"
+        ),
+        multi_gpu=(
+            "with devices > 1 finetune/lora.py runs FSDPStrategy (auto_wrap_policy and "
+            "activation_checkpointing_policy {Block}, limit_all_gathers=True)"
+        ),
+        quantized=(
+            "finetune/lora.py passes --quantize bnb.* to Lightning Fabric's BitsandbytesPrecision(mode, bf16): "
+            "its module_init_context makes every torch.nn.Linear, lm_head included, a bitsandbytes Linear4bit and "
+            "keeps the other weights in bf16 (bf16-true, no autocast), and the optimizer becomes "
+            "bnb.optim.PagedAdamW (states in paged, not caching-allocator, memory); memprof's --quantize models "
+            "transformers' BitsAndBytesConfig + peft's prepare_model_for_kbit_training (output layer not "
+            "quantized, the other weights float32: no bf16-true) and has no paged optimizer"
+        ),
+        optimizer=(
+            "adamw",
+            "finetune/lora.py without quantization: optimizer = torch.optim.AdamW(trainable_params, "
+            "lr=learning_rate, weight_decay=weight_decay)",
+        ),
+        global_batch=(
+            128,
+            "the tables: 'a minibatch size of 128'; finetune/lora.py: gradient_accumulation_iters = "
+            "batch_size // micro_batch_size",
+        ),
+        seq_len={
+            # the tables' header: "the number of tokens in the longest training example ... Llama 2: 1304 tokens";
+            # finetune/lora.py puts that example in the first batch (get_batch(..., longest_seq_ix if iter_num
+            # == 0)) and pads each batch to its longest sample
+            "llama-2-7b": (1304, "the longest Alpaca example in Llama 2 tokens, 1304 as the tables state"),
+            "llama-2-13b": (1304, "the longest Alpaca example in Llama 2 tokens, 1304 as the tables state"),
+        },
+        keep_output=(
+            True,
+            "finetune/lora.py keeps `logits = model(input_ids, lm_head_chunk_size=128)` through fabric.backward",
+        ),
+        checkpointing=(
+            "none",
+            "finetune/lora.py: devices = 1 runs strategy 'auto'; only its FSDPStrategy checkpoints activations",
+        ),
+    ),
+}
+
+
+def _peft_kind(row: PublishedRow) -> str | None:
+    """The row's adapter method: "lora", None without one; NotExpressible for any other method."""
+    stated = row.get("peft")
+    if stated is None:
+        return None
+    kind = re.split(r"[(;]", str(stated))[0].strip().lower()
+    if kind != "lora":
+        raise NotExpressible(
+            "parameter-efficient finetuning: no memprof knob", f"{stated!r} (memprof's adapter knob is LoRA)"
+        )
+    return kind
+
+
+def _lora_recipe(row: PublishedRow) -> _LoraRecipe:
+    framework = _key(row.get("framework") or "")
+    for name, recipe in _LORA_RECIPES.items():
+        if name in framework:
+            return recipe
+    raise NotExpressible("LoRA settings not stated", f"{row.get('peft')!r} with framework {row.get('framework')!r}")
+
+
+def _lora_count_note(row: PublishedRow, preset: str, precision: str, recipe: _LoraRecipe) -> str:
+    """The LoRA note, with the trainable parameters memprof's adapters hold; NotExpressible when the
+    row states a different count."""
+    from memprof.estimators.adapters import adapt
+    from memprof.estimators.models import load_model
+    from memprof.estimators.precision import get_precision
+
+    spec = adapt(
+        load_model(preset),
+        get_precision(precision),
+        lora_rank=recipe.rank,
+        lora_targets=recipe.targets,
+        lora_dropout=recipe.dropout,
+    )
+    adapter = spec.adapter
+    assert adapter is not None
+    trainable = [t for t in spec.parameter_tensors() if t.trainable]
+    count = sum(t.numel for t in trainable)
+    shapes: dict[tuple[int, int], int] = {}
+    for a, b in zip(trainable[::2], trainable[1::2], strict=True):  # lora_A (r, in), lora_B (out, r)
+        shapes[(a.shape[1], b.shape[0])] = shapes.get((a.shape[1], b.shape[0]), 0) + 1
+    formula = " + ".join(f"{n} modules x ({i}x{recipe.rank} + {recipe.rank}x{o})" for (i, o), n in shapes.items())
+    stated = re.search(r"([\d,]+) trainable parameters", str(row.get("peft")))
+    if stated is not None and int(stated.group(1).replace(",", "")) != count:
+        raise NotExpressible(
+            "LoRA not matched",
+            f"the source states {stated.group(1)} trainable parameters; memprof's r={recipe.rank} LoRA on "
+            f"{recipe.targets} of {preset} holds {count:,} ({formula})",
+        )
+    check = "as the source states" if stated is not None else "the source states no count"
+    return (
+        f"lora: r={recipe.rank} on {recipe.targets}, dropout {recipe.dropout:g} ({recipe.script}: {recipe.read}; "
+        f"lora_alpha {recipe.alpha} only sets the scaling): {count:,} trainable parameters, {check} "
+        f"({formula})"
+    )
 
 
 def _frameworks_trainer(row: PublishedRow) -> bool:
@@ -289,11 +446,25 @@ def _model(row: PublishedRow, proxies: list[str]) -> str:
     preset, note = entry
     if note:
         proxies.append(note)
-    task = _key(row.get("task") or "").split(" ")[0]
-    head = _HEAD_PROXIES.get((preset, task))
-    if head:
-        proxies.append(head)
     return preset
+
+
+def _torch_before_2(row: PublishedRow, date: str | None) -> str | None:
+    """Why the row ran torch 1.x ("torch 1.13" / "source dated 2022-01-11"), or None when it did not or
+    cannot be told."""
+    stated = row.get("torch")
+    if stated is not None:
+        major = re.match(r"\s*(\d+)\.", str(stated))
+        return f"torch {stated}" if major and int(major.group(1)) < 2 else None
+    if date is not None and date < _TORCH_SET_TO_NONE_DATE:
+        return f"source dated {date}"
+    return None
+
+
+def _head(row: PublishedRow, preset: str) -> str | None:
+    """The head the row's task names, when it is not the preset's own (None: the preset's)."""
+    task = _key(row.get("task") or "").split(" ")[0]
+    return _HEADS.get((preset, task))
 
 
 def _gpu(row: PublishedRow) -> str:
@@ -344,14 +515,18 @@ def _optimizer(row: PublishedRow, assumptions: list[str], proxies: list[str]) ->
     return entry[0]
 
 
-def _parallel(row: PublishedRow) -> dict[str, int]:
+def _parallel(row: PublishedRow, proxies: list[str]) -> dict[str, Any]:
     stated, count = row.get("parallel"), row.get("gpu_count") or 1
     if stated is None:
         if count != 1:
             raise NotExpressible("parallel strategy not stated", f"{count} GPUs")
         return {}
     if "full_shard" in _key(stated) and "fsdp" in _key(stated):
-        return {"gpus": count, "zero": 3}
+        proxies.append(
+            "parallel: the Trainer's FSDP (FSDP1, one FlatParameter per wrapped unit) estimated as FSDP2 full-shard "
+            "(the same shards of parameters, gradients and optimizer states per GPU; the gathered units differ)"
+        )
+        return {"gpus": count, "zero": 3, "engine": "fsdp"}
     raise NotExpressible("parallel setup not mapped", repr(stated))
 
 
@@ -359,15 +534,41 @@ def express(row: PublishedRow) -> Expression:
     """The `memprof.estimate` call for `row`, or NotExpressible with the reason."""
     if row.metric == "gpu_memory_unspecified":
         raise NotExpressible("metric not stated by the source")
-    for key, what in (("peft", "parameter-efficient finetuning"), ("quantization", "quantized weights")):
-        if row.get(key) is not None:
-            raise NotExpressible(f"{what}: no memprof knob", str(row.get(key)))
+    peft = _peft_kind(row)
+    if peft is None and row.get("quantization") is not None:
+        raise NotExpressible("quantized weights without LoRA", str(row.get("quantization")))
     proxies: list[str] = []
     assumptions: list[str] = []
     model = _model(row, proxies)
+    recipe = None if peft is None else _lora_recipe(row)
+    if recipe is not None:
+        count = row.get("gpu_count") or 1
+        if count > 1 or row.get("parallel") is not None:
+            how = f"; {recipe.multi_gpu}" if recipe.multi_gpu else ""
+            raise NotExpressible(
+                "LoRA with sharding not modelled",
+                f"{row.get('parallel')!r} on {count} GPUs{how}: memprof refuses LoRA with ZeRO / FSDP (the LoRA: "
+                f"{recipe.script}: {recipe.read})",
+            )
+        if row.get("quantization") is not None:
+            if recipe.quantized is None:
+                raise NotExpressible("quantization not mapped", repr(row.get("quantization")))
+            raise NotExpressible("quantization setup not modelled", f"{row.get('quantization')!r}: {recipe.quantized}")
+        if recipe.proxy:
+            proxies.append(recipe.proxy)
     knobs: dict[str, Any] = {"gpu": _gpu(row), "precision": _precision(row, assumptions, proxies)}
-    knobs["optimizer"] = _optimizer(row, assumptions, proxies)
-    knobs.update(_parallel(row))
+    head = _head(row, model)
+    if head is not None:
+        knobs["head"] = head
+    if recipe is not None and row.get("optimizer") is None and recipe.optimizer is not None:
+        assumptions.append(f"optimizer: {recipe.optimizer[0]} ({recipe.optimizer[1]})")
+        knobs["optimizer"] = recipe.optimizer[0]
+    else:
+        knobs["optimizer"] = _optimizer(row, assumptions, proxies)
+    knobs.update(_parallel(row, proxies))
+    if recipe is not None:
+        assumptions.append(_lora_count_note(row, model, knobs["precision"], recipe))
+        knobs.update(lora_rank=recipe.rank, lora_targets=recipe.targets, lora_dropout=recipe.dropout)
     example_defaults = _RUN_CLM_DEFAULTS in _key(row.get("framework") or "")
     batch = row.get("batch_size")
     if batch is None and example_defaults:
@@ -377,6 +578,12 @@ def express(row: PublishedRow) -> Expression:
         raise NotExpressible("batch size not stated")
     knobs["batch_size"] = batch
     seq = row.get("seq_len")
+    if seq is None and recipe is not None and model in recipe.seq_len:
+        seq, where = recipe.seq_len[model]
+        assumptions.append(
+            f"seq_len: {seq} ({where}; the script puts the longest example in the first batch and pads every "
+            "batch to its longest sample)"
+        )
     if seq is None and example_defaults:
         assumptions.append(
             "seq_len: 1024 (run_clm.py's default block_size: the tokenizer's model_max_length, 1024 for GPT-2, "
@@ -393,6 +600,10 @@ def express(row: PublishedRow) -> Expression:
         seq = 1
     knobs["seq_len"] = seq
     ga = row.get("grad_accumulation")
+    if ga is None and recipe is not None and recipe.global_batch is not None:
+        samples, where = recipe.global_batch
+        ga = max(samples // batch, 1)
+        assumptions.append(f"grad_accumulation: {ga} ({samples} // {batch}: {where})")
     if ga is None:
         assumptions.append("grad_accumulation: 1 (not stated)")
         ga = 1
@@ -401,6 +612,9 @@ def express(row: PublishedRow) -> Expression:
     if ckpt is not None and _key(ckpt) not in _CHECKPOINTING:
         raise NotExpressible("checkpointing not mapped", repr(ckpt))
     knobs["checkpointing"] = "none" if ckpt is None else _CHECKPOINTING[_key(ckpt)]
+    if ckpt is None and recipe is not None and recipe.checkpointing is not None:
+        knobs["checkpointing"] = recipe.checkpointing[0]
+        assumptions.append(f"checkpointing: {recipe.checkpointing[0]} ({recipe.checkpointing[1]})")
     attention = row.get("attention")
     if attention is not None:
         raise NotExpressible("attention not mapped", repr(attention))
@@ -416,6 +630,25 @@ def express(row: PublishedRow) -> Expression:
     if _frameworks_trainer(row) and date is not None and date < _TRANSFORMERS_SDPA_DATE:
         assumptions.append(f"attention: eager (source dated {date}, before transformers v4.36 made SDPA the default)")
         knobs["attention"] = "eager"
+    if _frameworks_trainer(row):
+        assumptions.append(
+            "keep_output: False (the Trainer's compute_loss returns the loss alone: the logits die before backward)"
+        )
+        knobs["keep_output"] = False
+    if recipe is not None and recipe.keep_output is not None:
+        assumptions.append(f"keep_output: {recipe.keep_output[0]} ({recipe.keep_output[1]})")
+        knobs["keep_output"] = recipe.keep_output[0]
+    zero_grad = row.get("zero_grad")
+    if zero_grad is not None:
+        if _key(zero_grad) not in _ZERO_GRAD:
+            raise NotExpressible("zero_grad not mapped", repr(zero_grad))
+        knobs["zero_grad"] = _ZERO_GRAD[_key(zero_grad)]
+    elif _frameworks_trainer(row) and _torch_before_2(row, date):
+        assumptions.append(
+            f"zero_grad: zeros ({_torch_before_2(row, date)}, before torch 2.0 made set_to_none the default: the "
+            "Trainer's model.zero_grad() kept the gradients allocated through the next forward)"
+        )
+        knobs["zero_grad"] = "zeros"
     cuda, driver_cuda = row.get("cuda"), row.get("driver_cuda")
     if isinstance(cuda, str) and re.fullmatch(r"\d+\.\d+", cuda.strip()):
         knobs["cuda_version"] = cuda.strip()

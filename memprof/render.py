@@ -30,17 +30,52 @@ def _per_param(value: int | None, parameters: int) -> str:
     return ABSENT if value is None else f"{value / parameters:.2f}"
 
 
+def _model_parallel_line(s: Any) -> str:
+    """ "pipeline stage 1 of 2 (1f1b, 8 micro-batches) · tensor parallel: one rank of 2", or "" without
+    either."""
+    parts = []
+    if s.pp is not None:
+        virtual = f", {s.virtual_stages} virtual stages per rank" if (s.virtual_stages or 1) > 1 else ""
+        parts.append(
+            f"pipeline stage {s.pp_stage} of {s.pp} ({s.pp_schedule}, {s.microbatches} "
+            f"micro-batch{'es' if s.microbatches != 1 else ''}{virtual})"
+        )
+    if s.tp is not None:
+        parts.append(f"tensor parallel: one rank of {s.tp}")
+    return " · ".join(parts)
+
+
+def engine_label(engine: str | None, zero: int) -> str:
+    """How the record's data-parallel engine reads: "ZeRO 0" alone, "DDP", "FSDP2 full-shard", "DeepSpeed ZeRO-2"."""
+    if engine == "fsdp":
+        return "FSDP2 " + ("full-shard" if zero == 3 else "shard-grad-op")
+    if engine == "deepspeed":
+        return f"DeepSpeed ZeRO-{zero}"
+    if engine == "ddp":
+        return "DDP"
+    return f"ZeRO {zero}"
+
+
 def estimate_table(record: EstimateRecord) -> str:
     """The human table of `memprof estimate`, from the estimate record alone."""
     s = record.settings
     n = record.parameters or 0
     lines = [
         f"{record.model} · {n:,} parameters · {s.optimizer} · {s.precision}",
-        f"batch {s.batch_size} × seq {s.seq_len} · {s.device}"
-        + (f" · {s.gpus} GPU{'s' if s.gpus != 1 else ''} · ZeRO {s.zero}" if s.device == "cuda" else "")
+        f"batch {s.batch_size} × seq {s.seq_len}"
+        + ("" if s.target_len is None else f" (decoder {s.target_len})")
+        + f" · {s.device}"
+        + (
+            f" · {s.gpus} GPU{'s' if s.gpus != 1 else ''} · {engine_label(s.engine, s.zero)}"
+            if s.device == "cuda"
+            else ""
+        )
         + (f" · offload {s.offload}" if s.offload != "none" else "")
         + (f" · {s.grad_accumulation} micro-batches per step" if s.grad_accumulation > 1 else ""),
     ]
+    split = _model_parallel_line(s)
+    if split:
+        lines.append(split)
     if s.population is not None:
         lines.append(
             f"population {s.population}: each member evaluated by a forward under torch.no_grad; "
@@ -74,6 +109,7 @@ def estimate_table(record: EstimateRecord) -> str:
     )
     lines.append("")
     lines.extend(_align(rows))
+    lines.extend(allocator_lines(record))
     for warning in record.warnings:
         lines.append(f"warning: {warning}")
     if record.cpu_offload:
@@ -82,6 +118,37 @@ def estimate_table(record: EstimateRecord) -> str:
     if verdict:
         lines.append(verdict)
     return "\n".join(lines)
+
+
+def allocator_lines(record: EstimateRecord) -> list[str]:
+    """What the simulated caching allocator did (the estimate's allocator.explain and .range), in words."""
+    allocator = record.allocator or {}
+    explain, span = allocator.get("explain"), allocator.get("range")
+    out: list[str] = []
+    if isinstance(span, dict) and span.get("low") is not None and record.peak.reserved is not None:
+        base = (allocator.get("peak") or {}).get("reserved") or 0
+        low, high = record.peak.reserved + span["low"] - base, record.peak.reserved + span["high"] - base
+        out.append(
+            f"reserved over allocation orders memprof cannot know: {format_bytes(low)} to {format_bytes(high)} "
+            f"({len(span.get('replays', {}))} replays: segment addresses, allocations made together)"
+        )
+    if not isinstance(explain, dict):
+        return out
+    seg = explain["segments"]
+    request = explain.get("request") or {}
+    asked = f" for {request.get('name')} ({format_bytes(request.get('bytes') or 0)})" if request else ""
+    out.append(
+        f"allocator at the peak ({explain.get('where') or 'measured step'}; {explain['moment']}{asked}): "
+        f"{seg['count']:,} segments, {format_bytes(seg['bytes'])}; free inside them "
+        f"{format_bytes(explain['free_in_split_segments'])} in split segments, "
+        f"{format_bytes(explain['free_whole_segments'])} in whole cached segments"
+    )
+    for block in explain.get("largest_free_blocks", [])[:3]:
+        out.append(
+            f"  free {format_bytes(block['bytes'])} of a {format_bytes(block['segment_bytes'])} segment, "
+            f"split by {', '.join(block['split_by'])}"
+        )
+    return out
 
 
 GPUS_PER_NODE = 8  # what a node holds when the host-RAM line multiplies per GPU
@@ -301,6 +368,11 @@ def fit_table(record: dict[str, Any]) -> str:
             f"largest batch size that fits at sequence {best['seq_len']:,}: {record['max_batch_size']} "
             f"(peak {format_bytes(best['device_total'])} at {best['phase']})"
         )
+        if best.get("cache_flushes"):
+            lines.append(
+                f"  only by flushing the allocator's cache ({best['cache_flushes']} retries per step: slower, "
+                "not an out-of-memory error)"
+            )
         if nxt:
             lines.append(f"  batch {nxt['batch_size']} would need {format_bytes(nxt['device_total'])}")
     ref = record["reference"]
@@ -312,10 +384,13 @@ def fit_table(record: dict[str, Any]) -> str:
         ]
         rows = [("knob", "peak", "saves", "fits")]
         for k in record["knobs"]:
-            rows.append((k["knob"], format_bytes(k["peak"]), format_bytes(k["saves"]), "yes" if k["fits"] else "no"))
+            fits = ("yes, flushing the cache" if k.get("cache_flushes") else "yes") if k["fits"] else "no"
+            rows.append((k["knob"], format_bytes(k["peak"]), format_bytes(k["saves"]), fits))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+    if record.get("policy"):
+        lines += ["", f"verdict policy: {record['policy']}"]
     return "\n".join(lines)
 
 

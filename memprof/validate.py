@@ -41,7 +41,10 @@ from memprof.tracer.optimizers import NOT_RUN, REAL_OPTIMIZERS, RealOptimizer
 
 SCHEMA = "memprof.validation/1"
 PEAK_TOLERANCE_PCT = 3.0
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit")
+FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit")
+FAMILIES += ("qwen3", "phi3", "gemma2", "gemma3_text", "mixtral", "qwen3_moe", "t5")  # issue 11's (NEW_FAMILIES)
+# attn_implementations a family runs with, where not both (Gemma 2 refuses sdpa); = tiny_models.ATTENTIONS
+_ATTENTIONS = {"gemma2": ("eager",)}
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed: CPU fp16 autocast, no GradScaler
 DEFAULT_FILE = "validation-cpu-full.json"  # under profiles/measurements/
 VIT_BATCH = 4
@@ -59,13 +62,42 @@ class Case:
     batch_size: int = 2
     seq_len: int = 32  # ignored for vit (patches + class token)
     grad_accumulation: int = 1  # micro-batches (forward + backward) per optimizer step
+    # the loop's choices and the task head (memprof estimate --keep-output/--no-keep-output,
+    # --zero-grad, --head); None: the family's default head
+    keep_output: bool = True  # False: `loss = model(**batch).loss` (the output dies in forward)
+    zero_grad: str = "set-to-none"  # "zeros": zero_grad(set_to_none=False), gradients stay allocated
+    head: str | None = None
+    # LoRA through peft (rank None: full training), on bitsandbytes-quantized base weights
+    lora_rank: int | None = None
+    lora_targets: str | None = None  # None: peft's default; "all-linear"; names separated by commas
+    lora_dropout: float = 0.0
+    quantize: str | None = None  # "int8" | "nf4" | "fp4"
+    double_quant: bool = False
+
+    @property
+    def adapter_id(self) -> str:
+        """The id's adapter part: empty for full training, else "-lora16", "-lora8-all-linear-d0.1-nf4dq" ..."""
+        if self.lora_rank is None:
+            return ""
+        out = f"-lora{self.lora_rank}"
+        if self.lora_targets:
+            out += "-" + self.lora_targets.replace(",", "+")
+        if self.lora_dropout:
+            out += f"-d{self.lora_dropout:g}"
+        if self.quantize:
+            out += f"-{self.quantize}" + ("dq" if self.double_quant else "")
+        return out
 
     @property
     def id(self) -> str:
         shape = f"b{self.batch_size}" + ("" if self.family == "vit" else f"s{self.seq_len}")
         if self.grad_accumulation > 1:
             shape += f"-ga{self.grad_accumulation}"
-        return "-".join((self.family, self.optimizer, self.precision, self.attention, self.checkpointing, shape))
+        loop = ("" if self.keep_output else "-nokeep") + ("" if self.zero_grad == "set-to-none" else "-zeros")
+        head = "" if self.head is None else f"-{self.head}"
+        return "-".join((self.family, self.optimizer, self.precision, self.attention, self.checkpointing, shape)) + (
+            loop + head + self.adapter_id
+        )
 
 
 def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
@@ -90,14 +122,14 @@ def make_optimizers(name: str, model: Any) -> tuple[list, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- matrices
 
 
-def _shape(family: str, batch_size: int = 2, seq_len: int = 32) -> dict[str, int]:
+def _shape(family: str, batch_size: int = 2, seq_len: int = 32) -> dict[str, Any]:
     return {"batch_size": VIT_BATCH if family == "vit" else batch_size, "seq_len": seq_len}
 
 
 def full_matrix() -> list[Case]:
     cases: list[Case] = []
     for f in FAMILIES:  # architectures x precision x attention
-        for attn in ("eager", "sdpa"):
+        for attn in _ATTENTIONS.get(f, ("eager", "sdpa")):
             for prec in ("32-true", "bf16-mixed"):
                 for ck in ("none", "full", "selective"):
                     cases.append(Case(f, "adamw", prec, attn, ck, **_shape(f)))
@@ -115,7 +147,129 @@ def full_matrix() -> list[Case]:
     for f in ("gpt2", "llama", "bert"):  # gradient accumulation
         for ga in (2, 4):
             cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=ga))
+    cases += _lora_cases()
+    cases += _loop_and_head_cases()
     return list(dict.fromkeys(cases))
+
+
+# the heads each of the eight original families models besides its own (estimators/families/_heads.py)
+CLASSIFIER_HEADS = {
+    "gpt2": ("seq-cls", "token-cls"),
+    "llama": ("seq-cls", "token-cls"),
+    "mistral": ("seq-cls", "token-cls"),
+    "qwen2": ("seq-cls", "token-cls"),
+    "gpt_neox": ("seq-cls", "token-cls"),
+    "opt": ("seq-cls",),
+    "bert": ("seq-cls", "token-cls"),
+}
+# the newer decoders' Generic{Sequence,Token}Classification heads (estimators/families/_decoder.py); transformers
+# refuses sdpa for Gemma2For{Sequence,Token}Classification, so gemma2's autocast case runs eager
+DECODER_HEADS = {
+    "qwen3": ("seq-cls", "token-cls"),
+    "phi3": ("seq-cls", "token-cls"),
+    "gemma2": ("seq-cls", "token-cls"),
+    "gemma3_text": ("seq-cls",),
+    "mixtral": ("seq-cls", "token-cls"),
+    "qwen3_moe": ("seq-cls", "token-cls"),
+}
+
+
+def _loop_and_head_cases() -> list[Case]:
+    """The loop's choices (`loss = model(**batch).loss`; zero_grad(set_to_none=False)) on every family,
+    alone and together, in fp32 and bf16 autocast, with accumulation and checkpointing; and every
+    classification head of every family (fp32, bf16 autocast, checkpointing, and its Trainer-style loop)."""
+    # (keep_output, zero_grad): the Trainer's loop, torch 1.x's zero_grad, both
+    loops = ((False, "set-to-none"), (True, "zeros"), (False, "zeros"))
+    cases: list[Case] = []
+    for f in FAMILIES:
+        b = _shape(f)["batch_size"]
+        for prec, attn in (("32-true", "eager"), ("bf16-mixed", "sdpa")):
+            attn = attn if attn in _ATTENTIONS.get(f, (attn,)) else _ATTENTIONS[f][0]
+            for keep, zero in loops:
+                cases.append(Case(f, "adamw", prec, attn, "none", b, keep_output=keep, zero_grad=zero))
+    for f in ("gpt2", "llama"):
+        for keep, zero in loops[:2]:
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "full", keep_output=keep, zero_grad=zero))
+    for f in ("gpt2", "llama", "bert"):
+        for keep, zero in loops[:2]:
+            cases.append(
+                Case(f, "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=2, keep_output=keep, zero_grad=zero)
+            )
+    for f, heads in CLASSIFIER_HEADS.items():
+        for head in heads:
+            cases.append(Case(f, "adamw", "32-true", "eager", "none", head=head))
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", head=head))
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "full", head=head))
+            cases.append(Case(f, "adamw", "bf16-mixed", "sdpa", "none", head=head, keep_output=False))
+    for f, heads in DECODER_HEADS.items():
+        for head in heads:
+            cases.append(Case(f, "adamw", "32-true", "eager", "none", head=head))
+            cases.append(Case(f, "adamw", "bf16-mixed", "eager" if f == "gemma2" else "sdpa", "none", head=head))
+    return cases
+
+
+def _lora_cases() -> list[Case]:
+    """LoRA through peft (targets, ranks, dropout, families) and QLoRA / int8 LoRA through bitsandbytes."""
+    lora = [
+        Case("llama", "adamw", "32-true", "eager", lora_rank=8),
+        Case("llama", "adamw", "32-true", "eager", "full", lora_rank=8),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=8),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", "full", lora_rank=8),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", "full", lora_rank=8, lora_targets="all-linear"),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=16, lora_targets="all-linear"),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=16, lora_dropout=0.1),
+        Case("llama", "adamw", "32-true", "sdpa", lora_rank=16, lora_targets="all-linear", lora_dropout=0.1),
+        Case("llama", "adamw", "bf16-true", "sdpa", lora_rank=8, lora_targets="q_proj,k_proj,v_proj,o_proj"),
+        Case("gpt2", "adamw", "32-true", "eager", lora_rank=8),
+        Case("gpt2", "adamw", "bf16-mixed", "sdpa", lora_rank=4, lora_targets="c_attn", lora_dropout=0.05),
+        Case("gpt2", "adamw", "bf16-mixed", "sdpa", lora_rank=4, lora_targets="all-linear"),
+        Case("gpt2", "adamw", "bf16-mixed", "sdpa", lora_rank=4, lora_targets="all-linear", lora_dropout=0.05),
+        Case("opt", "adamw", "32-true", "sdpa", lora_rank=8, lora_dropout=0.1),
+        Case("bert", "adamw", "bf16-mixed", "eager", lora_rank=8),
+        Case("qwen3", "adamw", "bf16-mixed", "sdpa", lora_rank=8),
+        Case("phi3", "adamw", "32-true", "eager", lora_rank=8, lora_targets="qkv_proj,o_proj"),
+        Case("gemma2", "adamw", "bf16-mixed", "eager", lora_rank=8, lora_dropout=0.1),
+        Case("gemma3_text", "adamw", "bf16-mixed", "sdpa", "full", lora_rank=8, lora_targets="all-linear"),
+        Case("t5", "adamw", "32-true", "sdpa", lora_rank=8),
+    ]
+    quantized = [
+        Case("llama", "adamw", "32-true", "sdpa", lora_rank=8, quantize="nf4"),
+        Case("llama", "adamw", "32-true", "eager", lora_rank=8, quantize="nf4"),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="nf4", double_quant=True),
+        Case("llama", "adamw", "bf16-mixed", "eager", "full", lora_rank=8, quantize="nf4", lora_dropout=0.1),
+        Case(
+            "llama",
+            "adamw",
+            "32-true",
+            "sdpa",
+            "full",
+            lora_rank=8,
+            quantize="nf4",
+            lora_targets="all-linear",
+            double_quant=True,
+        ),
+        Case(
+            "llama",
+            "adamw",
+            "bf16-mixed",
+            "sdpa",
+            "full",
+            lora_rank=8,
+            quantize="nf4",
+            lora_targets="all-linear",
+            double_quant=True,
+        ),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="fp4"),
+        Case("llama", "adamw", "32-true", "sdpa", lora_rank=8, quantize="int8"),
+        Case("llama", "adamw", "bf16-mixed", "eager", lora_rank=8, quantize="int8"),
+        Case("opt", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="nf4"),
+        Case("qwen2", "adamw", "32-true", "sdpa", lora_rank=8, lora_targets="all-linear", quantize="int8"),
+        Case("qwen3", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="nf4", double_quant=True),
+        Case("phi3", "adamw", "bf16-mixed", "sdpa", lora_rank=8, lora_targets="all-linear", quantize="nf4"),
+        Case("gemma2", "adamw", "32-true", "eager", lora_rank=8, quantize="int8"),
+        Case("gemma3_text", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="nf4"),
+    ]
+    return lora + quantized
 
 
 def quick_matrix() -> list[Case]:
@@ -145,6 +299,20 @@ def quick_matrix() -> list[Case]:
         Case("gpt2", "adamw", "bf16-mixed", "sdpa", "none", 8, 128),
         Case("bert", "adamw", "16-mixed", "sdpa", "full"),
         Case("llama", "adamw", "bf16-mixed", "sdpa", "none", grad_accumulation=2),
+        Case("qwen3", "adamw", "bf16-mixed", "sdpa", "none"),
+        Case("phi3", "adamw", "32-true", "eager", "full"),
+        Case("gemma2", "adamw", "bf16-mixed", "eager", "selective"),
+        Case("gemma3_text", "adamw", "bf16-true", "sdpa", "none"),
+        Case("mixtral", "adamw", "bf16-mixed", "sdpa", "none"),
+        Case("qwen3_moe", "adamw", "32-true", "eager", "selective"),
+        Case("t5", "adamw", "bf16-mixed", "sdpa", "none"),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=8),
+        Case("gpt2", "adamw", "32-true", "eager", lora_rank=8),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", lora_rank=8, quantize="nf4", double_quant=True),
+        Case("llama", "adamw", "bf16-mixed", "sdpa", keep_output=False),
+        Case("gpt2", "adamw", "32-true", "eager", zero_grad="zeros"),
+        Case("bert", "adamw", "bf16-mixed", "sdpa", head="seq-cls"),
+        Case("llama", "adamw", "32-true", "eager", head="token-cls"),
     ]
 
 
@@ -176,9 +344,19 @@ def select_cases(cases: list[Case], only: Iterable[str]) -> list[Case]:
 # ---------------------------------------------------------------------------------- one case
 
 
-def _train(model: Any, opts: list, real: RealOptimizer, inputs: dict, autocast: Any, micro_batches: int = 1) -> None:
+def _train(
+    model: Any,
+    opts: list,
+    real: RealOptimizer,
+    inputs: dict,
+    autocast: Any,
+    micro_batches: int = 1,
+    keep_output: bool = True,
+    set_to_none: bool = True,
+) -> None:
     """One optimizer step (through a closure for LBFGS) after `micro_batches` forward + backward
-    passes of `inputs`; autocast: the autocast dtype or None."""
+    passes of `inputs`; autocast: the autocast dtype or None. keep_output=False: the loop keeps only
+    the loss (`loss = model(**inputs).loss`); set_to_none=False: zero_grad zeroes the gradients."""
     from memprof.tiny_models import autocast_context
 
     def closure():
@@ -193,17 +371,21 @@ def _train(model: Any, opts: list, real: RealOptimizer, inputs: dict, autocast: 
         for o in opts:
             o.step(closure)
     else:
-        out = None
+        out = loss = None
         for _ in range(micro_batches):
             out = None  # the previous micro-batch's output dies before the next forward
             with autocast_context(autocast is not None, autocast):
-                out = model(**inputs)
-            out.loss.backward(create_graph=real.create_graph)
+                if keep_output:
+                    out = model(**inputs)
+                    loss = out.loss
+                else:
+                    loss = model(**inputs).loss
+            loss.backward(create_graph=real.create_graph)
         for o in opts:
             o.step()
-        del out
+        del out, loss
     for o in opts:
-        o.zero_grad(set_to_none=True)
+        o.zero_grad(set_to_none=set_to_none)
 
 
 def measure(case: Case) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -214,22 +396,37 @@ def measure(case: Case) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     from memprof.tiny_models import batch, build, selective_checkpointing
 
     real = REAL_OPTIMIZERS[case.optimizer]
-    model, spec = build(case.family, case.attention)
+    model, spec = build(case.family, case.attention, head=case.head)
     dtype = torch.bfloat16 if case.precision == "bf16-true" else torch.float32
     model.to(dtype)
     if case.checkpointing == "full":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.gradient_checkpointing_enable()
+    if case.lora_rank is not None:
+        from memprof.tiny_models import apply_lora
+
+        model = apply_lora(
+            model,
+            rank=case.lora_rank,
+            targets=case.lora_targets,
+            dropout=case.lora_dropout,
+            quantize=case.quantize,
+            double_quant=case.double_quant,
+            compute_dtype=torch.bfloat16 if case.precision == "bf16-mixed" else torch.float32,
+            checkpointing=case.checkpointing == "full",
+        )
     opts, options = make_optimizers(case.optimizer, model)
     autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(case.precision)
     selective = selective_checkpointing(model) if case.checkpointing == "selective" else contextlib.nullcontext()
     with selective:
+        loop = dict(keep_output=case.keep_output, set_to_none=case.zero_grad == "set-to-none")
         for _step in range(real.warm_steps):
-            _train(model, opts, real, batch(case.family, case.batch_size, case.seq_len, dtype=dtype), autocast)
+            inputs = batch(case.family, case.batch_size, case.seq_len, dtype=dtype, head=case.head)
+            _train(model, opts, real, inputs, autocast, **loop)
         with memprof.track(model, opts, events=False) as run:
-            inputs = batch(case.family, case.batch_size, case.seq_len, dtype=dtype)
-            _train(model, opts, real, inputs, autocast, case.grad_accumulation)
+            inputs = batch(case.family, case.batch_size, case.seq_len, dtype=dtype, head=case.head)
+            _train(model, opts, real, inputs, autocast, case.grad_accumulation, **loop)
             del inputs
     return run.to_dict(), spec, options
 
@@ -238,6 +435,30 @@ def expected_observation(case: Case, spec: Any, options: dict[str, Any]) -> Any:
     """The estimate's inputs of `case`, as the matrix knows them (not inferred from the profile)."""
     from memprof.comparison import Observed
 
+    lora: dict[str, Any] = {}
+    if case.lora_rank is not None:  # the adapted model: its parameters and its replay
+        from memprof.comparison.observed import target_names
+        from memprof.estimators.adapters import adapt, linear_modules
+        from memprof.estimators.precision import get_precision
+
+        base = spec
+        spec = adapt(
+            spec,
+            get_precision(case.precision),
+            lora_rank=case.lora_rank,
+            lora_targets=case.lora_targets,
+            lora_dropout=case.lora_dropout,
+            quantize=case.quantize,
+            double_quant=case.double_quant,
+        )
+        assert spec.adapter is not None
+        lora = dict(
+            lora_rank=case.lora_rank,
+            lora_targets=target_names(list(spec.adapter.targets), [m.name for m in linear_modules(base)]),
+            lora_dropout=float(case.lora_dropout),
+            quantize=case.quantize,
+            double_quant=bool(case.double_quant) and case.quantize is not None,
+        )
     return Observed(
         model=spec,
         params=tuple(spec.parameter_tensors()),
@@ -251,6 +472,9 @@ def expected_observation(case: Case, spec: Any, options: dict[str, Any]) -> Any:
         checkpointing=case.checkpointing,
         grad_accumulation=case.grad_accumulation,
         device="cpu",
+        keep_output=case.keep_output,
+        zero_grad=case.zero_grad,
+        **lora,
     )
 
 
@@ -264,6 +488,13 @@ _INFERRED_KEYS = (
     "checkpointing",
     "grad_accumulation",
     "device",
+    "keep_output",  # present only when not the default (Observed.estimate_kwargs)
+    "zero_grad",
+    "lora_rank",  # the LoRA knobs: present only for a LoRA run (settings.adapter)
+    "lora_targets",
+    "lora_dropout",
+    "quantize",
+    "double_quant",
 )
 
 
@@ -381,6 +612,34 @@ def _states_exact(r: dict[str, Any]) -> bool:
     )
 
 
+def run_cases(
+    cases: Iterable[Any], run: Callable[[Any], dict[str, Any]], progress: Callable[[dict[str, Any]], None] | None
+) -> tuple[list[dict[str, Any]], float]:
+    """Run every case with warnings silenced (the record says what failed); the results and seconds taken.
+    Shared by the matrices (this one, memprof.validate_trace, memprof.validate_workloads)."""
+    t0 = time.perf_counter()
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for case in cases:
+            results.append(run(case))
+            if progress is not None:
+                progress(results[-1])
+    return results, round(time.perf_counter() - t0, 1)
+
+
+def record_header(schema: str, subset: str, tolerance: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """The fields every validation record starts with: what ran, when, where, against which tolerance."""
+    return {
+        "schema": schema,
+        "subset": subset,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "environment": environment(),
+        "tolerance": tolerance,
+        "duration_s": duration_s,
+    }
+
+
 def run_matrix(
     cases: Iterable[Case], subset: str, progress: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
@@ -389,22 +648,12 @@ def run_matrix(
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # the quantized cases' reload prints progress bars
     torch.manual_seed(0)
-    t0 = time.perf_counter()
-    results = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for case in cases:
-            results.append(run_case(case))
-            if progress is not None:
-                progress(results[-1])
+    results, seconds = run_cases(cases, run_case, progress)
+    tolerance = {"model_states": "exact (bytes)", "peak_allocated_pct": PEAK_TOLERANCE_PCT}
     return {
-        "schema": SCHEMA,
-        "subset": subset,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "environment": environment(),
-        "tolerance": {"model_states": "exact (bytes)", "peak_allocated_pct": PEAK_TOLERANCE_PCT},
-        "duration_s": round(time.perf_counter() - t0, 1),
+        **record_header(SCHEMA, subset, tolerance, seconds),
         "not_run": dict(NOT_RUN),
         "summary": summarize(results),
         "cases": results,

@@ -26,6 +26,8 @@ GALLERY = {
     "estimate-gpu": "memprof estimate llama-3.1-8b --precision bf16-true --batch-size 4 --seq-len 4096 "
     "--checkpointing full --gpu h100-80gb",
     "fit": "memprof fit gpt2-1.5b --gpu a100-80gb",
+    "qlora": "memprof estimate llama-3.1-8b --lora-rank 16 --quantize nf4 --checkpointing full --gpu rtx-4090",
+    "engines": "memprof estimate qwen2.5-0.5b --gpus 2 --engine fsdp --zero 3 --gpu a100-40gb",
 }
 
 

@@ -197,8 +197,8 @@ def test_settings_validation(kw, match):
 
 def test_unknown_model_type_names_the_supported_ones():
     class Spec:
-        model_type, config = "t5", {}
+        model_type, config = "mamba", {}
 
-    with pytest.raises(MemprofUserError, match="unknown model type for activation accounting 't5'"):
+    with pytest.raises(MemprofUserError, match="unknown model type for activation accounting 'mamba'"):
         saved_tensors(Spec(), settings(1, 8, False, "eager"))
-    assert set(SUPPORTED_MODEL_TYPES) == {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit"}
+    assert set(SUPPORTED_MODEL_TYPES) >= {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit"}

@@ -43,9 +43,19 @@ def test_master_weight_scheme_is_2_2_12(capsys):
 
 
 def test_zero_3_over_8_gpus_shards_every_state(capsys):
+    # DeepSpeed ZeRO-3 (the default engine of --zero 3), as it allocates (estimators/parallel/deepspeed.py)
     record = run_json(capsys, "gpt2-1.5b", "--gpus", "8", "--zero", "3")
-    full = record["model_states_unsharded"]
-    assert record["model_states"] == {k: -(-v // 8) for k, v in full.items()}
+    full, rank = record["model_states_unsharded"], record["model_states"]
+    assert rank["gradients"] == -(-full["gradients"] // 8)  # the fp32 gradient partition
+    # AdamW's two states and the fp32 master partition DeepSpeed clones, on the flat partition (its
+    # `step` is a host scalar on CUDA)
+    assert rank["optimizer_states"] == 3 * rank["gradients"]
+    # every parameter's partition (ceil(numel / 8) elements of the flat buffer), and the parameters of
+    # at most stage3_param_persistence_threshold (1e5) elements whole on every rank besides (ds_persist)
+    from memprof.estimators.models import load_model
+
+    sizes = [t.numel for t in load_model("gpt2-1.5b").parameter_tensors()]
+    assert rank["parameters"] == 4 * (sum(-(-n // 8) for n in sizes) + sum(n for n in sizes if n <= 100_000))
 
 
 def test_table_reports_bytes_per_parameter_and_the_gpu_verdict(capsys):

@@ -11,7 +11,7 @@ import pytest
 
 from memprof.cli import main
 from memprof.estimators.errors import MemprofUserError
-from memprof.integrations.configs import knobs_from_accelerate_config, knobs_from_ds_config
+from memprof.integrations.configs import FSDP1_NOTE, knobs_from_accelerate_config, knobs_from_ds_config
 
 MODEL = "gpt2-124m"
 
@@ -89,7 +89,8 @@ tpu_use_cluster: false
 tpu_use_sudo: false
 use_cpu: false
 """
-FSDP_FLAGS = ["--gpus", "4", "--precision", "bf16-mixed", "--zero", "3", "--offload", "optimizer+parameters"]
+# FULL_SHARD with offloaded parameters: FSDP2's fully_shard with CPUOffloadPolicy (memprof's engine fsdp)
+FSDP_FLAGS = ["--gpus", "4", "--precision", "bf16-mixed", "--engine", "fsdp", "--zero", "3", "--offload", "optimizer"]
 
 ACCELERATE_DEEPSPEED_FILE = """\
 compute_environment: LOCAL_MACHINE
@@ -245,14 +246,15 @@ def test_a_missing_file_and_a_directory_are_one_line(tmp_path, capsys):
     assert "ds_config.json' does not exist" in _refused(capsys, "--accelerate-config", acc)
 
 
+# the bucket sizes, contiguous_gradients, overlap_comm and the stage3_* settings DeepSpeed's engine
+# models are the `deepspeed` knob (tests/test_deepspeed.py)
 UNMODELLED = [
     (
-        {"zero_optimization": {"stage": 2, "reduce_bucket_size": 2e8}},
-        "zero_optimization.reduce_bucket_size=200000000.0"
-        " is not modelled; memprof assumes DeepSpeed's default 500000000 (the gradient reduction bucket)",
+        {"zero_optimization": {"stage": 2, "sub_group_size": 2e8}},
+        "zero_optimization.sub_group_size=200000000.0"
+        " is not modelled; memprof assumes DeepSpeed's default 1000000000 (the optimizer step's sub-groups)",
     ),
-    ({"zero_optimization": {"stage": 3, "stage3_max_live_parameters": 1e8}}, "stage3_max_live_parameters"),
-    ({"zero_optimization": {"stage": 2, "contiguous_gradients": False}}, "contiguous_gradients=false"),
+    ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 8}}, "zero_hpz_partition_size=8"),
     (
         {
             "zero_optimization": {
@@ -269,7 +271,6 @@ UNMODELLED = [
 
 
 UNMODELLED += [
-    ({"zero_optimization": {"stage": 2, "overlap_comm": True}}, "overlap_comm=true is not modelled"),
     ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.3}}}, "ratio=0.3"),
 ]
 
@@ -300,20 +301,35 @@ def test_unmodelled_settings_are_named(tmp_path, capsys, config, says):
     assert any(says in w for w in warnings) and "zero" in knobs
 
 
-def test_fsdp_is_named_as_approximated_and_hybrid_sharding_is_a_problem(tmp_path):
-    knobs, _prov, warnings = knobs_from_accelerate_config(_write(tmp_path, "c.yaml", ACCELERATE_FSDP))
-    assert (knobs["zero"], knobs["offload"], knobs["gpus"]) == (3, "optimizer+parameters", 4)
-    assert any(w.startswith("FSDP is approximated by memprof's ZeRO stage 3") for w in warnings)
+def test_fsdp_strategies_are_the_fsdp_engine_and_hybrid_sharding_is_a_problem(tmp_path):
+    knobs, prov, warnings = knobs_from_accelerate_config(_write(tmp_path, "c.yaml", ACCELERATE_FSDP))
+    assert (knobs["engine"], knobs["zero"], knobs["offload"], knobs["gpus"]) == ("fsdp", 3, "optimizer", 4)
+    assert prov["engine"].endswith('fsdp_config.fsdp_sharding_strategy="FULL_SHARD"')
+    # no fsdp_version: FSDP1, predicted as FSDP2 and said so; nothing is "approximated by ZeRO" any more
+    assert warnings == [FSDP1_NOTE]
     grad_op = (
         textwrap.dedent(ACCELERATE_FSDP)
         .replace("FULL_SHARD", "SHARD_GRAD_OP")
         .replace("fsdp_offload_params: true", "fsdp_offload_params: false")
     )
-    assert knobs_from_accelerate_config(_write(tmp_path, "g.yaml", grad_op))[0]["zero"] == 2
+    knobs = knobs_from_accelerate_config(_write(tmp_path, "g.yaml", grad_op))[0]
+    assert (knobs["engine"], knobs["zero"], knobs["offload"]) == ("fsdp", 2, "none")
+    no_shard = grad_op.replace("SHARD_GRAD_OP", "NO_SHARD")
+    knobs, _, warnings = knobs_from_accelerate_config(_write(tmp_path, "n.yaml", no_shard))
+    assert (knobs["engine"], knobs["zero"], warnings) == ("ddp", 0, [])
     hybrid = ACCELERATE_FSDP.replace("FULL_SHARD", "HYBRID_SHARD")
     with pytest.raises(MemprofUserError, match="HYBRID_SHARD"):
         knobs_from_accelerate_config(_write(tmp_path, "h.yaml", hybrid))
-    assert knobs_from_accelerate_config(_write(tmp_path, "h.yaml", hybrid), strict=False)[0]["zero"] == 3
+    knobs = knobs_from_accelerate_config(_write(tmp_path, "h.yaml", hybrid), strict=False)[0]
+    assert (knobs["engine"], knobs["zero"]) == ("fsdp", 3)
+
+
+def test_fsdp2_reshard_after_forward_is_the_zero_stage_without_a_note(tmp_path):
+    base = "distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_version: 2\n"
+    for reshard, zero in (("true", 3), ("false", 2)):
+        path = _write(tmp_path, f"v2{zero}.yaml", base + f"  fsdp_reshard_after_forward: {reshard}\n")
+        knobs, _, warnings = knobs_from_accelerate_config(path)
+        assert (knobs["engine"], knobs["zero"], knobs["offload"], warnings) == ("fsdp", zero, "none", [])
 
 
 def test_a_single_process_config_with_bare_yaml_no_values(tmp_path, capsys):

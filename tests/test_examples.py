@@ -7,7 +7,7 @@
   finite, parameters and gradients are their exact bytes, and the optimizer states equal the
   registry's prediction for the real optimizer, to the byte and key by key.
 - `memprof.trace` of each tiny workload against the same step measured: the peak within 1 %, the
-  states exact (the speech workloads' CTC loss cannot run on fake tensors: expected to fail).
+  states exact (the speech workloads' CTC loss included: memprof.tracer.rules).
 - README.md's AlgoPerf table (scripts/render_algoperf.py) is what the tracer gives today.
 """
 
@@ -277,13 +277,8 @@ def test_speedrun_softcap_is_the_records():
 
 # --------------------------------------------------------------- the tracer against the measurement
 
-CTC = "aten._ctc_loss has no fake-tensor kernel in torch 2.13 (FakeTensorMode raises DynamicOutputShapeException)"
-TRACED = [
-    pytest.param(path, marks=pytest.mark.xfail(raises=memprof.UserCodeError, strict=True, reason=CTC))
-    if "librispeech" in path
-    else path
-    for path in ["nanogpt.py", "speedrun.py", *ALGOPERF]
-]
+# the speech workloads' CTC loss traces through memprof.tracer.rules (its lengths are Python ints)
+TRACED = ["nanogpt.py", "speedrun.py", *ALGOPERF]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from memprof.estimators.errors import MemprofUserError, ParameterError
-from memprof.integrations.configs import HF_OPTIMIZERS, knobs_from_training_args, map_optim
+from memprof.integrations.configs import FSDP1_NOTE, HF_OPTIMIZERS, knobs_from_training_args, map_optim
 
 # the fields of `trainer.args.to_json_string()` this mapping reads, as transformers writes them
 SAVED = {
@@ -173,9 +173,15 @@ def test_the_trainers_deepspeed_config_sets_precision_zero_and_offload():
     assert "deepspeed -> " in prov["zero"] and "zero_optimization.stage" in prov["zero"]
 
 
-def test_the_trainers_fsdp_words_are_a_zero_stage_named_as_an_approximation():
-    knobs, _, warnings = knobs_from_training_args({**SAVED, "fsdp": "full_shard offload auto_wrap"}, strict=False)
-    assert (knobs["zero"], knobs["offload"]) == (3, "optimizer+parameters")
-    assert any("approximated by memprof's ZeRO stage 3" in w for w in warnings)
-    knobs, _, _ = knobs_from_training_args({**SAVED, "fsdp": ["shard_grad_op"]}, strict=False)
-    assert knobs["zero"] == 2 and "offload" not in knobs
+def test_the_trainers_fsdp_words_are_the_fsdp_engine():
+    knobs, prov, warnings = knobs_from_training_args({**SAVED, "fsdp": "full_shard offload auto_wrap"}, strict=False)
+    # full_shard: FSDP2's fully_shard with reshard_after_forward=True; offload: its CPUOffloadPolicy
+    assert (knobs["engine"], knobs["zero"], knobs["offload"]) == ("fsdp", 3, "optimizer")
+    assert prov["engine"] == prov["zero"] == 'training arguments: fsdp="full_shard offload auto_wrap"'
+    assert warnings == [f'fsdp="full_shard offload auto_wrap": {FSDP1_NOTE}']  # no fsdp_config version 2
+    fsdp2 = {**SAVED, "fsdp": ["shard_grad_op"], "fsdp_config": {"version": 2}}
+    knobs, _, warnings = knobs_from_training_args(fsdp2, strict=False)
+    assert (knobs["engine"], knobs["zero"], warnings) == ("fsdp", 2, []) and "offload" not in knobs
+    knobs, _, warnings = knobs_from_training_args({**SAVED, "fsdp": "no_shard"}, strict=False)
+    assert (knobs["engine"], knobs["zero"], warnings) == ("ddp", 0, [])
+    assert not any("approximated" in w for w in warnings)

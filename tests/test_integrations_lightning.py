@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,10 @@ def test_callback_predicts_its_own_measurement(tmp_path, precision, accumulate):
         assert result["predicted_phase"] == result["measured_phase"] == "forward"
     assert trainer.callback_metrics["memprof/measured_peak_bytes"].item() == pytest.approx(result["measured_peak"])
     assert (tmp_path / "memprof" / "step-2.json").exists()
+    # training_step returns the loss: the output is gone before backward, as predicted and observed
+    assert cb.monitor.knobs["keep_output"] is False
+    settings = json.loads((tmp_path / "memprof" / "step-2.json").read_text())["settings"]
+    assert settings["output_kept"] is False and settings["zero_grad"] == "set-to-none"
     print(
         f"lightning {precision} accumulate {accumulate}: predicted {result['predicted_peak']:,} B, "
         f"measured {result['measured_peak']:,} B, {result['error_pct']:+.2f} %"
@@ -85,6 +90,26 @@ def test_callback_predicts_its_own_measurement(tmp_path, precision, accumulate):
 
 
 @pytest.mark.slow
+class _KeepsLogits(_CausalLM):
+    """A training_step that returns the logits too: Lightning keeps them (detached) in its
+    ClosureResult through backward."""
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        return {"loss": out.loss, "logits": out.logits}
+
+
+@pytest.mark.slow
+def test_a_module_that_keeps_its_output_is_predicted_as_it_runs(tmp_path):
+    _, cb, caught = _fit(tmp_path, module=_KeepsLogits(), precision="32-true")
+    # THEN the profiled step showed the output alive at backward: the callback says so and predicts with it
+    assert any("keep_output=True" in w for w in caught), caught
+    assert cb.monitor.knobs["keep_output"] is True
+    [result] = cb.results
+    assert abs(result["error_pct"]) <= TOLERANCE_PCT, result
+    print(f"lightning, training_step keeps the logits: {result['error_pct']:+.2f} %")
+
+
 def test_unmodelled_strategy_and_precision_are_warnings(tmp_path):
     import torch.distributed as dist
     from pytorch_lightning.strategies import DDPStrategy
@@ -121,13 +146,15 @@ def test_strategies_set_the_sharding_knobs():
 
     from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
+    from memprof.integrations.configs import FSDP1_NOTE
     from memprof.integrations.lightning import strategy_knobs
 
     knobs, prov = {}, {}
     assert strategy_knobs(DDPStrategy(), 4, knobs, prov) == [] and knobs == {"gpus": 4}
     knobs = {}
     warnings = strategy_knobs(FSDPStrategy(sharding_strategy="SHARD_GRAD_OP"), 8, knobs, prov)
-    assert knobs == {"zero": 2, "gpus": 8} and "approximated by memprof's ZeRO stage 2" in warnings[0]
+    assert knobs == {"engine": "fsdp", "zero": 2, "gpus": 8}
+    assert warnings == [f"FSDPStrategy SHARD_GRAD_OP: {FSDP1_NOTE}"]
     knobs = {}
     hybrid = FSDPStrategy(sharding_strategy="HYBRID_SHARD", auto_wrap_policy={torch.nn.Linear})
     assert strategy_knobs(hybrid, 8, knobs, prov)[0].endswith("predicted for one device without sharding")

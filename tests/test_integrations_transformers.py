@@ -104,6 +104,10 @@ def test_callback_predicts_its_own_measurement(tmp_path, name):
     assert saved["peak"]["allocated"] == result["measured_peak"]
     estimate = json.loads((tmp_path / "memprof" / "step-2.estimate.json").read_text())
     assert estimate["peak"]["allocated"] == result["predicted_peak"]
+    # compute_loss keeps the loss alone and model.zero_grad() frees the gradients: predicted so, and
+    # the profiled step shows it
+    assert estimate["settings"]["keep_output"] is False and estimate["settings"]["zero_grad"] == "set-to-none"
+    assert saved["settings"]["output_kept"] is False and saved["settings"]["zero_grad"] == "set-to-none"
     print(
         f"{name}: predicted {result['predicted_peak']:,} B, measured {result['measured_peak']:,} B, "
         f"{result['error_pct']:+.2f} %"
@@ -111,6 +115,41 @@ def test_callback_predicts_its_own_measurement(tmp_path, name):
 
 
 @pytest.mark.slow
+class _Labelled(torch.utils.data.Dataset):
+    """Token sequences with one class per sequence (seq-cls) or per token (token-cls)."""
+
+    def __init__(self, head: str) -> None:
+        self.head = head
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        ids = torch.randint(2, 128, (SEQ,), generator=g)
+        labels = torch.randint(0, 3, () if self.head == "seq-cls" else (SEQ,), generator=g)
+        return {"input_ids": ids, "labels": labels}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "head"), [("bert", "seq-cls"), ("llama", "seq-cls")])
+def test_a_classifier_is_predicted_with_its_head(tmp_path, family, head):
+    # GIVEN a Trainer fine-tuning a classification head (the class names it: no architectures in its config)
+    transformers.logging.set_verbosity_error()
+    model, _ = build(family, "sdpa", head=head)
+    cb = MemprofCallback()
+    trainer = Trainer(
+        model=model, args=_args(tmp_path, optim="adamw_torch"), train_dataset=_Labelled(head), callbacks=[cb]
+    )
+    trainer.train()
+    # THEN the callback predicts that head and its peak within tolerance
+    [result] = cb.results
+    assert cb.monitor.spec.head == head, cb.messages
+    assert abs(result["error_pct"]) <= TOLERANCE_PCT, result
+    figures = f"predicted {result['predicted_peak']:,} B, measured {result['measured_peak']:,} B"
+    print(f"{family} {head}: {figures}, {result['error_pct']:+.2f} %")
+
+
 def test_max_seq_len_predicts_before_step_one_and_the_step_is_compared_at_its_shape(tmp_path):
     cb = MemprofCallback(max_seq_len=64, profile_steps=(1,))
     _, cb, _ = _train(tmp_path, callback=cb, optim="adamw_torch", max_steps=1)

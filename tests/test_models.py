@@ -38,6 +38,7 @@ AUTO_CLASS = {
     "causal-lm": "AutoModelForCausalLM",
     "masked-lm": "AutoModelForMaskedLM",
     "image-classification": "AutoModelForImageClassification",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
 }
 
 
@@ -120,6 +121,16 @@ PUBLISHED = {
     "bert-base-uncased": 109_514_298,  # BertForMaskedLM (BertModel with pooler: 109,482,240)
     "bert-large-uncased": 335_174_458,
     "vit-b-16": 86_567_656,  # ViTForImageClassification, 1000 classes
+    "qwen3-8b": 8_190_735_360,  # Qwen3-8B model card: 8.2B
+    "gemma-2-9b": 9_241_705_984,  # Gemma2ForCausalLM, lm_head tied
+    "gemma-3-12b": 11_766_034_176,  # the text model only (Gemma3ForCausalLM); the card's 12B adds the vision tower
+    "phi-3-mini": 3_821_079_552,  # Phi-3-mini model card: 3.8B
+    "llama-3.2-1b": 1_235_814_400,  # Llama 3.2 model card: 1.23B (tied)
+    "llama-3.2-3b": 3_212_749_824,  # Llama 3.2 model card: 3.21B (tied)
+    "mixtral-8x7b": 46_702_792_704,  # Mixtral model card: 46.7B total
+    "qwen3-30b-a3b": 30_532_122_624,  # Qwen3-30B-A3B model card: 30.5B total, 3.3B activated
+    "t5-base": 222_903_552,  # T5ForConditionalGeneration (shared embedding = lm_head): "220M"
+    "t5-large": 737_668_096,  # "770M"
 }
 
 
@@ -206,7 +217,15 @@ def test_aliases_are_case_insensitive_and_include_hf_ids():
     assert load_model("  Qwen/Qwen2.5-0.5B ").name == "qwen2.5-0.5b"
     aliases = preset_aliases()
     assert all(aliases[n] == n for n in preset_names())
-    assert set(SUPPORTED_MODEL_TYPES) == {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit"}
+    assert set(SUPPORTED_MODEL_TYPES) == {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "bert", "vit"} | {
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3_text",
+        "mixtral",
+        "qwen3_moe",
+        "t5",
+    }
     assert {load_model(n).model_type for n in preset_names()} == set(SUPPORTED_MODEL_TYPES)
 
 
@@ -353,8 +372,8 @@ def test_qwen2_missing_kv_heads_takes_the_class_default_of_32(tmp_path):
             "field 'tie_word_embeddings' must be true or false",
         ),
         (
-            {"model_type": "t5", "d_model": 64},
-            "unsupported model_type 't5'; supported: gpt2, llama, mistral, qwen2, gpt_neox, opt, bert, vit",
+            {"model_type": "mamba", "d_model": 64},
+            "unsupported model_type 'mamba'; supported: gpt2, llama, mistral, qwen2, gpt_neox, opt, bert, vit, qwen3",
         ),
         ({"n_embd": 64}, "no 'model_type' field; supported: gpt2"),
         (
@@ -424,7 +443,7 @@ def test_spec_from_a_raw_config_dict_applies_defaults():
 
 
 def test_task_must_match_the_family():
-    with pytest.raises(MemprofUserError, match="task 'causal-lm' is not modelled for bert"):
+    with pytest.raises(MemprofUserError, match="head 'causal-lm' is not modelled for bert; its heads: masked-lm"):
         ModelSpec(name="x", model_type="bert", config=load_model("bert-base").config, task="causal-lm")
 
 

@@ -1,5 +1,6 @@
 """Published GPU measurements: the rows, their expression as memprof estimates, the score, the README block."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from memprof.published import METRICS, NotExpressible, express, load_published, 
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDER = ROOT / "scripts" / "render_published.py"
+# one source's rows for the renderer's own tests (scoring every row, litgpt's 128-micro-batch LoRA steps
+# included, is what test_readme_block_is_up_to_date and the `score` fixture do)
+HF_PERF = ROOT / "profiles" / "published" / "hf-perf-train-gpu-one.json"
 
 
 @pytest.fixture(scope="module")
@@ -133,23 +137,143 @@ def test_expression_of_a_documented_row(rows):
     assert (how.knobs["batch_size"], how.knobs["seq_len"], how.knobs["grad_accumulation"]) == (1, 512, 4)
     assert how.knobs["checkpointing"] == "full" and how.knobs["attention"] == "eager"
     assert how.knobs["cuda_version"] == "11.2"  # the driver's: eager kernel loading
-    assert any(p.startswith("head:") for p in how.proxies)
+    # the page trains BertForSequenceClassification: memprof's seq-cls head, no longer a proxy
+    assert how.knobs["head"] == "seq-cls" and not any(p.startswith("head:") for p in how.proxies)
     assert any(a.startswith("optimizer: adamw") for a in how.assumptions)
 
 
 @pytest.mark.parametrize(
     "row_id, reason",
     [
-        ("litgpt-lora-7b-llama-none-mb1-1gpu", "parameter-efficient finetuning"),
         ("peft-t0_3b-full", "metric not stated"),
         ("torchtitan-165-fsdp2-sac-reserved", "model not stated"),
         ("cookbook-413-a100-80gb", "precision not stated"),
+        # litgpt's LLaMA-Adapter / Adapter v2: memprof's adapter knob is LoRA
+        ("litgpt-adapter-7b-llama-none-mb1-1gpu", r"parameter-efficient finetuning: no memprof knob: 'Adapter \("),
+        ("litgpt-adapter_v2-7b-llama-none-mb1-1gpu", r"no memprof knob: 'Adapter v2 \("),
+        ("litgpt-adapter-3b-stablelm-none-mb1-1gpu", "parameter-efficient finetuning: no memprof knob"),
+        # LoRA on models without a memprof preset or family
+        ("litgpt-lora-13b-phi-1.5-none-mb1-1gpu", "model not a memprof preset or family: 'phi-1.5 1.3 B'"),
+        ("litgpt-lora-3b-stablelm-bnbnf4-mb1-1gpu", "model not a memprof preset or family: 'StableLM Alpha 3 B'"),
+        ("litgpt-lora-40b-falcon-none-mb1-4gpu", "model not a memprof preset or family: 'Falcon 40 B'"),
+        ("peft-t0_3b-lora-pytorch", "metric not stated"),
+        # litgpt's quantized path: Fabric's BitsandbytesPrecision, not transformers' BitsAndBytesConfig + peft
+        ("litgpt-lora-7b-llama-bnbnf4-mb1-1gpu", "quantization setup not modelled: 'bnb.nf4': .*lm_head included"),
+        ("litgpt-lora-13b-llama-bnbnf4-dq-mb1-1gpu", "quantization setup not modelled: 'bnb.nf4-dq'.*PagedAdamW"),
+        # LoRA under sharding: litgpt runs devices > 1 with FSDPStrategy; llama-recipes with --enable_fsdp
+        ("litgpt-lora-7b-llama-none-mb1-2gpu", "LoRA with sharding not modelled: .* on 2 GPUs; .*FSDPStrategy"),
+        ("litgpt-lora-13b-llama-none-mb1-4gpu", "LoRA with sharding not modelled: .* on 4 GPUs"),
+        (
+            "cookbook-41-final-active",
+            r"LoRA with sharding not modelled: 'FSDP \(--enable_fsdp\).* on 4 GPUs.*memprof refuses LoRA with ZeRO / "
+            r"FSDP.*r=8, lora_alpha=32, target_modules=\['q_proj', 'v_proj'\], lora_dropout=0.05",
+        ),
+        ("cookbook-41-limit-all-gathers-false-reserved", "LoRA with sharding not modelled"),
     ],
 )
 def test_rows_memprof_cannot_express_say_why(rows, row_id, reason):
     row = next(r for r in rows if r.id == row_id)
     with pytest.raises(NotExpressible, match=reason):
         express(row)
+
+
+# ---------------------------------------------------------------- LoRA rows
+
+# litgpt finetune/lora.py at commit 8641822 (the version litgpt's resource tables name): lora_r = 8,
+# lora_dropout = 0.05 on query and value; batch_size = 128 samples per step in micro-batches; the
+# longest Alpaca example in Llama 2 tokens (1304, stated by the tables) forced into the first batch
+LITGPT_LORA_ROWS = {
+    "litgpt-lora-7b-llama-none-mb1-1gpu": ("llama-2-7b", 1),
+    "litgpt-lora-7b-llama-none-mb2-1gpu": ("llama-2-7b", 2),
+    "litgpt-lora-7b-llama-none-mb4-1gpu": ("llama-2-7b", 4),
+    "litgpt-lora-13b-llama-none-mb1-1gpu": ("llama-2-13b", 1),
+    "litgpt-lora-13b-llama-none-mb2-1gpu": ("llama-2-13b", 2),
+    "litgpt-lora-13b-llama-none-mb4-1gpu": ("llama-2-13b", 4),
+}
+
+
+@pytest.mark.parametrize("row_id", sorted(LITGPT_LORA_ROWS))
+def test_litgpt_lora_rows_take_the_scripts_defaults(rows, row_id):
+    model, micro_batch = LITGPT_LORA_ROWS[row_id]
+    how = express(next(r for r in rows if r.id == row_id))
+    assert how.model == model
+    assert dict(how.knobs) == {
+        "gpu": "a100-40gb",
+        "precision": "bf16-true",
+        "optimizer": "adamw",
+        "lora_rank": 8,
+        "lora_targets": "q_proj,v_proj",
+        "lora_dropout": 0.05,
+        "batch_size": micro_batch,
+        "seq_len": 1304,
+        "grad_accumulation": 128 // micro_batch,
+        "checkpointing": "none",
+        "keep_output": True,
+        "cuda_version": "12.1",
+    }
+    # litgpt's own model and LoRA layers are estimated as the Hugging Face family: a proxy, said so
+    assert any(p.startswith("model: litgpt's own GPT") and "LoRAQKVLinear" in p for p in how.proxies)
+    assert any(a.startswith("optimizer: adamw (finetune/lora.py") for a in how.assumptions)
+    assert any(a.startswith("seq_len: 1304 (") for a in how.assumptions)
+
+
+def test_every_litgpt_lora_row_memprof_can_express_is_expressed(rows):
+    expressed = set()
+    for r in rows:
+        if r.source == "litgpt-resource-tables":
+            try:
+                express(r)
+            except NotExpressible:
+                continue
+            expressed.add(r.id)
+    assert expressed == set(LITGPT_LORA_ROWS)
+
+
+@pytest.mark.parametrize("row_id", sorted(LITGPT_LORA_ROWS))
+def test_lora_trainable_parameters_equal_the_tables(rows, row_id):
+    """The count litgpt's table prints is what memprof's adapters hold: layers x 2 x (h x r + r x h)."""
+    from memprof.estimators.adapters import adapt
+    from memprof.estimators.models import load_model
+    from memprof.estimators.precision import get_precision
+
+    row = next(r for r in rows if r.id == row_id)
+    stated = int(row.get("peft").split(" trainable parameters")[0].split("(")[1].replace(",", ""))
+    how = express(row)
+    spec = load_model(how.model)
+    adapted = adapt(
+        spec,
+        get_precision("bf16-true"),
+        lora_rank=how.knobs["lora_rank"],
+        lora_targets=how.knobs["lora_targets"],
+        lora_dropout=how.knobs["lora_dropout"],
+    )
+    trainable = sum(t.numel for t in adapted.parameter_tensors() if t.trainable)
+    layers, hidden = {"llama-2-7b": (32, 4096), "llama-2-13b": (40, 5120)}[how.model]
+    assert trainable == stated == layers * 2 * (hidden * 8 + 8 * hidden)
+    assert any(f"{stated:,} trainable parameters, as the source states" in a for a in how.assumptions)
+
+
+def test_a_stated_lora_count_memprof_does_not_hold_is_refused(rows):
+    row = next(r for r in rows if r.id == "litgpt-lora-7b-llama-none-mb1-1gpu")
+    wrong = dataclasses.replace(
+        row, fields={**row.fields, "peft": "LoRA (8,388,608 trainable parameters; finetune/lora.py)"}
+    )
+    with pytest.raises(NotExpressible, match=r"LoRA not matched: the source states 8,388,608 .* holds 4,194,304"):
+        express(wrong)
+
+
+def test_lora_without_a_known_script_says_so(rows):
+    row = next(r for r in rows if r.id == "litgpt-lora-7b-llama-none-mb1-1gpu")
+    unknown = dataclasses.replace(row, fields={**row.fields, "framework": "someone's train.py"})
+    with pytest.raises(NotExpressible, match="LoRA settings not stated"):
+        express(unknown)
+
+
+def test_the_litgpt_source_states_what_the_recipe_takes_from_it():
+    # seq_len 1304 and 128 samples per step are read from the tables' header, not chosen
+    source = json.loads((ROOT / "profiles" / "published" / "litgpt-resource-tables.json").read_text())["source"]
+    assert "Llama 2 1304" in source["context"] and "'minibatch size of 128'" in source["context"]
+    assert "bf16-true" in source["context"]
 
 
 # ---------------------------------------------------------------- the score
@@ -200,6 +324,31 @@ def test_score_uses_the_given_estimator_and_filters(tmp_path):
         score_published(only="nothing-like-this", estimator=fake)
 
 
+def test_lora_knobs_reach_the_estimator():
+    calls = []
+
+    class Fake:
+        def __init__(self):
+            from types import SimpleNamespace
+
+            self.record = SimpleNamespace(
+                peak=SimpleNamespace(allocated=1, reserved=2, device_total=3), gpu=SimpleNamespace(fits=True)
+            )
+
+    def fake(model, optimizer, precision, **knobs):
+        calls.append((model, optimizer, precision, knobs))
+        return Fake()
+
+    result = score_published(only="litgpt-resource-tables", estimator=fake)
+    assert {r.id for r in result.scored} == set(LITGPT_LORA_ROWS)
+    assert len(calls) == len(LITGPT_LORA_ROWS)
+    for _model, optimizer, precision, knobs in calls:
+        assert (optimizer, precision) == ("adamw", "bf16-true")
+        assert (knobs["lora_rank"], knobs["lora_targets"], knobs["lora_dropout"]) == (8, "q_proj,v_proj", 0.05)
+        assert "quantize" not in knobs and "zero" not in knobs
+    assert score_published(only="llama-cookbook-fsdp-prs", estimator=fake).scored == ()
+
+
 # ---------------------------------------------------------------- README block
 
 
@@ -216,7 +365,9 @@ def test_check_fails_on_a_stale_block(tmp_path):
         text[: start + len("<!-- published:start -->")] + "\nold\n" + text[text.index("<!-- published:end -->") :]
     )
     proc = subprocess.run(
-        [sys.executable, str(RENDER), "--check", "--readme", str(stale)], capture_output=True, text=True
+        [sys.executable, str(RENDER), "--check", "--readme", str(stale), "--rows", str(HF_PERF)],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1 and "out of date" in proc.stderr
 
@@ -226,7 +377,9 @@ def test_render_writes_the_block_and_the_json(tmp_path):
     readme.write_text("# x\n\n<!-- published:start -->\n<!-- published:end -->\n", encoding="utf-8")
     out = tmp_path / "score.json"
     proc = subprocess.run(
-        [sys.executable, str(RENDER), "--readme", str(readme), "--json", str(out)], capture_output=True, text=True
+        [sys.executable, str(RENDER), "--readme", str(readme), "--json", str(out), "--rows", str(HF_PERF)],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     body = readme.read_text(encoding="utf-8")

@@ -133,6 +133,13 @@ def mlp_workload(batch_size: int = 32) -> dict:
     }
 
 
+def tiny_workload(batch_size: int = 4) -> dict:
+    """A few parameters, no optimizer of its own: fast to trace once per registry optimizer."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x, y = torch.randn(batch_size, 16), torch.randn(batch_size, 4)
+    return {"model": model, "inputs": x, "loss": lambda out, inputs: torch.nn.functional.mse_loss(out, y)}
+
+
 # ----------------------------------------------------------- a Hugging Face tiny model
 
 
@@ -164,3 +171,60 @@ def peft_lora_workload(batch_size: int = 2, seq_len: int = 32) -> memprof.Worklo
     lora = peft.get_peft_model(model, config)
     lora.to(torch.float32)
     return memprof.Workload(lora, batch("llama", batch_size, seq_len))
+
+
+# ----------------------------------------------------------- CTC, mixture of experts
+
+
+class CtcModel(nn.Module):
+    # no LSTM: on the CPU, nn.LSTM runs oneDNN's mkldnn_rnn_layer, whose training workspace the meta kernel
+    # (torch/_meta_registrations.py) gives 0 bytes; that is the LSTM's limit, not the CTC rule's
+    def __init__(self, features: int = 16, hidden: int = 32, vocab: int = 12) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(features, hidden), nn.GELU())
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (T, B, features) -> log-probs (T, B, vocab)
+        return self.head(self.body(frames)).log_softmax(-1)
+
+
+def ctc_workload(batch_size: int = 3, tensor_lengths: bool = False) -> dict:
+    """A CTC loss with Python-int lengths (the target lengths differ: the longest sets log_alpha's width)."""
+    model = CtcModel()
+    frames = torch.randn(40, batch_size, 16)
+    targets = torch.randint(1, 12, (batch_size, 9))
+    input_lengths = [40 - i for i in range(batch_size)]
+    target_lengths = [9 - 2 * i for i in range(batch_size)]
+    if tensor_lengths:
+        input_lengths, target_lengths = torch.tensor(input_lengths), torch.tensor(target_lengths)
+
+    def loss(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return F.ctc_loss(out, targets, input_lengths, target_lengths)
+
+    return {"model": model, "inputs": frames, "loss": loss}
+
+
+def ctc_tensor_lengths_workload(batch_size: int = 3) -> dict:
+    return ctc_workload(batch_size, tensor_lengths=True)
+
+
+class TopTwoMoE(nn.Module):
+    """A top-2 mixture of experts routed as Mixtral's sparse block does: torch.where on the expert mask."""
+
+    def __init__(self, dim: int = 16, experts: int = 4) -> None:
+        super().__init__()
+        self.router = nn.Linear(dim, experts)
+        self.experts = nn.ModuleList(nn.Linear(dim, dim) for _ in range(experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, chosen = self.router(x).softmax(-1).topk(2, dim=-1)
+        out = torch.zeros_like(x)
+        mask = F.one_hot(chosen, len(self.experts)).permute(2, 1, 0)
+        for e, expert in enumerate(self.experts):
+            slot, token = torch.where(mask[e])
+            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        return out.pow(2).mean()
+
+
+def moe_workload(batch_size: int = 8) -> dict:
+    return {"model": TopTwoMoE(), "inputs": torch.randn(batch_size, 16)}

@@ -66,12 +66,16 @@ class ActivationSettings:
     # the named GPU's (major, minor): its attention kernels are PyTorch's choice on that GPU
     # (estimators/kernels.py); None: any GPU of sm80 or newer
     compute_capability: tuple[int, int] | None = None
+    target_len: int | None = None  # encoder-decoder (t5): the decoder's length; None: seq_len
 
     def __post_init__(self) -> None:
         for field_name in ("batch_size", "seq_len"):
             v = getattr(self, field_name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise MemprofUserError(f"{field_name} must be a positive integer, got {v!r}")
+        v = self.target_len
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise MemprofUserError(f"target_len must be a positive integer, got {v!r}")
         for field_name in ("compute_dtype", "param_dtype"):
             v = getattr(self, field_name)
             if v not in _FLOAT_DTYPES:
@@ -192,6 +196,9 @@ def build_trace(spec: ModelSpec, settings: ActivationSettings) -> Trace:
         settings.training,
         checkpointing=settings.checkpointing,
         sharded_params=settings.sharded_params,
+        attention=settings.attention,
+        adapter=getattr(spec, "adapter", None),
+        target_len=settings.target_len,
     )
     fam.forward(tr, spec.dims, kernel)
     _mark_regions(tr, settings.checkpointing)

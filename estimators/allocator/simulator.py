@@ -142,6 +142,38 @@ class OutOfMemory:
     inactive_split: int
 
 
+class ReplayCapture:
+    """What a replay keeps for explaining it and for replaying its measured step in other orders
+    (allocator.explain.summarize), so that neither needs the events before the step again:
+    - at_reset: a copy of the simulator just before the event `reset_peaks_at` (peaks not yet reset);
+    - peak: (event index, blocks, reserved, allocated) right after the last event that raised the
+      reserved peak after the reset (a new segment; few in a step, each O(blocks) to record);
+      `segments_of(blocks)` is segments() at that moment.
+    Both stay None when the replay never got there (an out-of-memory error before the reset)."""
+
+    __slots__ = ("at_reset", "peak")
+
+    def __init__(self) -> None:
+        self.at_reset: CachingAllocatorSimulator | None = None
+        self.peak: tuple[int, list[tuple[int, int, Hashable | None, bool]], int, int] | None = None
+
+
+def segments_of(blocks: list[tuple[int, int, Hashable | None, bool]]) -> list[list[tuple[int, int, Hashable | None]]]:
+    """CachingAllocatorSimulator.segments() from the blocks recorded by _mapped_blocks: in address
+    order (segments do not overlap, a segment's blocks are contiguous), a segment starts at each
+    block that begins one (no mapped block before it in its segment)."""
+    out: list[list[tuple[int, int, Hashable | None]]] = []
+    seg: list[tuple[int, int, Hashable | None]] = []
+    for addr, size, ident, starts in sorted(blocks):  # addresses are distinct: ids are never compared
+        if starts and seg:
+            out.append(seg)
+            seg = []
+        seg.append((addr, size, ident))
+    if seg:
+        out.append(seg)
+    return out
+
+
 @dataclass
 class SimResult:
     """Figures of one replay. Byte counts are ints; 'at_peak' means when allocated bytes peaked."""
@@ -165,6 +197,10 @@ class SimResult:
     oom: OutOfMemory | None = None
     segment_events: list[tuple[str, int]] | None = field(default=None, repr=False)
     retries_before_reset: int = 0  # num_alloc_retries when the peaks were last reset
+    # the events at which reserved and allocated bytes last reached their peaks (after the last
+    # reset); None when no event raised them (the peak is what the reset found)
+    peak_reserved_event: int | None = None
+    peak_allocated_event: int | None = None
 
     @property
     def fragmentation(self) -> float:
@@ -445,6 +481,68 @@ class CachingAllocatorSimulator:
         self.reserved_at_peak = self.reserved
         self.inactive_split_at_peak = self.inactive_split
 
+    def clone(self) -> CachingAllocatorSimulator:
+        """An independent copy of this simulator's state (blocks, pools, counters), O(blocks): the
+        copy and the original replay on without affecting each other. Expandable segments' address
+        ranges (_Expandable) never change after creation and are shared."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        copies: dict[int, Block] = {}
+        blocks = [*self.live.values()]
+        for pool in (self.small_pool, self.large_pool):
+            blocks += pool.blocks.values()
+            blocks += pool.unmapped_blocks.values()
+        for b in blocks:
+            c = Block(b.addr, b.size, b.stream, b.small, b.seg)
+            c.busy, c.counted, c.mapped, c.requested = b.busy, b.counted, b.mapped, b.requested
+            copies[id(b)] = c
+        for b in blocks:
+            c = copies[id(b)]
+            c.prev = None if b.prev is None else copies[id(b.prev)]
+            c.next = None if b.next is None else copies[id(b.next)]
+
+        def copy_pool(pool: _Pool) -> _Pool:
+            out = _Pool(pool.small)
+            out.free = {stream: list(keys) for stream, keys in pool.free.items()}
+            out.blocks = {key: copies[id(b)] for key, b in pool.blocks.items()}
+            out.unmapped = {stream: list(addrs) for stream, addrs in pool.unmapped.items()}
+            out.unmapped_blocks = {addr: copies[id(b)] for addr, b in pool.unmapped_blocks.items()}
+            return out
+
+        new.small_pool = copy_pool(self.small_pool)
+        new.large_pool = copy_pool(self.large_pool)
+        new.live = {ident: copies[id(b)] for ident, b in self.live.items()}
+        new._spare_ranges = {span: list(addrs) for span, addrs in self._spare_ranges.items()}
+        new._empty = set(self._empty)
+        new.segment_events = None if self.segment_events is None else list(self.segment_events)
+        return new
+
+    def _mapped_blocks(self) -> list[tuple[int, int, Hashable | None, bool]]:
+        """Every mapped block as (address, size, live id or None, whether it begins a segment's
+        mapped run): a record of segments() cheap enough to take at each new reserved peak."""
+        out = [(b.addr, b.size, i, b.prev is None or not b.prev.mapped) for i, b in self.live.items()]
+        for pool in (self.small_pool, self.large_pool):
+            out += [(b.addr, b.size, None, b.prev is None or not b.prev.mapped) for b in pool.blocks.values()]
+        return out
+
+    def segments(self) -> list[list[tuple[int, int, Hashable | None]]]:
+        """Every segment, lowest address first, as its blocks in address order: (address, size, the
+        live allocation's id or None for a cached free block). Unmapped pages of expandable
+        segments are left out. O(blocks): for explaining a replay, not for running one."""
+        owner = {id(b): ident for ident, b in self.live.items()}
+        blocks = [*self.live.values()]
+        for pool in (self.small_pool, self.large_pool):
+            blocks += pool.blocks.values()
+        out = []
+        for head in sorted((b for b in blocks if b.prev is None or not b.prev.mapped), key=lambda b: b.addr):
+            seg: list[tuple[int, int, Hashable | None]] = []
+            node: Block | None = head
+            while node is not None and node.mapped:
+                seg.append((node.addr, node.size, owner.get(id(node))))
+                node = node.next
+            out.append(seg)
+        return out
+
     def address_of(self, ident: Hashable) -> int:
         """Simulated address of a live allocation (segments get increasing addresses)."""
         return self.live[ident].addr
@@ -720,6 +818,70 @@ class CachingAllocatorSimulator:
             retries_before_reset=self.retries_before_reset,
         )
 
+    def replay(
+        self,
+        events: Iterable[Event],
+        *,
+        stop_at_oom: bool = True,
+        reset_peaks_at: int | None = None,
+        until: int | None = None,
+        first_index: int = 0,
+        capture: ReplayCapture | None = None,
+    ) -> tuple[int, OutOfMemory | None, int | None, int | None]:
+        """Apply events (the module docstring's shapes) to this simulator, up to and including event
+        `until` when given. Returns (events applied, the first OOM, the event indices at which
+        reserved and allocated bytes last rose to their peaks after `reset_peaks_at`).
+
+        first_index: the index of the first event (a replay continued from a clone() taken before
+        event first_index of the same run: indices, counts and `until` stay those of the whole run).
+        capture: filled in as it says (ReplayCapture)."""
+        malloc = self.malloc
+        free = self.free
+        oom = None
+        index = first_index - 1
+        reserved_at = allocated_at = None
+        for index, event in enumerate(events, first_index):
+            if index == reset_peaks_at:
+                if capture is not None:
+                    capture.at_reset = self.clone()
+                self.reset_peak_stats()
+                reserved_at = allocated_at = None
+            kind = event[0]
+            if kind == "free":
+                free(event[1])
+            elif kind == "alloc":
+                reserved, allocated = self.peak_reserved, self.peak_allocated
+                try:
+                    ok = malloc(event[1], event[2], event[3] if len(event) > 3 else 0)
+                except (TypeError, IndexError):
+                    raise MemprofUserError(f"event {index}: {event!r} is not ('alloc', id, nbytes, stream)") from None
+                if self.peak_reserved != reserved:
+                    reserved_at = index
+                    if capture is not None and (reset_peaks_at is None or index >= reset_peaks_at):
+                        capture.peak = (index, self._mapped_blocks(), self.reserved, self.allocated)
+                if self.peak_allocated != allocated:
+                    allocated_at = index
+                if not ok:
+                    if oom is None:
+                        assert self.last_oom is not None  # set by the malloc that failed
+                        requested, rounded, segment = self.last_oom
+                        oom = OutOfMemory(
+                            index, requested, rounded, segment, self.allocated, self.reserved, self.inactive_split
+                        )
+                    if stop_at_oom:
+                        break
+            elif kind == "free_requested":
+                self.free_requested(event[1])
+            elif kind == "empty_cache":
+                self.empty_cache()
+            else:
+                raise MemprofUserError(
+                    f"event {index}: unknown kind {kind!r}; valid: alloc, free, free_requested, empty_cache"
+                )
+            if index == until:
+                break
+        return index + 1, oom, reserved_at, allocated_at
+
     def check(self) -> None:
         """Walk every block and assert the counters agree with it (for tests; O(blocks))."""
         blocks: dict[int, Block] = {}
@@ -777,6 +939,7 @@ def simulate(
     record_segments: bool = False,
     stop_at_oom: bool = True,
     reset_peaks_at: int | None = None,
+    capture: ReplayCapture | None = None,
 ) -> SimResult:
     """Replay allocation events (see the module docstring) through a fresh simulator.
 
@@ -785,38 +948,12 @@ def simulate(
     allocation is skipped, and its later free is counted as unmatched). reset_peaks_at: the index
     of the event before which peaks are reset (reset_peak_memory_stats), so that the peaks are
     those of the events from there on, e.g. the steady-state step after warm-up steps.
+    capture: a ReplayCapture to fill in (see there).
     """
     sim = CachingAllocatorSimulator(config, capacity, record_segments)
-    malloc = sim.malloc
-    free = sim.free
-    oom = None
-    index = -1
-    for index, event in enumerate(events):
-        if index == reset_peaks_at:
-            sim.reset_peak_stats()
-        kind = event[0]
-        if kind == "free":
-            free(event[1])
-        elif kind == "alloc":
-            try:
-                ok = malloc(event[1], event[2], event[3] if len(event) > 3 else 0)
-            except (TypeError, IndexError):
-                raise MemprofUserError(f"event {index}: {event!r} is not ('alloc', id, nbytes, stream)") from None
-            if not ok:
-                if oom is None:
-                    assert sim.last_oom is not None  # set by the malloc that failed
-                    requested, rounded, segment = sim.last_oom
-                    oom = OutOfMemory(
-                        index, requested, rounded, segment, sim.allocated, sim.reserved, sim.inactive_split
-                    )
-                if stop_at_oom:
-                    break
-        elif kind == "free_requested":
-            sim.free_requested(event[1])
-        elif kind == "empty_cache":
-            sim.empty_cache()
-        else:
-            raise MemprofUserError(
-                f"event {index}: unknown kind {kind!r}; valid: alloc, free, free_requested, empty_cache"
-            )
-    return sim.result(index + 1, oom)
+    count, oom, reserved_at, allocated_at = sim.replay(
+        events, stop_at_oom=stop_at_oom, reset_peaks_at=reset_peaks_at, capture=capture
+    )
+    result = sim.result(count, oom)
+    result.peak_reserved_event, result.peak_allocated_event = reserved_at, allocated_at
+    return result

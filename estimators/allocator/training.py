@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MemprofUserError
-from .simulator import Event, OutOfMemory, SimResult, simulate
+from .simulator import Event, OutOfMemory, ReplayCapture, SimResult, simulate
 
 if TYPE_CHECKING:
     from ..activations import ActivationSettings
@@ -159,6 +159,9 @@ def training_events(
     states_at_creation: bool = False,
     workspaces: Sequence[int] = (),
     create_graph: bool = False,
+    keep_output: bool = True,
+    zero_grad: str = "set-to-none",
+    engine: Any = None,
 ) -> TrainingEvents:
     """The allocation events of model creation, `warmup_steps` steps and the measured step.
 
@@ -186,6 +189,9 @@ def training_events(
         events=step,
         event_phases=phases,
         create_graph=create_graph,
+        keep_output=keep_output,
+        zero_grad=zero_grad,
+        engine=engine,
     )
     run = compose_run(
         [p.name for p in params],
@@ -198,6 +204,8 @@ def training_events(
         warmup_steps=warmup_steps,
         states_at_creation=states_at_creation,
         workspaces=workspaces,
+        # zero_grad(set_to_none=False): the first backward allocates each .grad, and they stay
+        persistent_grads=spread(grad_bytes, numels) if zero_grad == "zeros" else None,
     )
     run.timeline = timeline
     return run
@@ -215,13 +223,16 @@ def compose_run(
     warmup_steps: int = 1,
     states_at_creation: bool = False,
     workspaces: Sequence[int] = (),
+    persistent_grads: Sequence[int] | None = None,
 ) -> TrainingEvents:
     """Wrap one step's forward/backward events (step_timeline's `events`) in the program around it.
 
     param_sizes and optimizer_states (the sizes of each parameter's state tensors) are aligned with
     param_names. The step's parameter gradients are the ids ("grad", name); whatever else the step
     leaves live (the batch, the outputs) is dropped after zero_grad. The step's ids are reused by
-    every step (each step frees all of them).
+    every step (each step frees all of them). persistent_grads: the gradient sizes (aligned with
+    param_names) when zero_grad keeps them (set_to_none=False): allocated as the first step's forward
+    and backward end, never freed.
     """
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise MemprofUserError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
@@ -270,6 +281,8 @@ def compose_run(
                 marks.append((start + j, f"{label}: {phase or 'forward and backward'}"))
                 previous = phase
         events += step
+        if k == 0 and persistent_grads is not None:
+            events += [("alloc", ("grad", name), n, 0) for name, n in zip(param_names, persistent_grads) if n]
         marks.append((len(events), f"{label}: optimizer step"))
         if k == 0 and not states_at_creation:
             events += state_allocs
@@ -306,6 +319,8 @@ class TrainingSimulation:
 
     result: SimResult
     run: TrainingEvents = field(repr=False)
+    # the replay's state at the measured step's start and at its reserved peak (explain.summarize)
+    capture: ReplayCapture | None = field(default=None, repr=False, compare=False)
 
     @property
     def peak_allocated(self) -> int:
@@ -394,6 +409,9 @@ def simulate_training_step(
     states_at_creation: bool = False,
     workspaces: Sequence[int] = (),
     create_graph: bool = False,
+    keep_output: bool = True,
+    zero_grad: str = "set-to-none",
+    engine: Any = None,
 ) -> TrainingSimulation:
     """Peak allocated/reserved, fragmentation, retries and the OOM point of a steady-state step.
 
@@ -410,6 +428,9 @@ def simulate_training_step(
     states_at_creation: the states exist before the first step (Adagrad, master weights).
     workspaces: allocations made at the first forward and kept (overheads.blas_workspace_allocations).
     create_graph: the backward records its own graph (Hessian optimizers; see step_timeline).
+    keep_output, zero_grad: the loop's choices (see step_timeline).
+    engine: a distributed engine's buffers through the step (parallel.EngineSchedule, see
+    step_timeline); they are in the timeline's totals, not allocator events.
     """
     run = training_events(
         spec,
@@ -425,10 +446,15 @@ def simulate_training_step(
         states_at_creation=states_at_creation,
         workspaces=workspaces,
         create_graph=create_graph,
+        keep_output=keep_output,
+        zero_grad=zero_grad,
+        engine=engine,
     )
     return replay_run(run, alloc_conf, capacity)
 
 
 def replay_run(run: TrainingEvents, alloc_conf: str | None = None, capacity: int | None = None) -> TrainingSimulation:
     """Replay a composed run; peaks are reset when its measured step begins."""
-    return TrainingSimulation(simulate(run.events, alloc_conf, capacity, reset_peaks_at=run.measured_from), run)
+    capture = ReplayCapture()
+    result = simulate(run.events, alloc_conf, capacity, reset_peaks_at=run.measured_from, capture=capture)
+    return TrainingSimulation(result, run, capture)

@@ -42,6 +42,13 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "opt": ("opt", "FAMILY"),
     "bert": ("bert", "FAMILY"),
     "vit": ("vit", "FAMILY"),
+    "qwen3": ("qwen3", "FAMILY"),
+    "phi3": ("phi3", "FAMILY"),
+    "gemma2": ("gemma", "GEMMA2"),
+    "gemma3_text": ("gemma", "GEMMA3"),
+    "mixtral": ("mixtral", "FAMILY"),
+    "qwen3_moe": ("qwen3_moe", "FAMILY"),
+    "t5": ("t5", "FAMILY"),
 }
 
 

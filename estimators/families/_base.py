@@ -54,6 +54,12 @@ class Dims:
     num_patches: int | None = None  # ViT only
     num_labels: int | None = None  # ViT only (classifier width)
     attention_dropout: float = 0.0  # dropout on the attention probabilities (training only)
+    # a classification head (families/_heads.py; ModelSpec fills these in): "" for the family's own head
+    head: str = ""  # "seq-cls" | "token-cls"
+    head_family: str = ""  # the model_type, which picks the head class's variant
+    pad_token_id: int | None = None
+    classifier_dropout: float = 0.0
+    token_classification_bias: bool = True
 
 
 D = TypeVar("D", bound=Dims)
@@ -79,6 +85,14 @@ class Family(Generic[D]):
     bools: tuple[str, ...] = ()  # flags validated as JSON booleans
     attribute_map: Mapping[str, str] = field(default_factory=dict)  # alias -> canonical (HF attribute_map)
     finalize: Callable[[dict[str, Any], str], None] = _no_finalize  # transformers' __post_init__
+    # what transformers runs when no attn_implementation is asked for: sdpa where the model supports it
+    # (PreTrainedModel._supports_sdpa), else eager (Gemma 2)
+    default_attention: str = "sdpa"
+    # what an estimate of this family says about how it is modelled (EstimateRecord.warnings)
+    estimate_notes: tuple[str, ...] = ()
+    # the task heads modelled, head name -> transformers class (estimators/heads.py); empty: `task`
+    # with `head_class` only. Dims.head tells `tensors` and `forward` which one is being built.
+    heads: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------

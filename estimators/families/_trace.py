@@ -21,9 +21,25 @@ def param(tr: Trace, t: ParamTensor) -> T:
 
 
 def linear(tr: Trace, x: T, m: Linear) -> T:
-    """x through the nn.Linear (or GPT-2 Conv1D) `m`."""
+    """x through the nn.Linear (or GPT-2 Conv1D) `m`; with an adapter (LoRA, quantized weights:
+    memprof.estimators.adapters) through what the adapter makes of it."""
+    tr.linears.append(m)
+    if tr.adapter is not None:
+        out: T = tr.adapter.linear(tr, x, m)
+        return out
     bias = param(tr, m.bias) if m.bias is not None else None
     return tr.linear(x, param(tr, m.weight), m.out_features, bias)
+
+
+def module_returns(tr: Trace, *inputs: T) -> None:
+    """A submodule call (a layer's attention or MLP) returns: until here its inputs were referenced
+    by the call itself, whatever autograd saved of them: `nn.Module._wrapped_call_impl(self, *args,
+    **kwargs)` (torch/nn/modules/module.py) holds the arguments for the whole call, and so do the
+    caller's locals (`hidden_states = self.mlp(hidden_states)` rebinds only when it returns). It
+    matters where nothing saved them (a frozen or autocast linear keeps a copy, not its input) and
+    a moment inside the call is measured: the forward's and the checkpointed recomputation's early
+    stop (memprof.estimators.timeline, `_recompute`)."""
+    tr.record("module_return", list(inputs), [])
 
 
 def layer_norm(tr: Trace, x: T, m: LayerNorm) -> T:
@@ -106,6 +122,8 @@ def attention(
     *,
     probs_dtype: str | None = None,
     softmax_dtype: str | None = None,
+    softcap: bool = False,
+    sdpa_mask: T | None = None,
 ) -> T:
     """Scaled dot-product attention, returning the (b, s, heads*head_dim) input of the out projection.
 
@@ -115,6 +133,12 @@ def attention(
     fp32), cast to `probs_dtype`, dropout (mask saved), probs @ v (probs and v saved), then the
     transpose(1, 2).contiguous() copy. "math": sdpa's decomposition (q and k each scaled by
     sqrt(scale), safe softmax). "flash"/"efficient": one fused kernel saving q, k, v, output, lse.
+
+    softcap (Gemma 2's attn_logit_softcapping, eager only): scores / cap, tanh (its output saved),
+    * cap, before the mask. sdpa_mask: the boolean mask transformers hands sdpa (a sliding window
+    shorter than the sequence): with a mask, transformers' sdpa_attention_forward repeats grouped k
+    and v to full head count (use_gqa_in_sdpa needs no mask), the kernel saves the mask converted to
+    the query's dtype, and on CUDA the flash kernel (no mask support) gives way to memory-efficient.
     """
     b, s = tr.batch_size, tr.seq_len
     nq = b * heads * s * head_dim
@@ -127,6 +151,8 @@ def attention(
                 v = tr.expand_copy(v, nq, "repeat_kv")
             qi, ki = tr.contiguous(tr.lowp(q), nq), tr.contiguous(tr.lowp(k), nq)
             scores = tr.scale(tr.matmul(qi, ki, scores_n))
+            if softcap:
+                scores = tr.scale(tr.unary("tanh", tr.scale(scores, "div_scalar"), "result"))
         else:
             # sdpa's math backend: 16-bit q/k/v are computed in fp32 (the acc dtype), q and k are
             # each scaled by sqrt(scale); grouped kv heads are expanded to full size
@@ -153,6 +179,13 @@ def attention(
         if kernel == "math":
             out = tr.cast(out, q.dtype, nq)  # back to the input dtype
         out = tr.copy(out, "attn_out")  # transpose(1, 2).contiguous() / reshape of (b, h, s, d)
+    elif sdpa_mask is not None:
+        if heads > kv_heads:
+            k = tr.expand_copy(k, nq, "repeat_kv")
+            v = tr.expand_copy(v, nq, "repeat_kv")
+        if kernel == "flash" and tr.device == "cuda":
+            kernel = "efficient"
+        out = tr.sdpa_fused(q, k, v, nq, heads, kernel, mask=sdpa_mask)
     else:
         out = tr.sdpa_fused(q, k, v, nq, heads, kernel)
     tr.core = False
@@ -184,7 +217,9 @@ def _gelu_python(tr: Trace, x: T) -> T:
 
 
 def causal_lm_head(tr: Trace, x: T, head_weight: T, vocab: int, labels: T) -> None:
-    """lm_head (no bias) -> logits kept by the output -> ForCausalLMLoss on fp32 logits."""
+    """lm_head (no bias) -> logits kept by the output -> ForCausalLMLoss on fp32 logits. The model's
+    last hidden state `x` stays alive until the forward returns (a local of the *ForCausalLM.forward)."""
+    x.forward_local = True  # type: ignore[attr-defined]  # read by timeline._Sim
     tr.module = "lm_head"
     logits = tr.linear(x, head_weight, vocab)
     tr.held.append(logits)

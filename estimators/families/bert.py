@@ -19,6 +19,7 @@ from typing import Any
 from ..autograd import Trace
 from ..errors import MemprofUserError
 from ..tensors import ParamTensor
+from . import _heads
 from . import _trace as t
 from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_divisible, tensors_of
 
@@ -187,6 +188,8 @@ def _tensors(d: BertDims) -> list[ParamTensor]:
     out = _embeddings(d).tensors()
     for i in range(d.num_layers):
         out += _layer(d, i).tensors()
+    if d.head in _heads.CLASSIFIERS:  # BertForSequenceClassification (with the pooler) / ...TokenClassification
+        return out + _heads.pooler_tensors(d) + _heads.tensors(d, d.hidden_size)
     return out + _head(d).tensors()
 
 
@@ -236,7 +239,11 @@ def _forward(tr: Trace, d: BertDims, attn_kernel: str) -> None:
         y = tr.dropout(t.linear(tr, y, layer.output), p)
         x = t.layer_norm(tr, tr.add(y, x), layer.output_layer_norm)
     tr.layer = None
+    if d.head in _heads.CLASSIFIERS:
+        _heads.classify(tr, d, x, ids, labels, h)
+        return
     tr.module = HEAD
+    x.forward_local = True  # type: ignore[attr-defined]  # outputs[0] lives until BertForMaskedLM.forward returns
     head = _head(d)
     x = t.activation(tr, d.activation, t.linear(tr, x, head.dense))
     x = t.layer_norm(tr, x, head.layer_norm)
@@ -255,6 +262,11 @@ FAMILY = Family(
     model_type="bert",
     task="masked-lm",
     head_class="BertForMaskedLM",
+    heads={
+        "masked-lm": "BertForMaskedLM",
+        "seq-cls": "BertForSequenceClassification",
+        "token-cls": "BertForTokenClassification",
+    },
     defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
     describe=_describe,

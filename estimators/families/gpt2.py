@@ -14,6 +14,7 @@ from typing import Any
 from ..autograd import Trace
 from ..errors import MemprofUserError
 from ..tensors import ParamTensor
+from . import _heads
 from . import _trace as t
 from ._base import Config, Conv1D, Dims, Embedding, Family, LayerNorm, Linear, Module, require_divisible, tensors_of
 
@@ -155,6 +156,8 @@ def _tensors(d: GPT2Dims) -> list[ParamTensor]:
     for i in range(d.num_layers):
         out += _block(d, i).tensors()
     out += _ln_f(d).tensors()
+    if d.head in _heads.CLASSIFIERS:  # GPT2ForSequenceClassification / GPT2ForTokenClassification
+        return out + _heads.tensors(d, d.hidden_size)
     if not d.tie_word_embeddings:
         out += _lm_head(d).tensors()
     return out
@@ -207,17 +210,22 @@ def _forward(tr: Trace, d: GPT2Dims, attn_kernel: str) -> None:
             probs_dtype=qkv.dtype,
         )
         a = tr.dropout(t.linear(tr, a, blk.attn_proj), d.resid_pdrop)
+        t.module_returns(tr, y)  # attn(y) returns (GPT2Block.forward holds ln_1's output until then)
         x = tr.add(a, residual)
         tr.module = blk.ln_2.name
         residual = x
         y = t.layer_norm(tr, x, blk.ln_2)
         tr.module = blk.prefix + ".mlp"
-        y = t.activation(tr, d.activation, t.linear(tr, y, blk.c_fc))
-        y = tr.dropout(t.linear(tr, y, blk.mlp_proj), d.resid_pdrop)
-        x = tr.add(y, residual)
+        ff = t.activation(tr, d.activation, t.linear(tr, y, blk.c_fc))
+        ff = tr.dropout(t.linear(tr, ff, blk.mlp_proj), d.resid_pdrop)
+        t.module_returns(tr, y)  # mlp(y) returns
+        x = tr.add(ff, residual)
     tr.layer = None
     tr.module = _ln_f(d).name
     x = t.layer_norm(tr, x, _ln_f(d))
+    if d.head in _heads.CLASSIFIERS:
+        _heads.classify(tr, d, x, ids, labels, d.hidden_size)
+        return
     head = wte if d.tie_word_embeddings else t.param(tr, _lm_head(d).weight)
     t.causal_lm_head(tr, x, head, d.vocab_size, labels)
 
@@ -226,6 +234,11 @@ FAMILY = Family(
     model_type="gpt2",
     task="causal-lm",
     head_class="GPT2LMHeadModel",
+    heads={
+        "causal-lm": "GPT2LMHeadModel",
+        "seq-cls": "GPT2ForSequenceClassification",
+        "token-cls": "GPT2ForTokenClassification",
+    },
     defaults=DEFAULTS,
     required=("vocab_size", "n_embd", "n_layer", "n_head"),
     describe=_describe,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..autograd import T, Trace, promote
 from ..tensors import ParamTensor
+from . import _heads
 from . import _trace as t
 from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_divisible, tensors_of
 
@@ -160,6 +161,8 @@ def _tensors(d: GPTNeoXDims) -> list[ParamTensor]:
     for i in range(d.num_layers):
         out += _layer(d, i).tensors()
     out += _final_layer_norm(d).tensors()
+    if d.head in _heads.CLASSIFIERS:  # GPTNeoXForSequenceClassification / GPTNeoXForTokenClassification
+        return out + _heads.tensors(d, d.hidden_size)
     if not d.tie_word_embeddings:
         out += _lm_head(d).tensors()
     return out
@@ -233,19 +236,26 @@ def _forward(tr: Trace, d: GPTNeoXDims, attn_kernel: str) -> None:
             softmax_dtype="float32",
             probs_dtype=q.dtype,
         )
-        a = tr.dropout(t.linear(tr, a, layer.dense), p_hidden)
+        a = t.linear(tr, a, layer.dense)
+        t.module_returns(tr, y)  # attention(input_layernorm(x)) returns (GPTNeoXLayer.forward)
+        a = tr.dropout(a, p_hidden)
         tr.module = layer.prefix + ".mlp"
         if d.use_parallel_residual:
             y = t.layer_norm(tr, x, layer.post_attention_layernorm)
         else:
             a = tr.add(a, x)
             y = t.layer_norm(tr, a, layer.post_attention_layernorm)
-        y = t.activation(tr, d.activation, t.linear(tr, y, layer.dense_h_to_4h))
-        y = tr.dropout(t.linear(tr, y, layer.dense_4h_to_h), p_hidden)
-        x = tr.add(tr.add(y, a), x) if d.use_parallel_residual else tr.add(y, a)
+        ff = t.activation(tr, d.activation, t.linear(tr, y, layer.dense_h_to_4h))
+        ff = t.linear(tr, ff, layer.dense_4h_to_h)
+        t.module_returns(tr, y)  # mlp(post_attention_layernorm(...)) returns
+        ff = tr.dropout(ff, p_hidden)
+        x = tr.add(tr.add(ff, a), x) if d.use_parallel_residual else tr.add(ff, a)
     tr.layer = None
     tr.module = _final_layer_norm(d).name
     x = t.layer_norm(tr, x, _final_layer_norm(d))
+    if d.head in _heads.CLASSIFIERS:
+        _heads.classify(tr, d, x, ids, labels, d.hidden_size)
+        return
     head = emb if d.tie_word_embeddings else t.param(tr, _lm_head(d).weight)
     t.causal_lm_head(tr, x, head, d.vocab_size, labels)
 
@@ -254,6 +264,11 @@ FAMILY = Family(
     model_type="gpt_neox",
     task="causal-lm",
     head_class="GPTNeoXForCausalLM",
+    heads={
+        "causal-lm": "GPTNeoXForCausalLM",
+        "seq-cls": "GPTNeoXForSequenceClassification",
+        "token-cls": "GPTNeoXForTokenClassification",
+    },
     defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
     describe=_describe,

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..autograd import T, Trace
 from ..tensors import ParamTensor
+from . import _heads
 from . import _trace as t
 from ._base import Config, Dims, Embedding, Family, Linear, RMSNorm, require_divisible, tensors_of
 
@@ -221,6 +222,8 @@ def _tensors(d: DecoderDims) -> list[ParamTensor]:
     for i in range(d.num_layers):
         out += _layer(d, i).tensors()
     out += _norm(d).tensors()
+    if d.head in _heads.CLASSIFIERS:  # Generic{Sequence,Token}Classification (transformers/modeling_layers.py)
+        return out + _heads.tensors(d, d.hidden_size)
     if not d.tie_word_embeddings:
         out += _lm_head(d).tensors()
     return out
@@ -294,17 +297,24 @@ def _forward(tr: Trace, d: DecoderDims, attn_kernel: str) -> None:
             softmax_dtype="float32",
             probs_dtype=q.dtype,
         )
-        x = tr.add(residual, t.linear(tr, a, layer.o_proj))
+        o = t.linear(tr, a, layer.o_proj)
+        t.module_returns(tr, y)  # self_attn(hidden_states=y) returns
+        x = tr.add(residual, o)
         residual = x
         tr.module = layer.post_attention_layernorm.name
         y = rms_norm(tr, x, layer.post_attention_layernorm)
         tr.module = layer.prefix + ".mlp"
         g = t.activation(tr, d.activation, t.linear(tr, y, layer.gate_proj))
         u = t.linear(tr, y, layer.up_proj)
-        x = tr.add(residual, t.linear(tr, tr.mul(g, u), layer.down_proj))
+        m = t.linear(tr, tr.mul(g, u), layer.down_proj)
+        t.module_returns(tr, y)  # mlp(y) returns
+        x = tr.add(residual, m)
     tr.layer = None
     tr.module = _norm(d).name
     x = rms_norm(tr, x, _norm(d))
+    if d.head in _heads.CLASSIFIERS:
+        _heads.classify(tr, d, x, ids, labels, d.hidden_size)
+        return
     head = emb if d.tie_word_embeddings else t.param(tr, _lm_head(d).weight)
     t.causal_lm_head(tr, x, head, d.vocab_size, labels)
 
@@ -313,6 +323,11 @@ LLAMA = Family(
     model_type="llama",
     task="causal-lm",
     head_class="LlamaForCausalLM",
+    heads={
+        "causal-lm": "LlamaForCausalLM",
+        "seq-cls": "LlamaForSequenceClassification",
+        "token-cls": "LlamaForTokenClassification",
+    },
     defaults=LLAMA_DEFAULTS,
     required=REQUIRED,
     describe=_describe_llama,
@@ -326,6 +341,11 @@ MISTRAL = Family(
     model_type="mistral",
     task="causal-lm",
     head_class="MistralForCausalLM",
+    heads={
+        "causal-lm": "MistralForCausalLM",
+        "seq-cls": "MistralForSequenceClassification",
+        "token-cls": "MistralForTokenClassification",
+    },
     defaults=MISTRAL_DEFAULTS,
     required=REQUIRED,
     describe=_describe_mistral,
@@ -339,6 +359,11 @@ QWEN2 = Family(
     model_type="qwen2",
     task="causal-lm",
     head_class="Qwen2ForCausalLM",
+    heads={
+        "causal-lm": "Qwen2ForCausalLM",
+        "seq-cls": "Qwen2ForSequenceClassification",
+        "token-cls": "Qwen2ForTokenClassification",
+    },
     defaults=QWEN2_DEFAULTS,
     required=REQUIRED,
     describe=_describe_qwen2,

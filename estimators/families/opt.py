@@ -18,6 +18,7 @@ from typing import Any
 
 from ..autograd import Trace
 from ..tensors import ParamTensor
+from . import _heads
 from . import _trace as t
 from ._base import Config, Dims, Embedding, Family, LayerNorm, Linear, require_divisible, tensors_of
 
@@ -175,6 +176,8 @@ def _tensors(d: OPTDims) -> list[ParamTensor]:
         out += _final_layer_norm(d).tensors()
     for i in range(d.num_layers):
         out += _layer(d, i).tensors()
+    if d.head in _heads.CLASSIFIERS:  # OPTForSequenceClassification: score on word_embed_proj_dim
+        return out + _heads.tensors(d, d.word_embed_proj_dim)
     if not d.tie_word_embeddings:
         out += _lm_head(d).tensors()
     return out
@@ -253,6 +256,9 @@ def _forward(tr: Trace, d: OPTDims, attn_kernel: str) -> None:
     if proj != h:
         tr.module = _project_out(d).name
         x = t.linear(tr, x, _project_out(d))
+    if d.head in _heads.CLASSIFIERS:
+        _heads.classify(tr, d, x, ids, labels, d.word_embed_proj_dim)
+        return
     head = emb if d.tie_word_embeddings else t.param(tr, _lm_head(d).weight)
     t.causal_lm_head(tr, x, head, d.vocab_size, labels)
 
@@ -261,6 +267,7 @@ FAMILY = Family(
     model_type="opt",
     task="causal-lm",
     head_class="OPTForCausalLM",
+    heads={"causal-lm": "OPTForCausalLM", "seq-cls": "OPTForSequenceClassification"},
     defaults=DEFAULTS,
     required=("vocab_size", "hidden_size", "ffn_dim", "num_hidden_layers", "num_attention_heads"),
     describe=_describe,

@@ -248,6 +248,7 @@ def _forward(tr: Trace, d: ViTDims, attn_kernel: str) -> None:
     tr.layer = None
     tr.module = _layernorm(d).name
     x = t.layer_norm(tr, x, _layernorm(d))
+    x.forward_local = True  # type: ignore[attr-defined]  # sequence_output lives until the forward returns
     classifier = _classifier(d)
     labels_n = classifier.out_features
     tr.module = classifier.name

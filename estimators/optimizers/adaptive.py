@@ -177,9 +177,10 @@ def _adamw8bit_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[s
     # in float32 whatever the parameter dtype. `step` is a python int.
     min_size = check_int("adamw8bit", "min_8bit_size", opts["min_8bit_size"], 0)
     check_choice("adamw8bit", "optim_bits", opts["optim_bits"], (8, 32))
+    fp32 = _fp32_params(params, opts)
     out, qmaps = [], False
     for p in params:
-        if opts["optim_bits"] == 8 and p.numel >= min_size:
+        if opts["optim_bits"] == 8 and p.numel >= min_size and p.name not in fp32:
             blocks = -(-p.numel // BNB_BLOCKSIZE)
             out.append(StateTensor("state1", p.shape, "uint8", p.name))
             if not qmaps:
@@ -196,6 +197,18 @@ def _adamw8bit_states(params: Sequence[ParamTensor], dtype: str, opts: Mapping[s
     return out
 
 
+def _fp32_params(params: Sequence[ParamTensor], opts: Mapping[str, Any]) -> frozenset[str]:
+    """fp32_params: the parameters bitsandbytes' GlobalOptimManager overrides to 32-bit states
+    (`register_module_override(module, "weight", {"optim_bits": 32})`, which the Hugging Face Trainer
+    does for every nn.Embedding, transformers/trainer.py create_optimizer); Optimizer2State.init_state then
+    keeps their state1/state2 in float32."""
+    chosen = frozenset(opts["fp32_params"])
+    missing = sorted(chosen - {p.name for p in params})
+    if missing:
+        raise MemprofUserError("fp32_params not among the parameters: " + ", ".join(missing[:5]))
+    return chosen
+
+
 def _adamw8bit_step(c: Context) -> int:
     # On CUDA the update is one kernel per parameter (optimizer_update_8bit_blockwise, or the
     # 32-bit one below min_8bit_size) working in place on the quantized states: nothing
@@ -210,8 +223,9 @@ def _adamw8bit_step(c: Context) -> int:
         return 0
     copy = c.dtype != "float32"
     peak = 0
-    for n in c.sizes:
-        if c.opts["optim_bits"] == 8 and n >= c.opts["min_8bit_size"]:
+    fp32 = frozenset(c.opts["fp32_params"])
+    for i, n in enumerate(c.sizes):
+        if c.opts["optim_bits"] == 8 and n >= c.opts["min_8bit_size"] and (c.names[i] if c.names else "") not in fp32:
             peak = max(peak, (5 + copy) * n * F32)
         else:
             peak = max(peak, (3 + copy) * n * F32)
@@ -226,7 +240,7 @@ ADAMW8BIT = OptimizerSpec(
     "Block-wise quantized moments: 2 bytes/param + 8 bytes per 256-element block, "
     "plus 2 KiB of shared quantization maps; tensors under 4096 elements stay float32 "
     "(8 bytes/param).",
-    {"min_8bit_size": 4096, "optim_bits": 8},
+    {"min_8bit_size": 4096, "optim_bits": 8, "fp32_params": ()},
     _adamw8bit_states,
     step=StepScratch(
         {NONE: _adamw8bit_step},

@@ -61,6 +61,40 @@ class EstimateSettings:
     optimizer_impl: str | None = None
     alloc_conf: str | None = None
     population: int | None = None  # population optimizers (ga, pso): members; in the JSON only when set
+    # the training loop's own choices (docs/architecture.md): the loop keeps the model output through
+    # backward (`out = model(**batch)`) or only the loss; zero_grad frees gradients or zeroes them
+    keep_output: bool = True
+    zero_grad: str = "set-to-none"
+    head: str | None = None  # the task head estimated ("causal-lm", "seq-cls", ...)
+    # LoRA (peft) on a frozen base model, optionally quantized (bitsandbytes); in the JSON only with LoRA:
+    # the rank, the targets as asked ("q_proj,v_proj", "all-linear"; "default": peft's default for
+    # the model type), how many modules they wrap, the dropout, the base weights' storage
+    lora_rank: int | None = None
+    lora_targets: str | None = None
+    lora_modules: int | None = None
+    lora_dropout: float | None = None
+    quantize: str | None = None  # "int8" | "nf4" | "fp4"; null: unquantized
+    double_quant: bool | None = None
+    # the CUDA stack the context was estimated for (null on the CPU): the CUDA runtime given
+    # ("12.4"; null: any) and the module loading that results ("lazy" | "eager")
+    cuda_version: str | None = None
+    cuda_module_loading: str | None = None
+    # the parallel engine ("ddp", "fsdp", "deepspeed"; null: one device) and FSDP2's wrapping unit
+    # ("block" | "model", only with engine fsdp): in the JSON only when several ranks run an engine
+    engine: str | None = None
+    fsdp_unit: str | None = None
+    # an encoder-decoder's (t5) decoder length, seq_len unless told; in the JSON only for those models
+    target_len: int | None = None
+    # pipeline parallelism (parallel.pipeline), in the JSON only with a pipeline: the stages, the
+    # schedule ("gpipe" | "1f1b" | "interleaved-1f1b"), micro-batches per step, virtual stages per rank
+    # and the stage whose figures the record gives (the one asked for, or the stage with the largest peak)
+    pp: int | None = None
+    pp_schedule: str | None = None
+    microbatches: int | None = None
+    virtual_stages: int | None = None
+    pp_stage: int | None = None
+    # tensor-parallel ranks (parallel.tensor; the record is one rank's), in the JSON only above 1
+    tp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +193,9 @@ class EstimateRecord:
     model_states_unsharded: ModelStates | None = None  # the whole model, before sharding / offload
     optimizer_state_breakdown: Mapping[str, int] = field(default_factory=dict)  # whole model, by state key
     cpu_offload: int | None = None  # host RAM one rank needs for offloaded states
+    # host RAM one node needs: cpu_offload x the ranks on a node (min(gpus, gpus_per_node)); in the
+    # JSON only when something is offloaded
+    cpu_offload_per_node: int | None = None
     activations_saved: int | None = None  # bytes autograd holds when the forward ends
     temporary_breakdown: Mapping[str, int | None] = field(default_factory=dict)
     # the largest tensors of the temporary category live at the peak moment, largest first
@@ -236,6 +273,27 @@ class EstimateRecord:
                 "optimizer_impl": s.optimizer_impl,
                 "alloc_conf": s.alloc_conf,
                 **({} if s.population is None else {"population": s.population}),
+                "keep_output": s.keep_output,
+                "zero_grad": s.zero_grad,
+                **({} if s.head is None else {"head": s.head}),
+                **(
+                    {}
+                    if s.lora_rank is None
+                    else {
+                        "lora_rank": s.lora_rank,
+                        "lora_targets": s.lora_targets,
+                        "lora_modules": s.lora_modules,
+                        "lora_dropout": s.lora_dropout,
+                        "quantize": s.quantize,
+                        "double_quant": s.double_quant,
+                    }
+                ),
+                "cuda_version": s.cuda_version,
+                "cuda_module_loading": s.cuda_module_loading,
+                **({} if s.engine is None else {"engine": s.engine}),
+                **({} if s.fsdp_unit is None else {"fsdp_unit": s.fsdp_unit}),
+                **({} if s.target_len is None else {"target_len": s.target_len}),
+                **{k: getattr(s, k) for k in _PARALLEL_SETTINGS if getattr(s, k) is not None},
             },
             "model_states": self.model_states.to_dict(),
             "model_states_unsharded": None
@@ -243,6 +301,7 @@ class EstimateRecord:
             else self.model_states_unsharded.to_dict(),
             "optimizer_state_breakdown": dict(self.optimizer_state_breakdown),
             "cpu_offload": self.cpu_offload,
+            **({} if self.cpu_offload_per_node is None else {"cpu_offload_per_node": self.cpu_offload_per_node}),
             "activations_saved": self.activations_saved,
             "temporary_breakdown": dict(self.temporary_breakdown),
             "temporary_at_peak": dict(self.temporary_at_peak),
@@ -307,6 +366,7 @@ class EstimateRecord:
             else _model_states(unsharded, f"{where}: model_states_unsharded"),
             optimizer_state_breakdown=_int_map(data.get("optimizer_state_breakdown") or {}, f"{where}: breakdown"),
             cpu_offload=reader.optional(int, "cpu_offload"),
+            cpu_offload_per_node=reader.optional(int, "cpu_offload_per_node"),
             activations_saved=reader.optional(int, "activations_saved"),
             temporary_breakdown=_int_map(data.get("temporary_breakdown") or {}, f"{where}: temporaries", True),
             temporary_at_peak=_int_map(data.get("temporary_at_peak") or {}, f"{where}: temporary_at_peak"),
@@ -345,7 +405,29 @@ _SETTING_TYPES: dict[str, type] = {
     "optimizer_impl": str,
     "alloc_conf": str,
     "population": int,
+    "keep_output": bool,
+    "zero_grad": str,
+    "head": str,
+    "lora_rank": int,
+    "lora_targets": str,
+    "lora_modules": int,
+    "lora_dropout": float,
+    "quantize": str,
+    "double_quant": bool,
+    "cuda_version": str,
+    "cuda_module_loading": str,
+    "engine": str,
+    "fsdp_unit": str,
+    "target_len": int,
+    "pp": int,
+    "pp_schedule": str,
+    "microbatches": int,
+    "virtual_stages": int,
+    "pp_stage": int,
+    "tp": int,
 }
+# pipeline and tensor parallelism: settings in the JSON only when used
+_PARALLEL_SETTINGS = ("pp", "pp_schedule", "microbatches", "virtual_stages", "pp_stage", "tp")
 
 
 class _Reader:
@@ -391,6 +473,9 @@ def _settings(data: Mapping[str, Any], where: str) -> EstimateSettings:
     base = EstimateSettings(
         optimizer=None, precision=None, batch_size=None, seq_len=None, checkpointing=None, device=None
     )
+    for key in ("keep_output", "zero_grad"):  # null: the estimator's default loop, as before the key existed
+        if values.get(key, False) is None:
+            del values[key]
     return replace(base, **values)
 
 

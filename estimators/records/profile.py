@@ -11,7 +11,13 @@ Keys of the JSON (sizes are integer bytes; None means "not measured here", never
                   optimizer_defaults, input_shapes, autocast_dtype, forward_calls,
                   backward_calls, optimizer_steps; hf_config (the model's config.to_dict() or
                   None), attn_implementation, gradient_checkpointing, parameter_tensors
-                  ([name, shape] of the trainable parameters); optimizers (when several)
+                  ([name, shape] of the trainable parameters); optimizers (when several);
+                  output_kept (bool: the model output's largest tensor was alive when the first
+                  backward after a step began), zero_grad ("set-to-none" | "zeros": whether the
+                  trainable parameters already had gradients then); absent when not seen;
+                  adapter (a peft LoRA model, memprof.profiler.adapters): type, base_model, ranks,
+                  dropouts, targets (wrapped module names), quantize, double_quant, quantized,
+                  unquantized_parameters; absent without one
     model_states  parameters, gradients, optimizer_states (largest seen in the region)
     optimizer_state_breakdown   bytes per state key ("exp_avg", "step", ...)
     peak          phase, allocated, reserved, device_total, by_category (the 7 categories),
@@ -28,6 +34,9 @@ Keys of the JSON (sizes are integer bytes; None means "not measured here", never
                   at most ~1024 points are kept), with the exact overall and per-phase peaks
                   merged in; seq orders points among the allocation events
     duration_s    seconds the region lasted
+    rank, world_size  (in a torch.distributed process group only) this process's rank and the
+                  group's size; every byte of the profile is what this rank holds (a DTensor counts
+                  its local shard)
     error         None, or {type, message, phase, module, live_by_category, ...}
     devices       (attribution mode only) {device: {peak_allocated, peak_phase, by_category}} for
                   every device tensors lived on; `peak` describes `device` only
@@ -199,12 +208,15 @@ class ProfileSettings:
         for key in _SETTINGS_COUNTS:
             fields.optional(int, key)
         fields.optional(bool, "gradient_checkpointing")
+        fields.optional(bool, "output_kept")
+        fields.optional(str, "zero_grad")
         for key in ("hf_config", "optimizer_defaults"):
             fields.optional_mapping(key)
         fields.int_map("param_dtypes")
         _check_list(data, "input_shapes", where, _is_shape_or_null, "a shape (a list of integers) or null")
         _check_list(data, "parameter_tensors", where, _is_named_shape, "a [name, shape] pair")
         _check_list(data, "optimizers", where, _is_optimizer_entry, "an optimizer object")
+        _check_adapter(data.get("adapter"), where)
         return cls(data)
 
     @property
@@ -257,6 +269,27 @@ def _is_optimizer_entry(value: Any) -> bool:
         and all(value.get(k) is None or isinstance(value[k], str) for k in ("optimizer", "optimizer_class"))
         and (value.get("optimizer_defaults") is None or isinstance(value["optimizer_defaults"], Mapping))
     )
+
+
+def _check_adapter(value: Any, where: str) -> None:
+    """RecordError unless `settings.adapter` (memprof.profiler.adapters) is absent, null or well-formed."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise RecordError(f"{where}: 'adapter' must be an object, got {str(value)[:60]}")
+    fields = _Fields(value, f"{where}: adapter")
+    for key in ("type", "base_model", "quantize"):
+        fields.optional(str, key)
+    fields.optional(bool, "double_quant")
+    for key in ("quantized", "unquantized_parameters"):
+        fields.optional(int, key)
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("ranks", lambda v: _is(int, v) and v > 0, "a positive integer"),
+        ("dropouts", lambda v: _is(float, v), "a number"),
+        ("targets", lambda v: isinstance(v, str), "a module name"),
+    )
+    for key, check, item in checks:
+        _check_list(value, key, f"{where}: adapter", check, item)
 
 
 def _check_list(data: Mapping[str, Any], key: str, where: str, check: Callable[[Any], bool], item: str) -> None:
@@ -409,6 +442,8 @@ class ProfileRecord:
     extra: Mapping[str, JSON] = field(default_factory=dict)  # top-level keys this version does not know
     events: tuple[ProfileEvent, ...] | None = None  # only in a file saved with events=True
     event_phases: tuple[str | None, ...] | None = None
+    rank: int | None = None  # in a process group: this process's rank (null: not distributed)
+    world_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("phases", "cuda", "nvml", "environment", "extra"):
@@ -459,6 +494,8 @@ class ProfileRecord:
         }
         if self.devices is not None:
             out["devices"] = {name: d.to_dict() for name, d in self.devices.items()}
+        if self.rank is not None:
+            out["rank"], out["world_size"] = self.rank, self.world_size
         out.update(_json_copy(dict(self.extra)))
         if self.events is not None:
             out["events"] = [list(e) for e in self.events]
@@ -502,6 +539,8 @@ class ProfileRecord:
             if timeline is None
             else tuple(ProfilePoint.from_dict(p, f"{where}: timeline[{i}]") for i, p in enumerate(timeline)),
             duration_s=fields.optional(float, "duration_s"),
+            rank=fields.optional(int, "rank"),
+            world_size=fields.optional(int, "world_size"),
             error=fields.optional_mapping("error"),
             devices=None
             if devices is None

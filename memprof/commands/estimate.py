@@ -70,6 +70,11 @@ def estimate(
     if any(files.values()):
         optimizer, provenance = _apply_config_files(files, optimizer, knobs)
     if trace or is_code_ref(model):
+        _module_loading_untraced(knobs)
+        _loop_untraced(knobs)
+        _adapters_untraced(knobs)
+        _target_len_untraced(knobs)
+        _engine_untraced(knobs)
         from memprof.tracer import estimate_or_trace, trace_preset
         from memprof.tracer import trace as run_trace
 
@@ -91,8 +96,102 @@ def estimate(
         from memprof.render import estimate_table
 
         click.echo(estimate_table(record))
+        if record.settings.lora_rank is not None:
+            click.echo(_adapter_line(record))
         for knob, source in provenance.items():
             click.echo(f"{knob} from {source}")
+
+
+def _adapter_line(record: Any) -> str:
+    """What is trained: "LoRA r=16 on 64 modules (peft's default targets), dropout 0; base weights
+    frozen in nf4 (bitsandbytes)"."""
+    s = record.settings
+    targets = "peft's default targets" if s.lora_targets == "default" else s.lora_targets
+    base = "frozen"
+    if s.quantize is not None:
+        base += f" in {s.quantize}{' + double quant' if s.double_quant else ''} (bitsandbytes)"
+    lora = f"LoRA r={s.lora_rank} on {s.lora_modules} modules ({targets}), dropout {s.lora_dropout:g}"
+    return f"{lora}; base weights {base}"
+
+
+def _adapters_untraced(knobs: dict[str, Any]) -> None:
+    """LoRA and quantization are modelled for presets and config files; a factory's code applies
+    peft and bitsandbytes itself, and the tracer runs what it builds."""
+    from memprof.estimators.errors import ParameterError
+
+    defaults = {"lora_rank": None, "lora_targets": None, "lora_dropout": 0.0, "quantize": None, "double_quant": False}
+    given = [k for k, v in defaults.items() if knobs.get(k, v) != v]
+    if given:
+        raise ParameterError(
+            f"{{{given[0]}}} models LoRA / quantization for a preset or config.json; a factory applies "
+            "peft and bitsandbytes in its own code (drop it with a factory or --trace)",
+            given[0],
+        )
+    for k in defaults:
+        knobs.pop(k, None)
+
+
+def _loop_untraced(knobs: dict[str, Any]) -> None:
+    """The traced step runs the model's own head: --head applies to presets and config files only (the
+    loop knobs --no-keep-output and --zero-grad are the tracer's too)."""
+    from memprof.estimators.errors import ParameterError
+
+    if knobs.get("head") is not None:
+        raise ParameterError("{head} picks a head for a preset or config.json; a factory builds its own", "head")
+    knobs.pop("head", None)
+    # --no-keep-output / --zero-grad zeros: the tracer runs its step that way (memprof.tracer.run)
+
+
+# the parallel knobs of the analytic estimate (estimators.parallel) and their defaults: the traced step
+# runs the workload's own code on one device, so `trace()` takes none of them
+_PARALLEL_DEFAULTS: dict[str, Any] = {
+    "engine": None,
+    "fsdp_unit": "block",
+    "pp": 1,
+    "pp_schedule": "1f1b",
+    "microbatches": 1,
+    "virtual_stages": 1,
+    "pp_stage": None,
+    "tp": 1,
+}
+
+
+def _engine_untraced(knobs: dict[str, Any]) -> None:
+    """The traced step runs on one device: a parallel engine's knobs (--engine, --fsdp-unit, --pp,
+    --pp-schedule, --microbatches, --tp) belong to the analytic estimate. Removed from `knobs` (the
+    tracer gets only its own arguments); one set to other than its default is an error."""
+    from memprof.estimators.errors import ParameterError
+
+    knobs.pop("gpus_per_node", None)  # host RAM per node: nothing is offloaded in a traced step
+    given = [k for k, default in _PARALLEL_DEFAULTS.items() if knobs.pop(k, default) != default]
+    if given:
+        raise ParameterError(
+            f"{{{given[0]}}} shards or splits a multi-GPU run (the analytic estimate models it); the traced "
+            "step runs the workload's own code on one device: drop it with --trace",
+            given[0],
+        )
+
+
+def _target_len_untraced(knobs: dict[str, Any]) -> None:
+    """An encoder-decoder's decoder length is a knob of the analytic estimate (t5); the tracer runs
+    the factory's own batch."""
+    if knobs.pop("target_len", None) is not None:
+        from memprof.estimators.errors import ParameterError
+
+        raise ParameterError(
+            "{target_len} is a knob of the analytic estimate of t5 models, not of a traced step", "target_len"
+        )
+
+
+def _module_loading_untraced(knobs: dict[str, Any]) -> None:
+    """The tracer's context takes --cuda-version, not yet --cuda-module-loading: refuse it there."""
+    if knobs.pop("cuda_module_loading", None) is not None:
+        from memprof.estimators.errors import ParameterError
+
+        raise ParameterError(
+            "{cuda_module_loading} is not applied to a traced step yet; drop it (the analytic estimate takes it)",
+            "cuda_module_loading",
+        )
 
 
 def _apply_config_files(

@@ -1,8 +1,11 @@
-"""`memprof report PROFILE.json [--estimate ESTIMATE.json] [--out FILE.png|FILE.html]`.
+"""`memprof report PROFILE.json [MORE.json ...] [--estimate ESTIMATE.json] [--out FILE.png|FILE.html]`.
 
 Draws a saved profile (bars by category at the peak, the measured timeline), beside an estimate
 when one is given (`memprof estimate MODEL --format json > ESTIMATE.json`). Without --out, prints
-the breakdown table. Every input is checked before anything is drawn, and the file is written
+the breakdown table. Several profiles (one per rank of a multi-process run: P.rank0.json
+P.rank1.json ..., as `memprof run` under torchrun saves them) need the per-rank estimate: the report
+starts with predicted vs measured for every rank, the worst marked (memprof.comparison.ranks), and
+draws the worst rank. Every input is checked before anything is drawn, and the file is written
 atomically, so a bad input leaves nothing behind.
 """
 
@@ -49,6 +52,7 @@ def _text(profile: dict[str, Any], estimate: dict[str, Any] | None) -> str:
 
 @click.command()
 @click.argument("profile_path", metavar="PROFILE.json")
+@click.argument("more", nargs=-1, metavar="[MORE.json ...]")
 @click.option(
     "--estimate",
     "estimate_path",
@@ -62,19 +66,43 @@ def _text(profile: dict[str, Any], estimate: dict[str, Any] | None) -> str:
     metavar="FILE.png|FILE.html",
     help="Write the figures (PNG) or a self-contained page with figures and tables (HTML).",
 )
-def report(profile_path: str, estimate_path: str | None, out: str | None) -> None:
-    """Draw a saved profile, predicted beside measured when an estimate is given."""
+def report(profile_path: str, more: tuple[str, ...], estimate_path: str | None, out: str | None) -> None:
+    """Draw a saved profile, predicted beside measured when an estimate is given; several profiles
+    (one per rank) start with every rank's predicted and measured peak, the worst rank marked and drawn."""
     fmt = _out_format(out) if out else None
     from memprof.comparison import check_same_model
     from memprof.estimators.records import read_profile
     from memprof.profiler.record import atomic_write
     from memprof.reports.data import comparison_bars, measured_timeline
 
-    profile = read_profile(profile_path).to_dict()
+    paths = (profile_path, *more)
+    records = [read_profile(p) for p in paths]
     estimate = load_estimate(estimate_path) if estimate_path else None
+    per_rank = None
+    profile = records[0].to_dict()
+    if len(records) > 1:
+        if estimate is None:
+            raise MemprofUserError(
+                "a report of several ranks needs the per-rank estimate: --estimate E.json from "
+                "`memprof estimate MODEL --gpus N --engine ... --format json`"
+            )
+        from memprof.comparison import as_estimate_record
+        from memprof.comparison.ranks import compare_ranks
+
+        per_rank = compare_ranks(as_estimate_record(estimate), records)
+        worst = next(
+            i for i, r in enumerate(records) if (r.rank if r.rank is not None else i) == per_rank["worst_rank"]
+        )
+        profile_path, profile = paths[worst], records[worst].to_dict()
     if estimate is not None:
-        check_same_model(estimate, profile)
+        for record in records:
+            check_same_model(estimate, record.to_dict())
     if fmt is None:
+        if per_rank is not None:
+            from memprof.comparison.ranks import format_ranks
+
+            click.echo(format_ranks(per_rank))
+            click.echo(f"\nrank {per_rank['worst_rank']} (the worst):")
         click.echo(_text(profile, estimate))
         return
     if not comparison_bars(profile, estimate)["categories"] and not measured_timeline(profile):
@@ -85,9 +113,9 @@ def report(profile_path: str, estimate_path: str | None, out: str | None) -> Non
     from memprof.reports.page import report_html, report_png
 
     assert out is not None  # fmt is set only with --out
-    payload = report_png(profile, estimate) if fmt == "png" else report_html(profile, estimate).encode()
+    payload = report_png(profile, estimate) if fmt == "png" else report_html(profile, estimate, per_rank).encode()
     try:
         atomic_write(Path(out), payload)
     except OSError as exc:
         raise MemprofUserError(f"--out {out!r}: cannot write it ({exc.strerror or exc})") from None
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {out}" + ("" if per_rank is None else f" (rank {per_rank['worst_rank']}, the worst, drawn)"))

@@ -7,6 +7,11 @@ Nothing measured is lost: --out is checked before the script starts; Ctrl-C (SIG
 the script, not memprof, so the partial profile is saved and summarised and the exit code is 130 /
 143 as a shell expects; a save that fails at the end writes the profile to a file in the temp dir
 and says where. The script's `sys.exit(...)` ends memprof as it would end `python script.py`.
+
+Under `torchrun` (the RANK and WORLD_SIZE variables of a multi-process launch), every process
+profiles its own rank and saves side by side: `--out out.json` becomes out.rank0.json,
+out.rank1.json, ... (`per_rank_path`), each labelled with its rank and world size; on CUDA the
+device is the rank's own (LOCAL_RANK).
 """
 
 from __future__ import annotations
@@ -71,6 +76,22 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
+def launched_rank() -> tuple[int, int] | None:
+    """(rank, world size) when torchrun (or another launcher setting RANK / WORLD_SIZE) started
+    more than one process, else None."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, world) if world > 1 else None
+
+
+def per_rank_path(out: str, rank: int) -> str:
+    """out.json -> out.rank3.json (a path without .json gets .rank3.json appended)."""
+    base = out[: -len(".json")] if out.endswith(".json") else out
+    return f"{base}.rank{rank}.json"
+
+
 def _fallback_path() -> str:
     return os.path.join(tempfile.gettempdir(), f"memprof-profile-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
@@ -127,6 +148,9 @@ def run(
 
     from memprof.profiler.record import check_writable
 
+    launched = launched_rank()
+    if out is not None and launched is not None:
+        out = per_rank_path(out, launched[0])
     if out is not None:
         check_writable(out, "out")  # before a long run, not after it
 
@@ -136,6 +160,8 @@ def run(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and launched is not None:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     _check_device(device, memory_snapshot, torch.cuda.is_available())
     session = track(mode=mode, device=device, events=events or bool(out), memory_snapshot=memory_snapshot)
     saved_argv, saved_path = list(sys.argv), list(sys.path)
@@ -184,6 +210,8 @@ def run(
             from memprof.comparison import frame_records
 
             record["comparison"] = frame_records(table)
+            record["comparison_predictor"] = table.attrs.get("predictor")
+            record["comparison_notes"] = list(table.attrs.get("notes") or [])
         click.echo(json.dumps(record, indent=1))
     else:
         click.echo(prof.summary())

@@ -69,17 +69,58 @@ def _line(r: dict) -> str:
     help="Instead of training: compare the analytic estimate with the traced step (fake tensors) for every "
     "preset at full size, on cpu and cuda (about 10 minutes; --quick: gpt2-124m only).",
 )
+@click.option(
+    "--workloads",
+    is_flag=True,
+    help="Instead of the Hugging Face matrix: train the example workloads (nanoGPT, the speedrun, the AlgoPerf "
+    "stand-ins) at small sizes for real on the CPU and compare the tracer with them "
+    "(memprof.validate_workloads; --out profiles/measurements/validation-workloads-cpu.json).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: the GPU matrix (presets at full size; fused and foreach AdamW, flash and efficient SDPA, bf16 "
+    "and fp16 autocast) against max_memory_allocated/reserved, a memory snapshot replayed through the "
+    "simulator and NVML; --out profiles/measurements/validation-cuda-<gpu>.json (scripts/gpu_validate.sh).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def validate(quick: bool, out: str | None, only: tuple[str, ...], published: bool, traced: bool, fmt: str) -> None:
+def validate(
+    quick: bool,
+    out: str | None,
+    only: tuple[str, ...],
+    published: bool,
+    traced: bool,
+    workloads: bool,
+    device: str,
+    fmt: str,
+) -> None:
     """Train the validation matrix for real on the CPU and compare every case with its estimate."""
+    if workloads and (published or traced or device == "cuda"):
+        raise MemprofUserError("--workloads is its own matrix (CPU training); drop --published / --trace / --device")
+    if device == "cuda" and (published or traced):
+        raise MemprofUserError("--device cuda trains the GPU matrix; drop --published / --trace")
+    if device == "cuda":
+        from memprof.validate_cuda import cuda_unavailable
+
+        why = cuda_unavailable()
+        if why is not None:
+            raise MemprofUserError(why)
     if out is not None:
         from memprof.profiler.record import check_writable
 
         check_writable(out, "out")  # before the matrix runs, not after it
+    if device == "cuda":
+        _validate_cuda(quick, out, only, fmt)
+        return
     if published and traced:
         raise MemprofUserError("--published and --trace are two different matrices; pick one")
     if traced:
         _validate_trace(quick, out, only, fmt)
+        return
+    if workloads:
+        _validate_workloads(quick, out, only, fmt)
         return
     if published:
         _validate_published(quick, out, only, fmt)
@@ -112,6 +153,51 @@ def validate(quick: bool, out: str | None, only: tuple[str, ...], published: boo
             f"in {s['peak_within_tolerance']} of {s['peak_predicted']} predicted (median |error| "
             f"{s['peak_abs_error_pct_median']}%, max {s['peak_abs_error_pct_max']}%)"
         )
+        if out is not None:
+            click.echo(f"record saved to {out}")
+    if s["fail"] or s["error"]:
+        raise _CasesFailed(f"{s['fail'] + s['error']} of {s['cases']} cases beyond tolerance or failed")
+
+
+def _cuda_line(r: dict) -> str:
+    if r["status"] in ("error", "not run"):
+        return f"{r['status']:8s} {r['id']:64s} {r.get('error')}"
+    rows = r["rows"]
+
+    def part(key: str, label: str) -> str:
+        row = rows[key]
+        if row["error_pct"] is None:
+            return f"{label} -"
+        return f"{label} {row['predicted']:,} vs {row['measured']:,} B ({row['error_pct']:+.2f}%)"
+
+    return f"{r['status']:8s} {r['id']:64s} {part('allocated', 'allocated')}  {part('reserved', 'reserved')}"
+
+
+def _validate_cuda(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
+    """The GPU matrix (memprof.validate_cuda): exit 0 when every case passes, 1 otherwise."""
+    from memprof.validate_cuda import cuda_matrix, run_matrix, select_cases
+
+    cases = select_cases(cuda_matrix(quick), only)
+    progress = None
+    if fmt == "table":
+        click.echo(f"memprof validate --device cuda: {len(cases)} cases ({'quick' if quick else 'full'} matrix)")
+
+        def progress(r: dict) -> None:
+            click.echo(_cuda_line(r))
+
+    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    record = run_matrix(cases, subset, "cuda", progress)
+    if out is not None:
+        from memprof.profiler.record import atomic_write
+
+        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    s = record["summary"]
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=1))
+    else:
+        from memprof.validate_cuda import cuda_table
+
+        click.echo("\n" + cuda_table(record))
         if out is not None:
             click.echo(f"record saved to {out}")
     if s["fail"] or s["error"]:
@@ -188,6 +274,41 @@ def _validate_trace(quick: bool, out: str | None, only: tuple[str, ...], fmt: st
             f"in {s['peak_within_tolerance']} (median |diff| {s['peak_abs_diff_pct_median']}%, max "
             f"{s['peak_abs_diff_pct_max']}%); phase of the peak agrees in {s['phase_agrees']}"
         )
+        if out is not None:
+            click.echo(f"record saved to {out}")
+    if s["fail"] or s["error"]:
+        raise _CasesFailed(f"{s['fail'] + s['error']} of {s['cases']} cases beyond tolerance or failed")
+
+
+def _validate_workloads(quick: bool, out: str | None, only: tuple[str, ...], fmt: str) -> None:
+    """`memprof validate --workloads`: the example workloads trained for real vs traced (memprof.validate_workloads)."""
+    from memprof import validate_workloads as vw
+
+    cases = vw.select_cases(vw.quick_matrix() if quick else vw.full_matrix(), only)
+    progress = None
+    if fmt == "table":
+        click.echo(f"memprof validate --workloads: {len(cases)} cases, trained on the CPU and traced")
+
+        def progress(r: dict) -> None:
+            click.echo(vw.line(r))
+
+    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    record = vw.run_matrix(cases, subset, progress)
+    if out is not None:
+        from memprof.profiler.record import atomic_write as _atomic_write
+
+        _atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    s = record["summary"]
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=1))
+    else:
+        for p in ("traced", "live"):
+            t = s[p]
+            click.echo(
+                f"{p}: {t['compared']} compared, states exact in {t['states_exact']}, peak within "
+                f"{record['tolerance']['peak_allocated_pct']}% in {t['peak_within_tolerance']} (median |error| "
+                f"{t['peak_abs_diff_pct_median']}%, max {t['peak_abs_diff_pct_max']}%)"
+            )
         if out is not None:
             click.echo(f"record saved to {out}")
     if s["fail"] or s["error"]:

@@ -346,4 +346,5 @@ def format_comparison(frame: Any) -> str:
         cells = [str(c).ljust(w) if i in (0, 1, 6) else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         out.append("  ".join(cells).rstrip())
     model = frame.attrs.get("model")
-    return (f"predicted vs measured: {model}\n" if model else "") + "\n".join(out)
+    notes = [f"note: {n}" for n in frame.attrs.get("notes") or []]
+    return (f"predicted vs measured: {model}\n" if model else "") + "\n".join(out + notes)

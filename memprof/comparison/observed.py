@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 ATTENTION_NAMES = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash", "flash": "flash"}
+_QUANTIZED_STORAGE = ("uint8", "int8")  # bitsandbytes' Params4bit and Int8Params
 _PRECISIONS = {
     ("float32", None): "32-true",
     ("float32", "bfloat16"): "bf16-mixed",
@@ -73,6 +74,16 @@ class Observed:
     affects: dict[str, str] = field(default_factory=dict)  # message -> "all" | "optimizer" | "peak"
     peak_unknown: bool = False  # something the peak depends on is not modelled
     step_options: dict[str, Any] = field(default_factory=dict)  # change only step() temporaries
+    # the loop's choices, as the profiler saw them (settings.output_kept, settings.zero_grad)
+    keep_output: bool = True
+    zero_grad: str = "set-to-none"
+    # peft LoRA, as the profiler saw it (settings.adapter); lora_rank None: full training
+    lora_rank: int | None = None
+    lora_targets: tuple[str, ...] | None = None
+    lora_dropout: float = 0.0
+    quantize: str | None = None
+    double_quant: bool = False
+    notes: list[str] = field(default_factory=list)  # what the prediction took from the run (not missing)
 
     def miss(self, message: str, affects: str = "peak") -> None:
         """Record why a part of the prediction is absent; `affects` says which rows lack it."""
@@ -104,6 +115,14 @@ class Observed:
         }
         if self.grad_accumulation > 1:
             kw["grad_accumulation"] = self.grad_accumulation
+        if not self.keep_output:
+            kw["keep_output"] = False
+        if self.zero_grad != "set-to-none":
+            kw["zero_grad"] = self.zero_grad
+        if self.lora_rank is not None:
+            kw.update(lora_rank=self.lora_rank, lora_targets=self.lora_targets, lora_dropout=self.lora_dropout)
+            if self.quantize is not None:
+                kw.update(quantize=self.quantize, double_quant=self.double_quant)
         kw.update(self.optimizer_options)
         return kw
 
@@ -228,8 +247,13 @@ def _changed_step_options(name: str, defaults: Mapping[str, Any]) -> dict[str, A
 # -- precision, shapes, model -------------------------------------------------------------------
 
 
-def precision_of(param_dtypes: Mapping[str, int], autocast_dtype: str | None) -> str | None:
-    """The memprof precision of parameters in `param_dtypes` (dtype -> elements) under autocast."""
+def precision_of(param_dtypes: Mapping[str, int], autocast_dtype: str | None, quantized: bool = False) -> str | None:
+    """The memprof precision of parameters in `param_dtypes` (dtype -> elements) under autocast.
+
+    quantized: bitsandbytes holds the base weights (uint8 packed 4-bit, int8): the precision is that
+    of the floating parameters around them (prepare_model_for_kbit_training casts those to float32)."""
+    if quantized:
+        param_dtypes = {k: v for k, v in param_dtypes.items() if k not in _QUANTIZED_STORAGE}
     if not param_dtypes:
         return None
     dtype = max(param_dtypes, key=lambda k: param_dtypes[k])  # the dtype of most elements
@@ -268,12 +292,21 @@ def _model(settings: Mapping[str, Any], obs: Observed) -> str | None:
         )
         return model_type
     family = FAMILIES[model_type]
+    from memprof.estimators.heads import family_heads, head_from_architectures
+
+    adapter = settings.get("adapter")
+    if isinstance(adapter, Mapping) and adapter.get("base_model"):
+        name = str(adapter["base_model"])  # a PeftModel wraps the class that names the head
+    found = head_from_architectures([name])  # the profiled class names its head (GPT2ForSequenceClassification)
+    head = found[0] if found and found[0] in family_heads(family) else family.task
     try:
-        spec = ModelSpec(name, model_type, dict(config), family.task)
+        spec = ModelSpec(name, model_type, dict(config), head)
     except MemprofUserError as exc:
         obs.miss(f"the model's config is not usable ({exc}): peak not predicted")
         return model_type
     trainable = sum(p.numel for p in obs.params) if obs.params else obs.parameters
+    if isinstance(adapter, Mapping):
+        return _adapted_model(adapter, spec, trainable, obs)
     if spec.num_parameters != obs.parameters or trainable != obs.parameters:
         obs.miss(
             f"{name} has {obs.parameters:,} parameters ({trainable:,} trainable) but memprof's "
@@ -285,6 +318,87 @@ def _model(settings: Mapping[str, Any], obs: Observed) -> str | None:
     return model_type
 
 
+def _adapted_model(adapter: Mapping[str, Any], spec: ModelSpec, trainable: int | None, obs: Observed) -> str:
+    """obs.model and the LoRA knobs of a peft model (settings.adapter, memprof.profiler.adapters)
+    when memprof's adapted model of them has the run's parameters; only the parameter tensors otherwise."""
+    from memprof.estimators.adapters import adapt, linear_modules
+    from memprof.estimators.precision import get_precision
+
+    ranks, dropouts = list(adapter.get("ranks") or []), list(adapter.get("dropouts") or [0.0])
+    quant = adapter.get("quantize")
+    why = None
+    if adapter.get("type") != "lora" or len(ranks) != 1:
+        why = f"an adapter of type {adapter.get('type')!r} with ranks {ranks} (memprof models LoRA with one rank)"
+    elif len(dropouts) != 1:
+        why = f"LoRA dropouts {dropouts} differ between modules (memprof models one)"
+    elif quant == "mixed":
+        why = "base layers quantized in several ways (memprof models one --quantize)"
+    elif obs.precision is None:
+        why = "no precision matches the parameters"
+    if why is not None or obs.precision is None:
+        obs.miss(f"{why}: model states predicted from the parameter tensors, peak not predicted")
+        return spec.model_type
+    obs.lora_rank, obs.lora_dropout = int(ranks[0]), float(dropouts[0])
+    obs.quantize = quant if isinstance(quant, str) else None
+    obs.double_quant = bool(adapter.get("double_quant")) and obs.quantize is not None
+    obs.lora_targets = target_names(list(adapter.get("targets") or []), [m.name for m in linear_modules(spec)])
+    try:
+        adapted = adapt(
+            spec,
+            get_precision(obs.precision),
+            lora_rank=obs.lora_rank,
+            lora_targets=obs.lora_targets,
+            lora_dropout=obs.lora_dropout,
+            quantize=obs.quantize,
+            double_quant=obs.double_quant,
+        )
+    except MemprofUserError as exc:
+        obs.lora_rank = None
+        obs.miss(f"the run's LoRA cannot be modelled ({exc}): peak not predicted")
+        return spec.model_type
+    ours = sum(t.numel for t in adapted.parameter_tensors() if t.trainable)
+    measured = adapter.get("unquantized_parameters", obs.parameters)
+    if adapted.num_parameters != measured or ours != trainable:
+        obs.lora_rank = None
+        obs.miss(
+            f"{spec.name} has {measured:,} parameters ({trainable:,} trainable) but memprof's "
+            f"{spec.head_class} with {adapted.adapter.describe() if adapted.adapter else 'LoRA'} has "
+            f"{adapted.num_parameters:,} ({ours:,}): model states predicted from the parameter tensors, "
+            f"peak not predicted"
+        )
+        return spec.model_type
+    obs.model = spec
+    quantized = (
+        f" on {obs.quantize}{' + double quant' if obs.double_quant else ''} base weights (bitsandbytes)"
+        if obs.quantize
+        else ""
+    )
+    obs.notes.append(
+        f"the run trained peft LoRA r={obs.lora_rank} on {len(adapter.get('targets') or [])} modules "
+        f"({', '.join(obs.lora_targets)}), dropout {obs.lora_dropout:g}{quantized}: predicted with "
+        f"--lora-rank {obs.lora_rank} --lora-targets {','.join(obs.lora_targets)}"
+        + (f" --lora-dropout {obs.lora_dropout:g}" if obs.lora_dropout else "")
+        + (f" --quantize {obs.quantize}" if obs.quantize else "")
+        + (" --double-quant" if obs.double_quant else "")
+    )
+    return spec.model_type
+
+
+def target_names(wrapped: list[str], linears: list[str]) -> tuple[str, ...]:
+    """The wrapped modules as `--lora-targets` names them: their last name parts when those select
+    exactly the wrapped modules among the model's linear modules (peft matches a name to a module
+    whose name ends with "." + it), the full names otherwise."""
+    order = {m: i for i, m in enumerate(linears)}  # the model's order, not the order peft registers them
+    wrapped = sorted(wrapped, key=lambda m: order.get(m, len(order)))
+    short: list[str] = []
+    for name in wrapped:
+        part = name.rsplit(".", 1)[-1]
+        if part not in short:
+            short.append(part)
+    selected = [m for m in linears if any(m == s or m.endswith("." + s) for s in short)]
+    return tuple(short) if sorted(selected) == sorted(wrapped) else tuple(wrapped)
+
+
 def observe(profile: Any) -> Observed:
     """What the profile (a Profile, its record or dict) shows about the run, in the estimate's terms."""
     record = as_profile_record(profile)
@@ -293,10 +407,12 @@ def observe(profile: Any) -> Observed:
     if settings.get("model") is None:
         obs.miss("no model was seen (pass it to memprof.track): nothing to predict", "all")
         return obs
+    adapter = settings.get("adapter")
+    quantized = isinstance(adapter, Mapping) and adapter.get("quantize") is not None
+    obs.precision = precision_of(settings.get("param_dtypes") or {}, settings.get("autocast_dtype"), quantized)
     model_type = _model(settings, obs)
     config = settings.get("hf_config") or {}
     _optimizer(settings, obs)
-    obs.precision = precision_of(settings.get("param_dtypes") or {}, settings.get("autocast_dtype"))
     if obs.precision is None:
         obs.miss(
             f"parameters in {settings.get('param_dtypes')} with autocast "
@@ -315,7 +431,30 @@ def observe(profile: Any) -> Observed:
     # LBFGS runs forward and backward inside step() through its closure: not accumulation
     if steps and backwards > steps and backwards % steps == 0 and obs.optimizer != "lbfgs":
         obs.grad_accumulation = backwards // steps
+    _loop(settings, obs)
     return obs
+
+
+def _loop(settings: Mapping[str, Any], obs: Observed) -> None:
+    """The loop's choices the profiler saw at the first backward after a step (settings.output_kept,
+    settings.zero_grad); the prediction uses them and says so."""
+    kept = settings.get("output_kept")
+    if isinstance(kept, bool):
+        obs.keep_output = kept
+        obs.notes.append(
+            "the run kept the model output through backward (`out = model(**batch)`): predicted with keep_output"
+            if kept
+            else "the run kept only the loss (`loss = model(**batch).loss`; the logits were freed before "
+            "backward): predicted with --no-keep-output"
+        )
+    zero = settings.get("zero_grad")
+    if zero in ("set-to-none", "zeros"):
+        obs.zero_grad = zero
+        if zero == "zeros":
+            obs.notes.append(
+                "gradients were still allocated when the step's backward began (zero_grad(set_to_none=False)): "
+                "predicted with --zero-grad zeros"
+            )
 
 
 # -- the estimate -------------------------------------------------------------------------------
@@ -421,11 +560,55 @@ def observed_estimate(profile: Any) -> tuple[EstimateRecord | None, Observed]:
     return predict(obs), obs
 
 
-def compare_observed(profile: Any) -> Any:
-    """`Profile.compare()`: the comparison frame of a profile against the estimate of what it observed."""
+ANALYTIC = "predictor: analytic (memprof's model of this architecture, from what the profiler observed)"
+
+
+def _traced(capture: Any, obs: Observed, prof: Any) -> EstimateRecord | None:
+    """The tracer's prediction of the captured live step (memprof.tracer.live), or None with the reason
+    added to `obs.missing`. The one import of the tracer here: a live Profile holds a StepCapture only in
+    the process that ran it, where torch is loaded."""
+    from memprof.tracer.live import trace_capture
+
+    try:
+        return trace_capture(
+            capture,
+            device=obs.device,
+            optimizer=obs.optimizer or "custom",
+            precision=obs.precision,
+            name=prof.settings.values.get("model"),
+        ).record
+    except MemprofUserError as exc:
+        obs.miss(f"the step could not be traced: {exc}")
+        return None
+
+
+def compare_observed(profile: Any, capture: Any = None) -> Any:
+    """`Profile.compare()`: the comparison frame of a profile against the estimate of what it observed.
+
+    capture: the live step (memprof.profiler.capture.StepCapture) a Profile keeps in the process that
+    ran it; when the analytic estimate cannot predict the peak or the optimizer states (a model memprof
+    has no family for, an optimizer outside its registry), that step is traced on fake tensors and the
+    traced estimate is the prediction. The notes name the predictor that ran."""
     prof = as_profile_record(profile)
     est, obs = observed_estimate(prof)
+    predictor = ANALYTIC if est is not None else None
+    incomplete = est is None or est.peak.allocated is None or est.model_states.optimizer_states is None
+    if incomplete and capture is not None and getattr(capture, "ready", False):
+        traced = _traced(capture, obs, prof)
+        if traced is not None:
+            from memprof.tracer.live import PREDICTOR
+
+            est, predictor = traced, PREDICTOR
+            obs.missing.clear()
+            obs.notes.clear()  # what the analytic prediction took from the run; the trace ran the run's own step
+            obs.notes.extend(traced.warnings[2:])
+    elif incomplete and capture is not None and getattr(capture, "reason", None):
+        obs.miss(f"the step could not be traced: {capture.reason}")
     frame = comparison_frame(est, prof, missing_prediction=obs.why)
+    frame.attrs["predictor"] = predictor
+    if predictor is not None:
+        obs.notes.insert(0, predictor)
     frame.attrs["observed"] = obs.estimate_kwargs()
     frame.attrs["missing"] = list(obs.missing)
+    frame.attrs["notes"] = list(obs.notes)
     return frame

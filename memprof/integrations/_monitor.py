@@ -78,8 +78,16 @@ def model_spec(model: Any) -> tuple[Any, str | None]:
             f"model_type {model_type!r} ({name}) is not modelled (supported: {', '.join(SUPPORTED_MODEL_TYPES)}): "
             "the peak is not predicted"
         )
+    from memprof.estimators.heads import family_heads, head_from_architectures
+
+    # the head is the live class's (a from_config model's config names no architectures)
+    found = head_from_architectures([name])
+    head = found[0] if found else FAMILIES[model_type].task
+    if head not in family_heads(FAMILIES[model_type]):
+        listed = ", ".join(family_heads(FAMILIES[model_type]))
+        return None, f"{name}: head {head} is not modelled for {model_type} ({listed}): the peak is not predicted"
     try:
-        spec = ModelSpec(name, model_type, cfg, FAMILIES[model_type].task)
+        spec = ModelSpec(name, model_type, cfg, head)
     except MemprofUserError as exc:
         return None, f"the config of {name} is not usable ({exc}): the peak is not predicted"
     expected = [(t.name, tuple(t.shape)) for t in spec.parameter_tensors()]
@@ -138,6 +146,17 @@ def galore_params(model: Any, optimizer: Any) -> tuple[str, ...]:
     inner = getattr(optimizer, "optimizer", optimizer)
     names = {id(p): n for n, p in model.named_parameters()}
     return tuple(names[id(p)] for g in inner.param_groups if "rank" in g for p in g["params"] if id(p) in names)
+
+
+def embedding_weights(model: Any) -> tuple[str, ...]:
+    """Names of the trainable nn.Embedding weights, as named_parameters() lists them (a tied weight
+    once): the Trainer overrides their bitsandbytes states to 32 bits (transformers 5.24,
+    trainer.py, create_optimizer: `manager.register_module_override(module, "weight", {"optim_bits": 32})`
+    for every nn.Embedding of the model)."""
+    import torch
+
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return tuple(n for n, p in model.named_parameters() if id(p) in embedded and p.requires_grad)
 
 
 def input_shape(args: tuple, kwargs: Mapping[str, Any]) -> tuple[int, int | None] | None:
@@ -316,6 +335,7 @@ class Monitor:
         run, step = self._run, self._step
         rec = run.record
         result: dict[str, Any] = {"step": step, "measured_peak": rec.peak.allocated, "measured_phase": rec.peak.phase}
+        self._follow_loop(rec.settings.values)
         shapes = [s for s in (rec.settings.values.get("input_shapes") or []) if s]
         est = None
         if shapes and self.spec is not None:
@@ -350,6 +370,17 @@ class Monitor:
         result["profile"] = self._save(run, est, step)
         self.results.append(result)
         return result
+
+    def _follow_loop(self, settings: Mapping[str, Any]) -> None:
+        """Predict with the loop the profiled step ran (the profiler's settings.output_kept and
+        settings.zero_grad), saying so when it is not the one assumed before step 1."""
+        observed = {"keep_output": settings.get("output_kept"), "zero_grad": settings.get("zero_grad")}
+        for knob, value in observed.items():
+            if value is None or self.knobs.get(knob, {"keep_output": True, "zero_grad": "set-to-none"}[knob]) == value:
+                continue
+            self.knobs[knob] = value
+            self.provenance[knob] = "the profiled step"
+            self.note(f"the profiled step ran with {knob}={value!r}: predicted with it from now on")
 
     def _save(self, run: Any, est: Any, step: int | None) -> str | None:
         if not self.out_dir:

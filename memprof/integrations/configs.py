@@ -15,8 +15,8 @@ Trainer's own class, or one whose state tensors are the same to the byte; tests/
 transformers.py checks both against `trainer.create_optimizer()`), or None with the reason.
 
 `knobs_from_ds_config` (a DeepSpeed ds_config.json) and `knobs_from_accelerate_config` (an accelerate
-default_config.yaml; FSDP approximated by memprof's ZeRO stages) return the same triple for the
-sharding knobs (gpus, zero, offload) and the precision, micro-batch and accumulation those files set.
+default_config.yaml; FSDP as memprof's engine fsdp) return the same triple for the
+sharding knobs (gpus, engine, zero, offload) and the precision, micro-batch and accumulation those files set.
 
 Pure Python: neither transformers, accelerate, DeepSpeed nor torch is imported (a saved config is read
 without them; YAML with pyyaml's safe_load).
@@ -65,8 +65,9 @@ _BNB_PAGED = (
     "under pressure; predicted as if resident on the GPU (an upper bound)"
 )
 _BNB_EMBEDDING = (
-    "; the Trainer keeps nn.Embedding weights' states in 32 bits (bitsandbytes GlobalOptimManager override), "
-    "which memprof predicts in 8 bits: optimizer states under-predicted by about 6 B per embedding parameter"
+    "; the Trainer keeps nn.Embedding weights' states in 32 bits (bitsandbytes GlobalOptimManager override): "
+    "the callback predicts them so (fp32_params); from a TrainingArguments file alone they are predicted in "
+    "8 bits, under-predicting the states by about 6 B per embedding parameter"
 )
 _GALORE_TARGET = "GaLore on the parameters of the nn.Linear modules named by optim_target_modules"
 
@@ -367,8 +368,23 @@ def knobs_from_training_args(
     return knobs, prov, warns
 
 
-# TrainingArguments.fsdp words -> ZeRO stage (transformers' FSDPOption; hybrid sharding is not modelled)
-_TRAINER_FSDP = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
+# TrainingArguments.fsdp words (transformers' FSDPOption) -> (engine, zero): FSDP2's fully_shard with
+# reshard_after_forward True (full_shard) or False (shard_grad_op), estimators/parallel/fsdp.py; no_shard
+# replicates parameters, gradients and states and all-reduces gradients, which is DDP's memory; the
+# hybrid words shard within a node (not modelled: sharded over all ranks, with a warning)
+_TRAINER_FSDP = {
+    "full_shard": ("fsdp", 3),
+    "shard_grad_op": ("fsdp", 2),
+    "no_shard": ("ddp", 0),
+    "hybrid_shard": ("fsdp", 3),
+    "hybrid_shard_zero2": ("fsdp", 2),
+}
+# FSDP1 (FullyShardedDataParallel's flat parameters) is modelled as FSDP2: the same shards, states and
+# gathered units; FSDP1's flat-parameter padding and its unit boundaries can differ by a few bytes
+FSDP1_NOTE = (
+    "FSDP1 (FullyShardedDataParallel) is predicted as FSDP2's fully_shard per transformer block "
+    "(memprof's engine fsdp): its flat parameters' padding is not modelled"
+)
 
 
 def _sharding_from_training_args(
@@ -376,9 +392,10 @@ def _sharding_from_training_args(
 ) -> None:
     """`deepspeed` (a ds_config path or dict: read with `knobs_from_ds_config`, whose precision, ZeRO
     stage and offload are what DeepSpeed runs, so they win; its "auto" values keep the Trainer's) and
-    `fsdp` ("full_shard auto_wrap", "shard_grad_op offload", ...: memprof's ZeRO stage of the same
-    sharding, named as an approximation). The number of processes is not in these files: the knobs are
-    per rank of `gpus` (default 1; the callbacks set it from the running Trainer)."""
+    `fsdp` ("full_shard auto_wrap", "shard_grad_op offload", ...: engine fsdp with zero 3 / 2, no_shard
+    engine ddp; `offload` is FSDP2's CPUOffloadPolicy, offload optimizer; fsdp_config's version 1, the
+    default, is FSDP1, predicted as FSDP2 with a note). The number of processes is not in these files:
+    the knobs are per rank of `gpus` (default 1; the callbacks set it from the running Trainer)."""
     ds = data.get("deepspeed")
     if ds not in (None, "", {}, False):
         if not isinstance(ds, (str, Mapping)):
@@ -393,22 +410,37 @@ def _sharding_from_training_args(
     if fsdp in (None, "", [], False):
         return
     words = fsdp.split() if isinstance(fsdp, str) else [str(w) for w in fsdp] if isinstance(fsdp, list) else None
-    stages = [_TRAINER_FSDP[w] for w in words or () if w in _TRAINER_FSDP]
-    if words is None or len(stages) != 1 or any(w.startswith("hybrid") for w in words):
-        message = f"fsdp={json.dumps(fsdp)} is not modelled; memprof assumes a single device without sharding"
+    modes = [_TRAINER_FSDP[w] for w in words or () if w in _TRAINER_FSDP]
+
+    def problem(message: str) -> None:
         if strict:
             raise MemprofUserError(f"{where}: {message} (strict=False turns this into a warning)")
         warns.append(message)
+
+    if words is None or len(modes) != 1:
+        problem(
+            f"fsdp={json.dumps(fsdp)} names no sharding (one of {', '.join(_TRAINER_FSDP)}); memprof assumes a "
+            "single device without sharding"
+        )
         return
-    knobs["zero"] = stages[0]
-    prov["zero"] = f"{where}: fsdp={json.dumps(fsdp)}"
+    engine, zero = modes[0]
+    source = f"{where}: fsdp={json.dumps(fsdp)}"
+    if any(w.startswith("hybrid") for w in words):
+        problem(
+            f"fsdp={json.dumps(fsdp)} (sharded within a node, replicated across nodes) is not modelled; memprof "
+            "assumes sharding over all the GPUs"
+        )
+    for knob, value in (("engine", engine), ("zero", zero)):
+        knobs[knob], prov[knob] = value, source
     if "offload" in words:
-        knobs["offload"] = "optimizer+parameters" if stages[0] == 3 else "optimizer"
-        prov["offload"] = prov["zero"]
-    warns.append(
-        f"fsdp={json.dumps(fsdp)}: FSDP is approximated by memprof's ZeRO stage {stages[0]} (FSDP's own "
-        "all-gather and reduce-scatter buffers are not modelled yet)"
-    )
+        if engine == "ddp":
+            problem(f"fsdp={json.dumps(fsdp)}: offload without sharding is not modelled; memprof assumes no offload")
+        else:  # FSDP2's CPUOffloadPolicy: parameters, gradients and optimizer states on the host
+            knobs["offload"], prov["offload"] = "optimizer", source
+    config = data.get("fsdp_config")
+    version = config.get("version", config.get("fsdp_version", 1)) if isinstance(config, Mapping) else 1
+    if engine == "fsdp" and version != 2:
+        warns.append(f"fsdp={json.dumps(fsdp)}: {FSDP1_NOTE}")
 
 
 _PRECISIONS = {
@@ -511,7 +543,7 @@ class _Reader:
 
 
 # DeepSpeed zero_optimization settings that change memory, with DeepSpeed's default (what memprof
-# assumes: estimators/parallel/zero.py models the two buckets at these sizes) and what differs.
+# assumes: estimators/parallel/deepspeed.py, DeepSpeedConfig) and what differs.
 _DS_ZERO_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("reduce_bucket_size", 500_000_000, "the gradient reduction bucket"),
     ("allgather_bucket_size", 500_000_000, "the parameter all-gather bucket"),
@@ -525,6 +557,18 @@ _DS_ZERO_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("zero_quantized_weights", False, "unquantized ZeRO++ weights"),
     ("zero_quantized_gradients", False, "unquantized ZeRO++ gradients"),
     ("zero_hpz_partition_size", 1, "no ZeRO++ secondary partition"),
+)
+# the zero_optimization settings memprof's DeepSpeed engine models (DeepSpeedConfig's fields): a ds_config's
+# value becomes the `deepspeed` knob; the others above are refused (strict) or warned about
+_DS_MODELLED = (
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "contiguous_gradients",
+    "overlap_comm",
+    "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+    "stage3_max_live_parameters",
+    "stage3_max_reuse_distance",
 )
 _DS_CHECKPOINTING = ("partition_activations", "cpu_checkpointing", "contiguous_memory_optimization")
 _DS_OPTIMIZERS = {"adam": "adamw", "adamw": "adamw"}  # DeepSpeed's FusedAdam / CPUAdam: AdamW's two states
@@ -540,10 +584,13 @@ def knobs_from_ds_config(
     16-master (16-bit weights; ZeRO's optimizer keeps the fp32 master copy), neither -> 32-true,
     zero_optimization.stage -> zero, offload_optimizer / offload_param device cpu -> offload,
     optimizer.type Adam/AdamW -> adamw. "auto" values (the Hugging Face integration fills them from
-    TrainingArguments) leave the knob at the flag/default, with a warning saying so. Settings that
-    change memory but are not modelled (bucket sizes other than DeepSpeed's defaults, stage3_*,
-    NVMe offload, DeepSpeed's activation checkpointing ...) raise MemprofUserError naming what memprof
-    assumes (strict) or are returned as warnings (strict=False)."""
+    TrainingArguments) leave the knob at the flag/default, with a warning saying so. The bucket and
+    ZeRO-3 settings memprof's DeepSpeed engine models (reduce_bucket_size, allgather_bucket_size,
+    contiguous_gradients, overlap_comm, stage3_prefetch_bucket_size, stage3_max_live_parameters,
+    stage3_param_persistence_threshold) become the `deepspeed` knob (a dict of those that differ from
+    DeepSpeed's defaults). Settings that change memory but are not modelled (sub_group_size,
+    stage3_max_reuse_distance, ZeRO++, NVMe offload, DeepSpeed's activation checkpointing ...) raise
+    MemprofUserError naming what memprof assumes (strict) or are returned as warnings (strict=False)."""
     data, where, _ = _read_mapping(path_or_dict, "DeepSpeed config", "json")
     return _ds_knobs(data, _Reader(where, strict))
 
@@ -654,12 +701,24 @@ def _ds_knobs(
         f"{r.where}: zero_optimization.offload_optimizer.device={devices['offload_optimizer']}, "
         f"offload_param.device={devices['offload_param']}"
     )
+    modelled: dict[str, Any] = {}
     for key, default, what in _DS_ZERO_SETTINGS:
         if default is None:  # overlap_comm: DeepSpeed's default depends on the stage
             default = stage == 3
         if key not in zero or zero[key] == default:
             continue
         value = zero[key]
+        if key in _DS_MODELLED and value != "auto" and not (key.startswith("stage3_") and stage != 3):
+            # estimators/parallel/deepspeed.py sizes these buffers from the value (DeepSpeedConfig)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise MemprofUserError(f"{r.where}: zero_optimization.{key} must be true or false, got {value!r}")
+                modelled[key] = value
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                    raise MemprofUserError(f"{r.where}: zero_optimization.{key} must be a whole number, got {value!r}")
+                modelled[key] = int(value)
+            continue
         if value == "auto":
             r.warns.append(
                 f'zero_optimization.{key}="auto" (the Hugging Face integration sizes it from the model) is not '
@@ -672,6 +731,9 @@ def _ds_knobs(
                 f"zero_optimization.{key}={json.dumps(value)} is not modelled; memprof assumes DeepSpeed's "
                 f"default {json.dumps(default)} ({what})"
             )
+    if modelled and stage >= 1:
+        r.knobs["deepspeed"] = modelled
+        r.prov["deepspeed"] = f"{r.where}: zero_optimization " + ", ".join(f"{k}={v}" for k, v in modelled.items())
     ac = r.section(data, "activation_checkpointing", f"{p}activation_checkpointing")
     for key in _DS_CHECKPOINTING:
         if ac.get(key) not in (None, False):
@@ -693,17 +755,17 @@ def _ds_knobs(
     return r.knobs, r.prov, r.warns
 
 
-_FSDP_STRATEGIES = {  # fsdp_sharding_strategy (names, or accelerate's older numbers) -> ZeRO stage
-    "FULL_SHARD": 3,
-    "1": 3,
-    "SHARD_GRAD_OP": 2,
-    "2": 2,
-    "NO_SHARD": 0,
-    "3": 0,
-    "HYBRID_SHARD": 3,
-    "4": 3,
-    "HYBRID_SHARD_ZERO2": 2,
-    "5": 2,
+_FSDP_STRATEGIES = {  # fsdp_sharding_strategy (names, or accelerate's older numbers) -> (engine, zero)
+    "FULL_SHARD": ("fsdp", 3),
+    "1": ("fsdp", 3),
+    "SHARD_GRAD_OP": ("fsdp", 2),
+    "2": ("fsdp", 2),
+    "NO_SHARD": ("ddp", 0),
+    "3": ("ddp", 0),
+    "HYBRID_SHARD": ("fsdp", 3),
+    "4": ("fsdp", 3),
+    "HYBRID_SHARD_ZERO2": ("fsdp", 2),
+    "5": ("fsdp", 2),
 }
 _ACCELERATE_PRECISIONS = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
 _DEEPSPEED_PRECISIONS = {"no": "32-true", "fp16": "16-master", "bf16": "bf16-master"}
@@ -718,9 +780,10 @@ def knobs_from_accelerate_config(
     DeepSpeed: 32-true / 16-master / bf16-master); gradient_accumulation_steps; distributed_type NO /
     MULTI_GPU (DDP: zero 0), DEEPSPEED (deepspeed_config's zero_stage, offload_*_device and
     gradient_accumulation_steps, or the ds_config its deepspeed_config_file names, read with
-    `knobs_from_ds_config`), FSDP (fsdp_sharding_strategy FULL_SHARD / SHARD_GRAD_OP / NO_SHARD -> zero
-    3 / 2 / 0, fsdp_offload_params -> offload optimizer+parameters, fsdp_activation_checkpointing ->
-    checkpointing full; approximated by memprof's ZeRO stages, which a warning says). Unmodelled
+    `knobs_from_ds_config`), FSDP (fsdp_sharding_strategy FULL_SHARD / SHARD_GRAD_OP -> engine fsdp with
+    zero 3 / 2, NO_SHARD -> engine ddp; fsdp_version 2's fsdp_reshard_after_forward true / false -> zero
+    3 / 2; fsdp_offload_params -> offload optimizer, FSDP2's CPUOffloadPolicy; fsdp_activation_checkpointing
+    -> checkpointing full; fsdp_version 1, FSDP1, is predicted as FSDP2 with a note). Unmodelled
     settings raise MemprofUserError (strict) or are returned as warnings (strict=False)."""
     data, where, folder = _read_mapping(path_or_dict, "accelerate config", "yaml")
     r = _Reader(where, strict)
@@ -813,13 +876,14 @@ def _accelerate_fsdp(data: Mapping[str, Any], r: _Reader) -> None:
     version = block.get("fsdp_version", 1)
     if "fsdp_sharding_strategy" in block or version != 2:
         raw = block.get("fsdp_sharding_strategy", "FULL_SHARD")
-        stage = _FSDP_STRATEGIES.get(str(raw).upper())
-        if stage is None:
+        mode = _FSDP_STRATEGIES.get(str(raw).upper())
+        if mode is None:
             raise MemprofUserError(
                 f"{r.where}: fsdp_config.fsdp_sharding_strategy must be FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, "
                 f"HYBRID_SHARD or HYBRID_SHARD_ZERO2, got {raw!r}"
             )
-        r.set("zero", stage, "fsdp_config.fsdp_sharding_strategy", raw)
+        r.set("engine", mode[0], "fsdp_config.fsdp_sharding_strategy", raw)
+        r.set("zero", mode[1], "fsdp_config.fsdp_sharding_strategy", raw)
         if str(raw).upper().startswith("HYBRID") or str(raw) in ("4", "5"):
             r.problem(
                 f"fsdp_config.fsdp_sharding_strategy={json.dumps(raw)} (sharded within a node, replicated "
@@ -827,14 +891,15 @@ def _accelerate_fsdp(data: Mapping[str, Any], r: _Reader) -> None:
             )
     else:
         reshard = r.flag(block.get("fsdp_reshard_after_forward", True), "fsdp_config.fsdp_reshard_after_forward")
+        r.set("engine", "fsdp", "fsdp_config.fsdp_version", version)
         r.set("zero", 3 if reshard is not False else 2, "fsdp_config.fsdp_reshard_after_forward", reshard)
     offload = r.flag(block.get("fsdp_offload_params", False), "fsdp_config.fsdp_offload_params")
-    if offload is True and r.knobs["zero"] != 3:
-        r.problem(
-            "fsdp_config.fsdp_offload_params=true without full sharding is not modelled; memprof assumes no offload"
-        )
+    if offload is True and r.knobs["engine"] != "fsdp":
+        r.problem("fsdp_config.fsdp_offload_params=true without sharding is not modelled; memprof assumes no offload")
         offload = False
-    r.set("offload", "optimizer+parameters" if offload is True else "none", "fsdp_config.fsdp_offload_params", offload)
+    # FSDP2's CPUOffloadPolicy (FSDP1's CPUOffload(offload_params=True)): parameters, gradients and
+    # optimizer states on the host, memprof's `offload optimizer` with engine fsdp
+    r.set("offload", "optimizer" if offload is True else "none", "fsdp_config.fsdp_offload_params", offload)
     ck = block.get("fsdp_activation_checkpointing")
     if ck is not None:
         r.set(
@@ -843,7 +908,5 @@ def _accelerate_fsdp(data: Mapping[str, Any], r: _Reader) -> None:
             "fsdp_config.fsdp_activation_checkpointing",
             ck,
         )
-    r.warns.append(
-        f"FSDP is approximated by memprof's ZeRO stage {r.knobs['zero']} (FSDP's own buffers: the all-gathered "
-        "flat parameters, its mixed-precision copies, are not modelled yet)"
-    )
+    if version != 2 and r.knobs["engine"] == "fsdp":
+        r.warns.append(FSDP1_NOTE)

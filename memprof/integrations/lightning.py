@@ -11,7 +11,7 @@ The same behaviour as memprof.integrations.transformers.MemprofCallback, read fr
   memprof's own names; others are named in a warning and the peak is not predicted);
 - strategy (`strategy_knobs`): a single device; DDP as `gpus` = world size (its gradient buckets);
   DeepSpeed through its config (`knobs_from_ds_config`: ZeRO stage, offload, master-weight precision);
-  FSDP as memprof's ZeRO stage of the same sharding (named as an approximation); any other strategy
+  FSDP as memprof's engine fsdp (FULL_SHARD zero 3, SHARD_GRAD_OP zero 2; NO_SHARD is DDP); any other strategy
   is named in a warning and the figure is for one device without sharding;
 - `accumulate_grad_batches`, the optimizer `configure_optimizers` returned (registry match by class
   and hyperparameters; several optimizers are named in a warning), gradient checkpointing as the
@@ -129,6 +129,13 @@ class MemprofCallback(pl.Callback):
             self.monitor.note(message)
         device = trainer.strategy.root_device.type
         knobs["device"] = "cpu" if device == "cpu" else "cuda"
+        # automatic optimization (pytorch_lightning/loops/optimization/automatic.py, Closure.closure)
+        # keeps what training_step returns (ClosureResult: the loss, and detached extras of a dict):
+        # `return self.model(**batch).loss` frees the output before backward. zero_grad
+        # (LightningModule.optimizer_zero_grad: optimizer.zero_grad(), set_to_none=True) runs after the
+        # next forward: Monitor(grads_through_forward=True). The profiled step tells what the module does.
+        knobs["keep_output"] = False
+        prov["keep_output"] = "training_step returns the loss (Lightning's closure keeps what it returns)"
         if device not in ("cpu", "cuda"):
             self.monitor.note(f"device {device!r} is not modelled (cuda, cpu): no prediction")
             knobs.pop("precision", None)
@@ -209,8 +216,8 @@ class MemprofCallback(pl.Callback):
         self.monitor.close()
 
 
-# FSDP's ShardingStrategy names -> ZeRO stage (hybrid sharding is not modelled)
-_FSDP_STAGES = {"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "NO_SHARD": 0}
+# FSDP's ShardingStrategy names -> (engine, zero) (memprof.integrations.configs; hybrid sharding is not modelled)
+_FSDP_STAGES = {"FULL_SHARD": ("fsdp", 3), "SHARD_GRAD_OP": ("fsdp", 2), "NO_SHARD": ("ddp", 0)}
 
 
 def strategy_knobs(strategy: Any, world_size: int, knobs: dict[str, Any], prov: dict[str, str]) -> list[str]:
@@ -237,14 +244,21 @@ def strategy_knobs(strategy: Any, world_size: int, knobs: dict[str, Any], prov: 
         sharding = str(getattr(raw, "name", raw)).upper()
         if sharding not in _FSDP_STAGES:
             return [f"FSDPStrategy sharding {sharding} is not modelled: predicted for one device without sharding"]
-        knobs["zero"], knobs["gpus"] = _FSDP_STAGES[sharding], world_size
-        prov["zero"] = prov["gpus"] = f"FSDPStrategy(sharding_strategy={sharding}), world size {world_size}"
+        from memprof.integrations.configs import FSDP1_NOTE
+
+        (knobs["engine"], knobs["zero"]), knobs["gpus"] = _FSDP_STAGES[sharding], world_size
+        prov["engine"] = prov["zero"] = prov["gpus"] = (
+            f"FSDPStrategy(sharding_strategy={sharding}), world size {world_size}"
+        )
+        warnings = []
         offload = getattr(strategy, "cpu_offload", None)
         if offload is not None and getattr(offload, "offload_params", offload) is True:
-            knobs["offload"] = "optimizer+parameters" if knobs["zero"] == 3 else "optimizer"
-            prov["offload"] = "FSDPStrategy(cpu_offload=True)"
-        return [
-            f"FSDPStrategy {sharding} is approximated by memprof's ZeRO stage {knobs['zero']} "
-            "(FSDP's own all-gather and reduce-scatter buffers are not modelled yet)"
-        ]
+            if knobs["engine"] == "fsdp":  # CPUOffload(offload_params=True): parameters, gradients, states
+                knobs["offload"] = "optimizer"
+                prov["offload"] = "FSDPStrategy(cpu_offload=True)"
+            else:
+                warnings.append("FSDPStrategy NO_SHARD with cpu_offload is not modelled: predicted without offload")
+        if knobs["engine"] == "fsdp":
+            warnings.append(f"FSDPStrategy {sharding}: {FSDP1_NOTE}")
+        return warnings
     return [f"strategy {name} is not modelled by this callback: predicted for one device without sharding"]

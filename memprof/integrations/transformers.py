@@ -14,7 +14,11 @@ What it does:
   `optim` (table `HF_OPTIMIZERS`; the optimizer the Trainer actually built wins when it differs, as
   with `optimizers=(opt, sched)`), the device. It logs the predicted peak and, on a GPU, the verdict
   (`gpu=` names a memprof GPU preset; otherwise the preset matching the CUDA device's name, else the
-  device's total memory), and warns when it will not fit.
+  device's total memory), and warns when it will not fit. The head is the model's class
+  (GPT2ForSequenceClassification: `seq-cls`); the loop is the Trainer's: compute_loss keeps the loss
+  alone (`keep_output=False`) and model.zero_grad() frees the gradients (`zero_grad="set-to-none"`).
+  Each profiled step tells which loop ran (the profile's `output_kept`, `zero_grad`): a custom
+  compute_loss that keeps the outputs is predicted so from then on, with a warning.
 - the sequence length: `max_seq_len` when given (the longest sequence the data can have: the verdict
   then comes before step 1 and holds for every batch). Otherwise it is read from the first batch: a
   forward pre-hook takes the input shape at the first forward of step 1 — still before its backward
@@ -51,6 +55,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 from memprof.integrations._monitor import (
     MemprofCallbackWarning,
     Monitor,
+    embedding_weights,
     galore_params,
     guarded,
     input_shape,
@@ -134,6 +139,12 @@ class MemprofCallback(TrainerCallback):
             self.monitor.note(f"device {device!r} is not modelled (cuda, cpu): the peak is not predicted")
             knobs["optimizer"] = None
         knobs["device"] = "cpu" if device == "cpu" else "cuda"
+        # the Trainer's loop (transformers 5.24 trainer.py): compute_loss returns the loss alone
+        # (`outputs = model(**inputs)` is a local of compute_loss, freed when it returns) and
+        # training_step runs backward on it; the gradients go with model.zero_grad() after each
+        # optimizer step (nn.Module.zero_grad: set_to_none=True)
+        knobs["keep_output"] = False
+        provenance["keep_output"] = "Trainer.compute_loss keeps only the loss"
         self._check_optimizer(args, model, optimizer, knobs)
         attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
         if attn is not None:
@@ -178,6 +189,8 @@ class MemprofCallback(TrainerCallback):
                 self.monitor.note(f"optim={optim!r}: {entry.note}")
             if entry.registry == "galore":
                 knobs["galore_params"] = galore_params(model, optimizer)
+            if entry.registry == "adamw8bit" and knobs.get("optim_bits", 8) == 8:
+                knobs["fp32_params"] = embedding_weights(model)
             set_impl(inner, knobs)
             return
         name, options = registry_of(optimizer)

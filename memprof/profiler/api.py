@@ -35,6 +35,8 @@ from memprof.estimators.errors import MemprofError, MemprofUserError, ParameterE
 from memprof.estimators.records import ProfileRecord
 from memprof.estimators.vocabulary import CATEGORIES, PHASES, Category, Phase
 from memprof.profiler import tracker as T
+from memprof.profiler.adapters import adapter_description
+from memprof.profiler.capture import StepCapture, pop_recorder
 from memprof.profiler.cuda_stats import CudaStats, cuda_device_of
 from memprof.profiler.nvml import Nvml
 from memprof.profiler.phases import PhaseHooks, flat_tensors
@@ -109,6 +111,20 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, torc
                     yield from ((str(key), t) for t in flat_tensors(attr))
 
 
+def _rank() -> dict[str, int]:
+    """{"rank", "world_size"} inside an initialized torch.distributed process group, or of a
+    multi-process launch (torchrun's RANK / WORLD_SIZE, e.g. after the script destroyed its group);
+    else {}."""
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return {"rank": dist.get_rank(), "world_size": dist.get_world_size()}
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return {}
+    return {"rank": rank, "world_size": world} if world > 1 else {}
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return True
@@ -129,6 +145,7 @@ class Session:
         events: bool = True,
         memory_snapshot: bool = False,
         warmup: int = 0,
+        capture: bool = True,
     ) -> None:
         if mode not in MODES:
             raise unknown_name("profiler mode", str(mode), MODES)
@@ -145,6 +162,9 @@ class Session:
         self.record_events = events
         self.memory_snapshot = memory_snapshot
         self.profile = Profile()
+        # the step, kept so that a comparison can trace it on fake tensors (memprof.profiler.capture)
+        self.capture = StepCapture() if capture and mode == "attribution" else None
+        self.profile.step_capture = self.capture
         self.started = False
         self.roots: list[torch.nn.Module] = list(self.models)
         self.tracker: T.StorageTracker | None = None
@@ -161,6 +181,13 @@ class Session:
         self._params_cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
         self._t0 = 0.0
         self._nvml_last = float("-inf")
+        # the loop's choices, seen at the first backward after each optimizer step: whether the
+        # model's output (its largest tensor, the logits) was still alive, and whether gradients
+        # survived the loop's zero_grad (None: no such backward was seen)
+        self._outputs: list[weakref.ref[torch.UntypedStorage]] = []
+        self._step_ended = True
+        self.output_kept: bool | None = None
+        self.grads_kept: bool | None = None
 
     # -- enter / exit -------------------------------------------------------------------
     def __enter__(self) -> Profile:
@@ -185,6 +212,8 @@ class Session:
         try:
             try:
                 self._final_scan()
+                if exc is None:  # a region that raised has no step to trace
+                    self._copy_step()
             finally:
                 self._teardown()
             record = ProfileRecord.from_dict(self._build(exc, final=True))
@@ -226,6 +255,8 @@ class Session:
     def _teardown(self) -> None:
         """Remove everything this session installed; each step runs even if another fails."""
         global _active
+        if self.capture is not None:
+            pop_recorder(self.capture)
         try:
             if self._mode_entered and self.tracker is not None:
                 self._mode_entered = False
@@ -262,22 +293,37 @@ class Session:
         if self.tracker is None:
             return
         for p in module.parameters():
+            shard = getattr(p, "ds_tensor", None)  # DeepSpeed ZeRO-3: the rank's partition of an empty placeholder
+            if isinstance(shard, torch.Tensor):
+                self.tracker.classify(shard, T.PARAM)
             self.tracker.classify(p, T.PARAM)
             if p.grad is not None:
                 self.tracker.classify(p.grad, T.GRAD)
         for b in module.buffers():
             self.tracker.classify(b, T.BUFFER)
+        for t in _quantization_state(module):
+            self.tracker.classify(t, T.PARAM)  # part of a quantized weight (bitsandbytes)
 
     def _register_optimizer(self, opt: torch.optim.Optimizer) -> None:
         if self.tracker is None:
             return
+        masters = self._master_weights()
         for g in opt.param_groups:
             for p in g["params"]:
-                self.tracker.classify(p, T.PARAM)
+                self.tracker.classify(p, T.STATE if id(p) in masters else T.PARAM)
                 if p.grad is not None:
                     self.tracker.classify(p.grad, T.GRAD)
         for _, t in _state_tensors(opt):
             self.tracker.classify(t, T.STATE)
+
+    def _master_weights(self) -> set[int]:
+        """Ids of the tensors an optimizer steps that are not the tracked model's parameters, when a
+        model is tracked: master copies (DeepSpeed ZeRO's flat fp32 partitions, apex's master params),
+        counted as optimizer states as memprof's estimates count master weights."""
+        model_params = {id(p) for m in [*self.models, *self.roots] for p in m.parameters()}
+        if not model_params:
+            return set()
+        return {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]} - model_params
 
     # -- listener (called by PhaseHooks and the tracker) --------------------------------
     def _on_backward(self) -> None:
@@ -285,6 +331,8 @@ class Session:
             self.hooks.enter(Phase.BACKWARD.value)
 
     def on_phase(self, old: str | None, new: str | None) -> None:
+        if new == Phase.BACKWARD.value and self._step_ended:
+            self._observe_loop()
         if self.tracker is not None:
             self.tracker.set_phase(new, in_step=new == Phase.OPTIMIZER_STEP.value)
         if self.cuda is not None:
@@ -297,17 +345,44 @@ class Session:
             self._register_module(module)
 
     def on_root_inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.capture is not None and (not self.models or module is self.models[0]):
+            pop_recorder(self.capture)
+            if self.hooks is not None and self.hooks.phase == Phase.OPTIMIZER_STEP.value:
+                self.capture.on_step_closure()  # a forward inside step(): L-BFGS's closure
+            self.capture.on_forward_start(module, args, kwargs)
         if self.tracker is not None:
             for t in flat_tensors((args, kwargs), limit=1000):
                 self.tracker.classify(t, T.INPUT, only_new=True)
 
+    def _observe_loop(self) -> None:
+        """At the first backward of a step: is the root's output (its largest tensor) still alive,
+        and do the trainable parameters already have gradients (zero_grad(set_to_none=False))?"""
+        self._step_ended = False
+        alive = [r() for r in self._outputs]
+        if self._outputs:
+            self.output_kept = any(t is not None for t in alive)
+        params = [p for p in self._all_params() if p.requires_grad]
+        if params:
+            self.grads_kept = any(p.grad is not None for p in params)
+
     def on_root_output(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self.models or module is self.models[0]:
+            # a weak reference to the storage (torch keeps one Python object per live storage, as the
+            # tracker's own registry relies on): holding the output would change what the loop frees,
+            # and a tensor object can die while a view or a detached copy keeps its memory
+            largest = max((t for t in flat_tensors(output) if t.dim() > 0), key=lambda t: t.numel(), default=None)
+            storage = None if largest is None else T._storage(largest)
+            self._outputs = [] if storage is None else [weakref.ref(storage)]
         shapes = self.input_shapes.setdefault(id(module), [])
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if first is None:
             first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if first is not None and list(first.shape) not in shapes and len(shapes) < 32:
             shapes.append(list(first.shape))
+        if self.capture is not None:
+            recorder = self.capture.on_forward_end(module, output)
+            if recorder is not None:
+                recorder.__enter__()  # popped by the next forward, the step, or the session's end
         if self.autocast is None:
             for dev in ("cuda", "cpu"):
                 if torch.is_autocast_enabled(dev):
@@ -315,6 +390,9 @@ class Session:
                     break
 
     def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.capture is not None:
+            self.capture.on_step_start()
+            pop_recorder(self.capture)
         if optimizer not in self.optimizers:
             self.optimizers.append(optimizer)
             self._register_optimizer(optimizer)
@@ -327,6 +405,7 @@ class Session:
 
     def on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
         self.steps += 1
+        self._step_ended = True
         if self.steps == self.warmup:
             self._after_warmup()
         if self.tracker is not None:
@@ -381,8 +460,15 @@ class Session:
                 out[cat] += st.nbytes()
 
         params = self._all_params()
+        masters = self._master_weights()
         for p in params:
-            add("parameters", p)
+            shard = getattr(p, "ds_tensor", None)  # DeepSpeed ZeRO-3: what the rank holds of the parameter
+            if isinstance(shard, torch.Tensor):
+                add("parameters", shard)
+            add("optimizer_states" if id(p) in masters else "parameters", p)
+        for m in [*self.models, *self.roots]:
+            for t in _quantization_state(m):
+                add("parameters", t)
         for p in params:
             if p.grad is not None:
                 add("gradients", p.grad)
@@ -422,6 +508,20 @@ class Session:
             self._sample_context(force=True)
             self.profile.memory_snapshot = self.cuda.snapshot()
 
+    def _copy_step(self) -> None:
+        """Fake copies of the model and optimizers for a later trace (StepCapture.copy_live)."""
+        if self.capture is None:
+            return
+        pop_recorder(self.capture)
+        model = self._main_model()
+        config = getattr(model, "config", None)
+        from memprof.estimators.families import SUPPORTED_MODEL_TYPES
+
+        if getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES:
+            return  # estimated analytically; no trace needed
+        keep = {id(o): o for o in (self, self.hooks, self.tracker, self.profile) if o is not None}
+        self.capture.copy_live(model, self.optimizers, keep)
+
     # -- the record ---------------------------------------------------------------------
     def _main_model(self) -> torch.nn.Module | None:
         if self.models:
@@ -456,6 +556,12 @@ class Session:
                 dtypes[key] = dtypes.get(key, 0) + p.numel()
             s["param_dtypes"] = dtypes
             s.update(_model_description(model))
+            try:
+                adapter = adapter_description(model)  # a peft LoRA model (memprof.profiler.adapters)
+            except Exception:  # a LoRA layer of another peft version: the profile goes on without it
+                adapter = None
+            if adapter is not None:
+                s["adapter"] = adapter
         opts = [
             {
                 "optimizer": type(o).__name__,
@@ -474,6 +580,11 @@ class Session:
             optimizer_steps=self.steps,
             warmup_steps=self.warmup,
         )
+        # the loop's choices (memprof estimate --keep-output/--no-keep-output, --zero-grad)
+        if self.output_kept is not None:
+            s["output_kept"] = self.output_kept
+        if self.grads_kept is not None:
+            s["zero_grad"] = "zeros" if self.grads_kept else "set-to-none"
         return s
 
     def _environment(self) -> dict[str, Any]:
@@ -507,6 +618,7 @@ class Session:
             environment=self._environment(),
             duration_s=round(time.perf_counter() - self._t0, 6),
         )
+        rec.update(_rank())
         rec["model_states"] = dict(self.model_state_max)
         breakdown: dict[str, int] = {}
         counted: set[int] = set()
@@ -525,7 +637,7 @@ class Session:
             peak["phase"] = book.peak.phase
             peak["allocated"] = book.peak.total
             peak["by_category"].update(T.StorageTracker.public(book.peak.cats))
-            peak["detail"] = T.StorageTracker.detail(book.peak.cats)
+            peak["detail"] = T.StorageTracker.detail(book.peak.cats, self._engine_seen())
         elif self.mode == "stats":
             peak["note"] = (
                 "stats mode attributes no tensors: on CUDA the peak comes from the allocator "
@@ -586,7 +698,7 @@ class Session:
                 info["peak"] = {
                     "allocated": snap.total,
                     "by_category": T.StorageTracker.public(snap.cats),
-                    "detail": T.StorageTracker.detail(snap.cats),
+                    "detail": T.StorageTracker.detail(snap.cats, self._engine_seen()),
                 }
             created = self.tracker.created.get(phase) if self.tracker is not None else None
             if created is not None:
@@ -598,6 +710,10 @@ class Session:
         if exc is not None:
             rec["error"] = self._error(exc, dev)
         return rec
+
+    def _engine_seen(self) -> bool:
+        """Whether a distributed engine's own buffers were seen (peak.detail then itemizes them)."""
+        return self.tracker is not None and self.tracker.engine_seen
 
     def _error(self, exc: BaseException, dev: str | None) -> dict[str, Any]:
         hooks = self.hooks
@@ -613,7 +729,7 @@ class Session:
         book = self.tracker.books.get(dev) if self.tracker is not None and dev else None
         if book is not None:
             err["live_by_category"] = T.StorageTracker.public(book.cats)
-            err["live_detail"] = T.StorageTracker.detail(book.cats)
+            err["live_detail"] = T.StorageTracker.detail(book.cats, self._engine_seen())
             err["live_allocated"] = book.total
         if self.cuda is not None:
             err["cuda_memory_allocated"] = torch.cuda.memory_allocated(self.cuda.index)
@@ -630,6 +746,7 @@ def track(
     events: bool = True,
     memory_snapshot: bool = False,
     warmup: int = 0,
+    capture: bool = True,
 ) -> Session:
     """Profile the memory of the code inside `with memprof.track(model, optimizer) as run:`.
 
@@ -640,9 +757,19 @@ def track(
     memory_snapshot: on CUDA, record torch.cuda.memory history and save it beside the profile.
     warmup: the first `warmup` optimizer steps run but are not measured (the peaks restart after
     them): `warmup=1` profiles the steady state, where the optimizer states exist from the forward on.
+    capture: keep what `run.compare()` needs to trace the step on fake tensors when memprof has no
+    analytic model of it (memprof.profiler.capture; fake copies of the model and optimizers made when
+    the region ends).
     """
     return Session(
-        model, optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot, warmup=warmup
+        model,
+        optimizer,
+        mode=mode,
+        device=device,
+        events=events,
+        memory_snapshot=memory_snapshot,
+        warmup=warmup,
+        capture=capture,
     )
 
 
@@ -752,8 +879,15 @@ def profile(
     the last calls' profiles to hold (`worst` is kept besides). Events are off by default here (a
     long-running loop would keep every call's timeline).
     """
+    # capture=False: a fake copy of the model per call would cost every step; `track` keeps one
     options = dict(
-        model=model, optimizer=optimizer, mode=mode, device=device, events=events, memory_snapshot=memory_snapshot
+        model=model,
+        optimizer=optimizer,
+        mode=mode,
+        device=device,
+        events=events,
+        memory_snapshot=memory_snapshot,
+        capture=False,
     )
     Session(**options)  # validate the options now, not at the first call
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -772,3 +906,23 @@ def profile(
         return ProfiledFunction(f, options, out, keep)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _quantization_state(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps beside a quantized weight, outside `parameters()`: a 4-bit
+    weight's `quant_state` (absmax, code; nested: state2.absmax, state2.code, offset) and an 8-bit
+    layer's row scales (`SCB`, on the weight or, after the first forward, on the layer's state)."""
+    out: list[torch.Tensor] = []
+    for m in module.modules():
+        weight = getattr(m, "weight", None)
+        qs = getattr(weight, "quant_state", None)
+        for holder in (qs, getattr(qs, "state2", None)):
+            for name in ("absmax", "code", "offset"):
+                t = getattr(holder, name, None)
+                if isinstance(t, torch.Tensor):
+                    out.append(t)
+        for holder in (weight, getattr(m, "state", None)):
+            t = getattr(holder, "SCB", None)
+            if isinstance(t, torch.Tensor):
+                out.append(t)
+    return out

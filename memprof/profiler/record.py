@@ -61,6 +61,8 @@ class Profile:
         self.events: list[Event] = events if events is not None else []
         self.event_phases: list[str | None] = event_phases if event_phases is not None else []
         self.memory_snapshot: Any = None  # torch.cuda.memory._snapshot() when recorded
+        # the live step, for a comparison that traces it (memprof.profiler.capture.StepCapture; not saved)
+        self.step_capture: Any = None
 
     # -- the session's side ---------------------------------------------------------------
     def attach(self, live: Callable[[], dict[str, Any]]) -> None:
@@ -137,7 +139,9 @@ class Profile:
         # the profiler's one import of the comparison package (.importlinter names this line)
         from memprof.comparison import compare, compare_observed
 
-        return compare_observed(self.record) if estimate is None else compare(estimate, self.record)
+        if estimate is not None:
+            return compare(estimate, self.record)
+        return compare_observed(self.record, capture=self.step_capture)
 
     def summary(self) -> str:
         """A plain-text breakdown: bytes by category at the peak and at each phase's own peak."""

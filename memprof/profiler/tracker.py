@@ -13,6 +13,19 @@ category, which can change while it lives:
                       optimizer step and not becoming a gradient or a state; created outside phases
     inputs, buffers   (reported inside `temporary`, itemised in peak.detail) storages that existed
                       before the region and are not model states: batches, module buffers
+    engine_buffers    (reported inside `temporary`, itemised in peak.detail once seen) storages a
+                      distributed engine allocates for its communication: FSDP2's all-gather inputs
+                      and outputs (the unsharded parameters) and reduce-scatter inputs/outputs, which
+                      it allocates inside its `record_function("FSDP::...")` regions (seen here as the
+                      `profiler._record_function_enter_new` operator), and DDP's gradient buckets
+                      (named by the session from the Reducer); a gradient or state they become wins
+
+Distributed tensors: a DTensor (FSDP2's sharded parameters, their gradients and optimizer states) is
+a wrapper whose own storage has the global size; what the rank holds is its `_local_tensor`, so every
+storage is looked up through it. FSDP2 frees and re-allocates its unsharded parameters with
+`UntypedStorage.resize_` (torch/distributed/fsdp/_fully_shard/_fsdp_param.py, alloc_storage /
+free_storage), which does not pass through dispatch: while a tracker is active that method is wrapped
+so a tracked storage's size follows it (`storage_resize_hook`).
 
 A category is decided by the storage's fate, so peaks are corrected retroactively: when a storage
 changes category, every recorded peak snapshot taken while it held the old category moves its bytes
@@ -42,14 +55,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from memprof.estimators.vocabulary import TENSOR_CATEGORIES, Category, Phase
 
-PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER = range(7)
+PARAM, GRAD, STATE, ACT, TEMP, INPUT, BUFFER, ENGINE = range(8)
+NUM_CODES = 8
 MAX_TIMELINE_POINTS = 1024  # per device; halved (and the sampling interval doubled) when reached
-CODE_NAMES = ("parameters", "gradients", "optimizer_states", "activations", "temporary", "inputs", "buffers")
+CODE_NAMES = (
+    "parameters",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "temporary",
+    "inputs",
+    "buffers",
+    "engine_buffers",
+)
 PUBLIC_OF_CODE = (
     Category.PARAMETERS.value,
     Category.GRADIENTS.value,
     Category.OPTIMIZER_STATES.value,
     Category.ACTIVATIONS.value,
+    Category.TEMPORARY.value,
     Category.TEMPORARY.value,
     Category.TEMPORARY.value,
     Category.TEMPORARY.value,
@@ -85,9 +109,9 @@ class _Book:
 
     def __init__(self, device: str, seq: int) -> None:
         self.device = device
-        self.cats = [0] * 7
+        self.cats = [0] * NUM_CODES
         self.total = 0
-        self.peak = _Snap(seq, 0, [0] * 7, None)
+        self.peak = _Snap(seq, 0, [0] * NUM_CODES, None)
         self.phase_peaks: dict[str, _Snap] = {}
         self.timeline: list[_Snap] = []  # sampled moments, in seq order (see the module docstring)
         self.every = 1  # events between two samples
@@ -98,6 +122,9 @@ class _Book:
 
 
 def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
+    local = getattr(t, "_local_tensor", None)  # a DTensor: the shard this rank holds
+    if isinstance(local, torch.Tensor):
+        t = local
     try:
         return t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse tensors, subclasses without storage
@@ -128,16 +155,21 @@ class StorageTracker(TorchDispatchMode):
         self._next_sid = 0
         self._alias: dict[Any, bool] = {}
         self._active = False
+        self.engine_depth = 0  # open record_function regions of a distributed engine
+        self.engine_seen = False
+        self._regions: list[bool] = []
         # bytes allocated per phase, by the category given at creation (recomputation shows here)
         self.created: dict[str | None, list[int]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._active = True
+        storage_resize_hook(self, True)
 
     def stop(self) -> None:
         """Forget every storage (dropping the weak references also drops their callbacks)."""
         self._active = False
+        storage_resize_hook(self, False)
         self._reg.clear()
 
     # -- registry -----------------------------------------------------------------------
@@ -161,7 +193,7 @@ class StorageTracker(TorchDispatchMode):
         book.total += n
         created = self.created.get(self.phase)
         if created is None:
-            created = self.created[self.phase] = [0] * 7
+            created = self.created[self.phase] = [0] * NUM_CODES
         created[cat] += n
         if self.record_events:
             self.events.append(("alloc", sid, n, book.device))
@@ -330,16 +362,17 @@ class StorageTracker(TorchDispatchMode):
         return a
 
     def _see_output(self, t: torch.Tensor, aliases: bool) -> None:
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
+        st = _storage(t)  # a DTensor: its local shard's storage
+        if st is None:
             return
         entry = self._reg.get(id(st))
         if entry is not None:
             if aliases:  # in-place, out= and resize_ ops may grow the storage they return
                 self._resize(entry[0], st)
             return
-        if aliases:  # a view of a storage that existed before the region
+        if self.engine_depth:  # allocated by a distributed engine for its communication
+            cat = ENGINE
+        elif aliases:  # a view of a storage that existed before the region
             cat = INPUT
         elif self.in_step:
             cat = TEMP
@@ -357,20 +390,31 @@ class StorageTracker(TorchDispatchMode):
         # the hot path: kept flat, since it runs for every operator
         Tensor = torch.Tensor
         reg = self._reg
+        if func is _RF_ENTER or func is _RF_EXIT:
+            return self._engine_region(func, args, kwargs)
+        first_seen = ENGINE if self.engine_depth else INPUT
         for a in args:
             if isinstance(a, Tensor):
-                try:
-                    st = a.untyped_storage()
-                except (RuntimeError, NotImplementedError):
-                    continue
+                st: torch.UntypedStorage | None
+                if type(a) is Tensor:
+                    try:
+                        st = a.untyped_storage()
+                    except (RuntimeError, NotImplementedError):
+                        continue
+                else:  # subclasses (DTensor: its local shard) and parameters
+                    st = _storage(a)
+                    if st is None:
+                        continue
                 if id(st) not in reg:  # existed before the region and never seen
-                    self._add(st, INPUT)
+                    self._add(st, first_seen)
             elif isinstance(a, (list, tuple)):
                 for b in a:
                     if isinstance(b, Tensor):
                         inner = _storage(b)
                         if inner is not None and id(inner) not in reg:
-                            self._add(inner, INPUT)
+                            self._add(inner, first_seen)
+        if func.namespace == "c10d":
+            self._collective_inputs(args)
         out = func(*args, **(kwargs or {}))
         if self.phase != _BACKWARD and not self.in_step and _graph_task_id() != -1:
             self._on_backward()
@@ -385,6 +429,45 @@ class StorageTracker(TorchDispatchMode):
                     self._see_output(o, aliases)
         return out
 
+    def _engine_region(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+        """`record_function` enter / exit: track whether an engine's communication region is open."""
+        out = func(*args, **(kwargs or {}))
+        if func is _RF_ENTER:
+            name = args[0] if args and isinstance(args[0], str) else ""
+            engine = name.startswith(ENGINE_REGIONS)
+            self._regions.append(engine)
+            if engine:
+                self.engine_depth += 1
+                self.engine_seen = True
+        elif self._regions and self._regions.pop():
+            self.engine_depth -= 1
+        return out
+
+    def _collective_inputs(self, args: tuple[Any, ...]) -> None:
+        """A storage that existed before the region and is handed to a collective (DDP's gradient
+        buckets, allocated when DDP is built) is the engine's buffer, not an input."""
+        for a in args:
+            for t in a if isinstance(a, (list, tuple)) else (a,):
+                if isinstance(t, torch.Tensor):
+                    st = _storage(t)
+                    entry = None if st is None else self._reg.get(id(st))
+                    if entry is not None and entry[0].cat == INPUT:
+                        self.engine_seen = True
+                        self._reclass(entry[0], ENGINE)
+
+    def classify_engine(self, t: torch.Tensor) -> None:
+        """Mark an engine's own buffer (DDP's gradient buckets) unless it is a gradient or state."""
+        self.engine_seen = True
+        self.classify(t, ENGINE)
+
+    def resized(self, st: torch.UntypedStorage) -> None:
+        """A storage was resized outside dispatch (`UntypedStorage.resize_`): follow its size."""
+        entry = self._reg.get(id(st))
+        if entry is not None:
+            self._resize(entry[0], st)
+        elif st.nbytes():
+            self._add(st, ENGINE if self.engine_depth else TEMP)
+
     # -- results ------------------------------------------------------------------------
     @staticmethod
     def public(cats: list[int]) -> dict[str, int]:
@@ -394,5 +477,39 @@ class StorageTracker(TorchDispatchMode):
         return out
 
     @staticmethod
-    def detail(cats: list[int]) -> dict[str, int]:
-        return {"inputs": cats[INPUT], "buffers": cats[BUFFER], "created_temporary": cats[TEMP]}
+    def detail(cats: list[int], engine: bool = False) -> dict[str, int]:
+        """The parts of `temporary`; `engine_buffers` once a distributed engine's buffers were seen."""
+        out = {"inputs": cats[INPUT], "buffers": cats[BUFFER], "created_temporary": cats[TEMP]}
+        if engine:
+            out["engine_buffers"] = cats[ENGINE]
+        return out
+
+
+_RF_ENTER = torch.ops.profiler._record_function_enter_new.default
+_RF_EXIT = torch.ops.profiler._record_function_exit._RecordFunction
+# record_function names under which FSDP2 allocates its communication buffers
+# (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py: all_gather, all_gather_copy_out,
+# pre_forward / pre_backward unshard, the prefetches, post_backward_reduce)
+ENGINE_REGIONS = ("FSDP::",)
+_ACTIVE: list[StorageTracker] = []
+_ORIGINAL_RESIZE = torch.UntypedStorage.resize_
+
+
+def _resize_and_track(self: torch.UntypedStorage, size: int) -> Any:
+    out = _ORIGINAL_RESIZE(self, size)
+    for tracker in _ACTIVE:
+        if tracker._active:
+            tracker.resized(self)
+    return out
+
+
+def storage_resize_hook(tracker: StorageTracker, on: bool) -> None:
+    """Route `UntypedStorage.resize_` (FSDP2's alloc_storage / free_storage) to the tracker while on."""
+    if on:
+        _ACTIVE.append(tracker)
+        torch.UntypedStorage.resize_ = _resize_and_track  # type: ignore[method-assign,assignment]
+    else:
+        if tracker in _ACTIVE:
+            _ACTIVE.remove(tracker)
+        if not _ACTIVE:
+            torch.UntypedStorage.resize_ = _ORIGINAL_RESIZE  # type: ignore[method-assign]

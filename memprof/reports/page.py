@@ -105,8 +105,59 @@ td:first-child,th:first-child{text-align:left}th{background:#f2f2f2}img{max-widt
 .meta{color:#555;font-size:0.9em}"""
 
 
-def report_html(profile: dict[str, Any], estimate: dict[str, Any] | None = None) -> str:
-    """A self-contained page: figures as base64 PNGs, then the breakdown tables."""
+def allocator_section(estimate: dict[str, Any] | None) -> list[str]:
+    """The estimate's simulated allocator at the peak (allocator.explain, allocator.range), as HTML."""
+    allocator = (estimate or {}).get("allocator") or {}
+    explain, span = allocator.get("explain"), allocator.get("range")
+    if not isinstance(explain, dict):
+        return []
+    seg = explain["segments"]
+    lines = [
+        f"{explain['moment']} ({explain.get('where') or 'measured step'}): {seg['count']:,} segments, "
+        f"{_b(seg['bytes'])}; free inside them {_b(explain['free_in_split_segments'])} in split segments, "
+        f"{_b(explain['free_whole_segments'])} in whole cached segments"
+    ]
+    if isinstance(span, dict) and span.get("low") is not None:
+        lines.append(
+            f"replay's reserved peak over the allocation orders memprof cannot know: {_b(span['low'])} to "
+            f"{_b(span['high'])} ({', '.join(span.get('replays', {}))})"
+        )
+    rows = [
+        [_b(b["bytes"]), _b(b["segment_bytes"]), b["pool"], "; ".join(b["split_by"])]
+        for b in explain.get("largest_free_blocks", [])
+    ]
+    return [
+        "<h2>The caching allocator at the peak (estimated)</h2>",
+        f"<p class='meta'>{'<br>'.join(html.escape(line) for line in lines)}</p>",
+        _table(["free block", "its segment", "pool", "split by (live in the segment)"], rows),
+    ]
+
+
+def rank_rows(per_rank: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Predicted vs measured per rank (memprof.comparison.ranks.compare_ranks), the worst marked."""
+    header = ["rank", "predicted", "measured", "error", "phase (pred/meas)", "model states", ""]
+    rows = []
+    for r in per_rank["ranks"]:
+        err = "-" if r["error_pct"] is None else f"{r['error_pct']:+.2f}%"
+        rows.append(
+            [
+                str(r["rank"]),
+                _b(r["predicted_peak"]),
+                _b(r["measured_peak"]),
+                err,
+                f"{r['predicted_phase']}/{r['measured_phase']}",
+                "exact" if r["states_exact"] else "differ",
+                "worst" if r["rank"] == per_rank["worst_rank"] else "",
+            ]
+        )
+    return header, rows
+
+
+def report_html(
+    profile: dict[str, Any], estimate: dict[str, Any] | None = None, per_rank: dict[str, Any] | None = None
+) -> str:
+    """A self-contained page: figures as base64 PNGs, then the breakdown tables. per_rank (several
+    ranks' profiles, `compare_ranks`): a table of every rank first; `profile` is the worst rank's."""
     s = profile.get("settings") or {}
     env = profile.get("environment") or {}
     title = F.default_title(profile, estimate)
@@ -129,12 +180,22 @@ def report_html(profile: dict[str, Any], estimate: dict[str, Any] | None = None)
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='meta'>{'<br>'.join(html.escape(m) for m in meta)}</p>",
+    ]
+    if per_rank is not None:
+        rheader, rrows = rank_rows(per_rank)
+        parts += [
+            f"<h2>Rank by rank ({len(rrows)} of world size {per_rank['world_size']}; the worst: rank "
+            f"{per_rank['worst_rank']}, drawn below)</h2>",
+            _table(rheader, rrows),
+        ]
+    parts += [
         f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>",
         "<h2>At the peak</h2>",
         _table(header, rows),
         "<h2>Each phase's own peak (measured)</h2>",
         _table(pheader, prows),
     ]
+    parts += allocator_section(estimate)
     breakdown = profile.get("optimizer_state_breakdown") or {}
     if breakdown:
         parts += [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Trace", "estimate_or_trace", "trace", "trace_preset"]
+__all__ = ["Trace", "estimate_or_trace", "trace", "trace_preset", "traced_optimizer_rows"]
 
 _API = frozenset(__all__)
 

@@ -40,16 +40,18 @@ from memprof.factory import NotAnalytic, is_code_ref, resolve_factory
 from memprof.tracer.run import StepTrace, trace_step
 from memprof.workload import Workload
 
-__all__ = ["Trace", "estimate_or_trace", "trace", "trace_preset"]
+__all__ = ["Trace", "estimate_or_trace", "trace", "trace_preset", "traced_optimizer_rows"]
 
 TRACED = (
     "traced: the training step ran on fake tensors (memprof.tracer); model states are exact, the peak is the step's own"
 )
 CUDA_FROM_CPU = (
     "device cuda, traced on the CPU (fake CUDA tensors need a CUDA build of torch): allocator rounding, "
-    "fragmentation (a replay of the traced allocations), the CUDA context, the optimizer's foreach default and "
-    "SDPA's flash kernel are modelled; not accounted for: CUDA autocast's op lists (the trace used CPU "
-    "autocast's) and kernels that keep other tensors or temporaries on CUDA than on the CPU"
+    "fragmentation (a replay of the traced allocations), the CUDA context, the optimizer's foreach default, "
+    "its step counters in host memory, the SDPA kernel CUDA picks (memprof.estimators.kernels) and dropout's "
+    "fused kernel (a bool mask, memprof.tracer.rules) are modelled, and a traced *-mixed step runs CUDA "
+    "autocast's op lists (memprof.tracer.cuda_autocast); not accounted for: other kernels that keep other "
+    "tensors or temporaries on CUDA than on the CPU"
 )
 # knobs of `memprof estimate` a traced step takes from the user's own code instead
 _NOT_TRACED = {
@@ -59,6 +61,10 @@ _NOT_TRACED = {
     "zero": 0,
     "offload": "none",
     "grad_accumulation": 1,
+    "pp": 1,  # pipeline parallelism (estimators.parallel): one device runs the whole traced step
+    "pp_schedule": "1f1b",
+    "microbatches": 1,
+    "virtual_stages": 1,
 }
 
 
@@ -77,7 +83,7 @@ class Trace:
 def _check_knobs(knobs: dict[str, Any]) -> None:
     for name, default in _NOT_TRACED.items():
         value = knobs.pop(name, default)
-        if value != default:
+        if value is not None and value != default:
             raise ParameterError(
                 f"{{{name}}} {value} is not applied to a traced step (it runs the workload's own code, on one "
                 f"device); set it in the model code (e.g. gradient checkpointing) or drop {{{name}}}",
@@ -100,6 +106,9 @@ def trace(
     optimizer_impl: str = "auto",
     cuda_version: str | None = None,
     name: str | None = None,
+    registry_optimizer: bool = False,
+    keep_output: bool = True,
+    zero_grad: str = "set-to-none",
     **knobs: Any,
 ) -> Trace:
     """Estimate the memory of one training step of the user's own code by tracing it on fake tensors.
@@ -111,7 +120,16 @@ def trace(
     implementation over the parameters that require grad, unless the Workload brings its own.
     precision: 32-true, 16-mixed, bf16-mixed (forward and loss under autocast), 16-true, bf16-true
     (model and floating inputs cast). device: "cuda" adds the allocator replay and the CUDA context.
+    keep_output: False deletes the model output before backward (`loss = f(model(x)); loss.backward()`);
+    zero_grad: "set-to-none" (the gradients are freed after each step) or "zeros" (kept, zeroed: they
+    exist from the forward on).
     """
+    from memprof.estimators.estimation import ZERO_GRAD
+
+    if not isinstance(keep_output, bool):
+        raise ParameterError(f"{{keep_output}} must be true or false, got {keep_output!r}", "keep_output")
+    if zero_grad not in ZERO_GRAD:
+        raise unknown_name("zero_grad", str(zero_grad), ZERO_GRAD)
     if isinstance(workload, Workload):
         raise MemprofUserError(
             "trace() takes the function that builds the Workload, not a Workload: memprof calls it on fake "
@@ -157,6 +175,10 @@ def trace(
         optimizer_impl=optimizer_impl,
         batch_size=batch_size,
         seq_len=seq_len,
+        gpu=gpu_spec,
+        registry_optimizer=registry_optimizer,
+        keep_output=keep_output,
+        zeros=zero_grad == "zeros",
     )
     record = _record(
         step,
@@ -175,6 +197,7 @@ def trace_preset(model: str, optimizer: str = "adamw", precision: str = "bf16-mi
     """Trace a preset or config.json: its Hugging Face model built from the config at full size, on
     fake tensors, with token inputs and labels (`memprof estimate PRESET --trace`); `attention` picks
     transformers' attn_implementation, `checkpointing="full"` its gradient checkpointing."""
+    from memprof.estimators.families import FAMILIES
     from memprof.estimators.models import load_model
 
     spec = load_model(model)
@@ -204,14 +227,23 @@ def trace_preset(model: str, optimizer: str = "adamw", precision: str = "bf16-mi
         config.pop("torch_dtype", None)
         config.pop("dtype", None)
         cfg = transformers.AutoConfig.for_model(model_type, **config)
-        cfg._attn_implementation = "sdpa" if attention == "auto" else attention
+        cfg._attn_implementation = (
+            FAMILIES[spec.model_type].default_attention if attention == "auto" else attention
+        )  # transformers' own default: sdpa where the model supports it (not Gemma 2)
         head = {
             "causal-lm": transformers.AutoModelForCausalLM,
             "masked-lm": transformers.AutoModelForMaskedLM,
             "image-classification": transformers.AutoModelForImageClassification,
+            "seq2seq-lm": transformers.AutoModelForSeq2SeqLM,  # t5: input_ids and labels of seq_len each
         }[spec.task]
         with skip_init:
-            model = head.from_config(cfg)
+            try:
+                model = head.from_config(cfg)
+            except ValueError as exc:  # e.g. Gemma 2: no SDPA path in transformers; "auto" is its default, eager
+                if attention != "auto" or "attention implementation" not in str(exc):
+                    raise
+                cfg._attn_implementation = "eager"
+                model = head.from_config(cfg)
         model.tie_weights()  # skipped with the initialisation; ties the head to the embeddings as from_config does
         if checkpointing == "full":
             model.gradient_checkpointing_enable()
@@ -360,3 +392,65 @@ def _record(
             grad_dtype=step.param_dtype,
         ),
     )
+
+
+def traced_optimizer_rows(model: str, **knobs: Any) -> tuple[list[dict[str, object]], EstimateRecord | None]:
+    """`memprof optimizers MODULE:FACTORY` for a workload memprof traces: the workload's step traced once
+    per registry optimizer (its real implementation, in place of any optimizer the workload brings), in
+    the rows of `memprof.predict.optimizer_rows` (grouped by family, cheapest first) plus `note`. An
+    optimizer the tracer cannot run (a closure, create_graph, analytic only, a package not installed, a
+    value read) keeps its row with no figures and the tracer's reason. Returns the rows and one traced
+    record (the settings every row assumes)."""
+    from memprof.estimators.optimizers import OPTIMIZERS, Family
+
+    family_order = {family: i for i, family in enumerate(Family)}
+    traced_rows: list[tuple[tuple[int, int, str], dict[str, object]]] = []
+    failed: list[tuple[tuple[int, str], dict[str, object]]] = []
+    assumptions: EstimateRecord | None = None
+    first: Exception | None = None
+    for opt in OPTIMIZERS.values():
+        try:
+            record = trace(model, opt.name, registry_optimizer=True, **dict(knobs)).record
+        except (MemprofUserError, UserCodeError) as exc:
+            first = first or exc
+            failed.append(
+                (
+                    (family_order[opt.family], opt.name),
+                    {
+                        "family": opt.family.value,
+                        "optimizer": opt.name,
+                        "implementation": opt.implementation,
+                        "state_bytes_per_param": None,
+                        "optimizer_states": None,
+                        "model_states": None,
+                        "peak": None,
+                        "fits": None,
+                        "note": f"not traced: {exc}",
+                    },
+                )
+            )
+            continue
+        assumptions = assumptions or record
+        states = record.model_states
+        n = record.parameters
+        traced_rows.append(
+            (
+                (family_order[opt.family], int(states.optimizer_states or 0), opt.name),
+                {
+                    "family": opt.family.value,
+                    "optimizer": opt.name,
+                    "implementation": record.labels.optimizer_implementation if record.labels else opt.implementation,
+                    "state_bytes_per_param": (states.optimizer_states or 0) / n if n else None,
+                    "optimizer_states": states.optimizer_states,
+                    "model_states": (states.parameters or 0) + (states.gradients or 0) + (states.optimizer_states or 0),
+                    "peak": record.peak.device_total,
+                    "fits": record.gpu.fits if record.gpu is not None else None,
+                    "note": "traced",
+                },
+            )
+        )
+    if not traced_rows and first is not None:
+        raise first  # the workload itself fails (its factory, its loss): one line, as `memprof estimate` says it
+    traced_rows.sort(key=lambda pair: pair[0])
+    failed.sort(key=lambda pair: pair[0])
+    return [row for _, row in traced_rows] + [row for _, row in failed], assumptions

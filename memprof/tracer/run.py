@@ -29,6 +29,7 @@ import functools
 import inspect
 import logging
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,15 +40,20 @@ from torch._subclasses.fake_tensor import (
     DynamicOutputShapeException,
     FakeTensorMode,
     UnsupportedOperatorException,
+    unset_fake_temporarily,
 )
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from memprof.estimators.errors import MemprofError, MemprofUserError, ParameterError, UserCodeError, unknown_name
 from memprof.estimators.precision import Precision
+from memprof.estimators.vocabulary import Category
 from memprof.factory import call_factory
 from memprof.profiler.api import track
-from memprof.profiler.tracker import ACT, TEMP
+from memprof.profiler.tracker import ACT, STATE, TEMP
+from memprof.tracer.cuda_autocast import CudaAutocast
 from memprof.tracer.optimizers import NOT_RUN, REAL_OPTIMIZERS, build_optimizers
+from memprof.tracer.rules import shape_rules
 from memprof.workload import Workload
 
 __all__ = ["StepTrace", "hf_inputs", "trace_step"]
@@ -91,8 +97,10 @@ def _fake_error(exc: BaseException) -> str | None:
     if isinstance(exc, DynamicOutputShapeException):
         return (
             f"{exc.args[0] if exc.args else 'an operator'} has an output shape that depends on tensor values "
-            "(nonzero, torch.where(mask), boolean indexing, unique, e.g. MoE routing), which fake tensors do not have; "
-            "memprof cannot trace data-dependent shapes yet: measure this model with memprof.track"
+            "(nonzero, torch.where(mask), boolean indexing, unique on values computed from the model's tensors), "
+            "which fake tensors do not have and no rule fixes (memprof.tracer.rules fixes MoE routing only when "
+            "the experts come from torch.topk: it assumes balanced routing); measure this model with "
+            "memprof.track (its run.compare() says the same)"
         )
     if isinstance(exc, DataDependentOutputException):
         return (
@@ -183,20 +191,32 @@ class _QuietLogs:
 
 
 class _ScalarReads(TorchDispatchMode):
-    """Inside `optimizer.step()`, reading a tensor's value (`.item()`: Adafactor's step count and
-    norms, learning-rate tensors) gets a placeholder (1) instead of failing: a fake tensor has no
+    """Inside the optimizer's own code (its construction and `step()`), reading a tensor's value
+    (`.item()`: Adafactor's step count and norms, learning-rate tensors, bitsandbytes' quantization maps)
+    gets a placeholder (1) instead of failing: a fake tensor has no
     value, and the optimizer's allocations depend on the shapes, not on these scalars. Anywhere
-    else a value read stays an error the user is told about (their model or loss reads data)."""
+    else a value read stays an error the user is told about (their model or loss reads data).
+    Scalars whose value torch itself knows read that value: FakeTensorMode keeps the real value of a
+    one-element tensor made from a Python number (`torch.tensor(0.0)`: torch's `step` counters, NAdam's
+    `mu_product`) and propagates it through the ops on such constants (fake_tensor.py, `FakeTensor.constant`,
+    `CONSTANT_NUMEL_LIMIT`), so `step` reads the warm-up steps + 1 and NAdam's `1 - mu_product` is not 0.
+    `reads` counts the placeholders, `known` the real values read."""
 
     def __init__(self) -> None:
         super().__init__()
         self.allow = False
         self.reads = 0
+        self.known = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if self.allow and func is torch.ops.aten._local_scalar_dense.default:
-            self.reads += 1
             t = args[0]
+            constant = getattr(t, "constant", None)
+            if constant is not None:
+                self.known += 1
+                with unset_fake_temporarily():  # the constant is a real tensor
+                    return constant.item()
+            self.reads += 1
             return True if t.dtype == torch.bool else (1.0 if t.is_floating_point() else 1)
         return func(*args, **(kwargs or {}))
 
@@ -216,18 +236,28 @@ class _Attention:
     """On `device="cuda"`, `F.scaled_dot_product_attention` runs the kernel CUDA would pick.
 
     On the CPU, SDPA falls back to its math path whenever dropout is on (GPT-2 trains with attention
-    dropout), which keeps the batch x heads x seq x seq scores for backward; on CUDA the flash or
-    memory-efficient kernel runs and keeps q, k, v, the output and a log-sum-exp. While the trace runs,
-    `torch.nn.functional.scaled_dot_product_attention` (looked up at call time by transformers and
-    most models) calls the flash kernel's CPU twin instead — the same saved tensors; fake tensors only
-    compute their shapes — for 4-D inputs with a head size up to 256 (grouped-query heads included);
-    anything else keeps the CPU choice. (A function mode would see every torch call; one patched
-    attribute costs nothing.)"""
+    dropout), which keeps the batch x heads x seq x seq scores for backward; on CUDA the flash, memory-
+    efficient or cuDNN kernel runs and keeps q, k, v, the output and a log-sum-exp. While the trace runs,
+    `torch.nn.functional.scaled_dot_product_attention` (looked up at call time by transformers and most
+    models) asks `memprof.estimators.kernels.pick_attention_kernel` which backend PyTorch picks for the
+    GPU, the dtype SDPA computes in (autocast's when it is on), the head size, the mask, dropout and
+    causality, and runs that kernel's fake twin — fake tensors only compute the shapes of what it saves:
+    - flash (and cuDNN, which saves the same output and per-row statistics): the CPU flash kernel,
+      `aten._scaled_dot_product_flash_attention_for_cpu` (q, k, v, output, log-sum-exp of B x H x M);
+    - memory-efficient: `aten._scaled_dot_product_efficient_attention` itself, whose meta kernel
+      (torch/_meta_registrations.py) gives the log-sum-exp padded to a multiple of 32 rows, as CUDA's
+      kernel allocates it (aten/src/ATen/native/transformers/cuda/attention.cu), and the philox seed
+      and offset (host or meta scalars on CUDA, 8 B each here);
+    - math: `aten._scaled_dot_product_attention_math`, which keeps the attention probabilities.
+    Inputs the fused kernels take in other layouts (not 4-D, grouped-query heads on the memory-
+    efficient kernel, a mask with it) keep the CPU choice; `kernels` counts the calls per kernel."""
 
-    def __init__(self, cuda: bool) -> None:
+    def __init__(self, cuda: bool, gpu: Any = None) -> None:
         self.cuda = cuda
+        self.gpu = gpu if gpu is not None else (8, 0)  # as the record's BLAS workspace: an A100 unless told
         self.calls = 0  # SDPA calls seen
-        self.used = 0  # of which routed to the flash kernel
+        self.used = 0  # of which routed to a CUDA kernel's twin
+        self.kernels: dict[str, int] = {}
         self._original: Any = None
 
     def __enter__(self) -> _Attention:
@@ -235,7 +265,7 @@ class _Attention:
 
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
-            out = self._flash(*args, **kwargs) if self.cuda else None
+            out = self._cuda_kernel(*args, **kwargs) if self.cuda else None
             if out is None:
                 return original(*args, **kwargs)
             self.used += 1
@@ -247,8 +277,13 @@ class _Attention:
     def __exit__(self, *exc: Any) -> None:
         torch.nn.functional.scaled_dot_product_attention = self._original
 
-    @staticmethod
-    def _flash(
+    @property
+    def kernel(self) -> str | None:
+        """The kernel most SDPA calls were routed to (None when none was)."""
+        return max(self.kernels, key=lambda k: self.kernels[k]) if self.kernels else None
+
+    def _cuda_kernel(
+        self,
         query: Any,
         key: Any,
         value: Any,
@@ -258,18 +293,167 @@ class _Attention:
         scale: float | None = None,
         enable_gqa: bool = False,
     ) -> Any:
+        from memprof.estimators.kernels import pick_attention_kernel
+
         if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (query, key, value)):
             return None
-        if query.size(-1) > 256:
-            return None  # head size beyond the fused kernels: as on the CPU
-        if query.size(1) != key.size(1) and not (enable_gqa and query.size(1) % key.size(1) == 0):
+        gqa = query.size(1) != key.size(1)
+        if gqa and not (enable_gqa and query.size(1) % key.size(1) == 0):
             return None  # SDPA itself rejects these shapes: let it say so
-        # grouped-query heads (enable_gqa): CUDA's flash kernel reads the shared k, v without copies
         if attn_mask is not None and is_causal:
             return None
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
-        )[0]
+        dtype = query.dtype
+        if torch.is_autocast_enabled("cpu") and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype("cpu")  # SDPA is on autocast's lower-precision list
+        dtype_name = str(dtype).removeprefix("torch.")
+        if dtype_name not in ("float32", "float16", "bfloat16"):
+            return None
+        choice = pick_attention_kernel(
+            self.gpu,
+            dtype_name,
+            int(query.size(-1)),
+            head_dim_v=int(value.size(-1)),
+            has_mask=attn_mask is not None,
+            requires_grad=any(t.requires_grad for t in (query, key, value)),
+            dropout=float(dropout_p),
+            is_causal=bool(is_causal),
+            seq_q=int(query.size(-2)),
+            seq_k=int(key.size(-2)),
+        )
+        kernel = choice.kernel
+        if kernel in ("flash", "cudnn"):
+            # grouped-query heads (enable_gqa): CUDA's flash kernel reads the shared k, v without copies
+            q, k, v = (t.to(dtype) for t in (query, key, value))
+            out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
+            )[0]
+        elif kernel == "efficient":
+            if gqa or attn_mask is not None:
+                return None  # SDPA expands k, v and pads the mask to the kernel's alignment first
+            q, k, v = (t.to(dtype) for t in (query, key, value))
+            out = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True, dropout_p, is_causal, scale=scale
+            )[0]
+        elif kernel == "math":
+            if gqa:
+                return None
+            q, k, v = (t.to(dtype) for t in (query, key, value))
+            out = torch.ops.aten._scaled_dot_product_attention_math(
+                q, k, v, attn_mask, dropout_p, is_causal, scale=scale
+            )[0]
+        else:
+            return None
+        self.kernels[kernel] = self.kernels.get(kernel, 0) + 1
+        return out
+
+
+RNN_WORKSPACE = (
+    "recurrent layers (nn.LSTM / GRU / RNN): the kernel's own workspace is not traced (on the CPU oneDNN's "
+    "mkldnn_rnn_layer keeps a training workspace its meta kernel gives 0 bytes; on CUDA cuDNN keeps a reserve "
+    "buffer), so the traced step may be below a real one"
+)
+
+
+@dataclass
+class HostStates:
+    """Optimizer states a CUDA run keeps on the host (see _HostScalars): their storages' allocation ids
+    in the tracker's book, and their bytes in total and by state key."""
+
+    sids: set[int]
+    bytes: int
+    by_key: dict[str, int]
+
+    def remove_from(self, tracker: Any, record: dict[str, Any]) -> None:
+        """Take these storages out of the traced figures: they were live, unchanged in size, from the
+        start of the measured step to its end (registered when the session began), so every peak and
+        timeline point held exactly `bytes` of them under optimizer states."""
+        n = self.bytes
+        states = Category.OPTIMIZER_STATES.value
+        record["model_states"][states] -= n
+        breakdown = record["optimizer_state_breakdown"]
+        for key, b in self.by_key.items():
+            breakdown[key] -= b
+            if not breakdown[key]:
+                del breakdown[key]
+        for book in tracker.books.values():
+            snaps = {id(s): s for s in [book.peak, *book.phase_peaks.values(), *book.timeline]}
+            for snap in snaps.values():
+                take = min(n, snap.cats[STATE])
+                snap.cats[STATE] -= take
+                snap.total -= take
+        tracker.events[:] = [e for e in tracker.events if e[1] not in self.sids]
+
+
+class _HostScalars(TorchFunctionMode):
+    """On `device="cuda"`, which optimizer states the real CUDA run keeps in host memory.
+
+    torch keeps an optimizer's `step` counters (and NAdam's mu_product, ...) on the CPU unless the group
+    is `capturable` or `fused`: torch/optim/adam.py `_init_group` creates them with
+    `torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")` ("special device hosting for step"),
+    Adafactor, Adagrad, RMSprop, Rprop, NAdam, RAdam, Adamax and Adadelta with `torch.tensor(...)` /
+    `torch.zeros(())` and no device, and with `device=p.device` when capturable or fused. The trace runs
+    on the CPU, where both land on the same device, so while the optimizer creates its states this mode
+    notes the 0-dim tensors created with no device or with the literal device "cpu" (`p.device` is a
+    torch.device: a tensor placed beside its parameter), and `of()` finds those among the states."""
+
+    _CREATORS = frozenset(("tensor", "zeros", "ones", "full", "empty", "as_tensor", "scalar_tensor"))
+
+    def __init__(self, active: bool) -> None:
+        super().__init__()
+        self.active = active
+        self._host: dict[int, Any] = {}  # id(storage) -> weakref to the storage
+
+    def __enter__(self) -> _HostScalars:
+        return super().__enter__() if self.active else self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active:
+            super().__exit__(*exc)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (
+            isinstance(out, torch.Tensor)
+            and out.dim() == 0
+            and getattr(func, "__name__", "") in self._CREATORS
+            and not isinstance(getattr(func, "__self__", None), torch.Tensor)
+        ):
+            device = kwargs.get("device")
+            if device is None or (isinstance(device, str) and device == "cpu"):
+                st = out.untyped_storage()
+                self._host[id(st)] = weakref.ref(st)
+        return out
+
+    def of(self, opts: list, tracker: Any) -> HostStates | None:
+        """The optimizers' states created on the host, as the tracker books them (None when off)."""
+        if not self.active or not self._host:
+            return None
+
+        def created_on_host(t: torch.Tensor) -> bool:
+            st = t.untyped_storage()
+            ref = self._host.get(id(st))
+            return ref is not None and ref() is st
+
+        return host_states(opts, tracker, created_on_host)
+
+
+def host_states(opts: list, tracker: Any, on_host: Callable[[torch.Tensor], bool]) -> HostStates:
+    """The optimizers' state storages `on_host` picks, as the tracker books them (each counted once)."""
+    from memprof.profiler.api import _state_tensors
+
+    sids: set[int] = set()
+    total = 0
+    by_key: dict[str, int] = {}
+    for o in opts:
+        for key, t in _state_tensors(o):
+            entry = tracker._reg.get(id(t.untyped_storage()))
+            if entry is None or entry[0].sid in sids or not on_host(t):
+                continue
+            sids.add(entry[0].sid)
+            total += entry[0].nbytes
+            by_key[key] = by_key.get(key, 0) + entry[0].nbytes
+    return HostStates(sids, total, by_key)
 
 
 # ------------------------------------------------------------------------ the workload
@@ -436,13 +620,20 @@ def trace_step(
     optimizer_impl: str = "auto",
     batch_size: int | None = None,
     seq_len: int | None = None,
+    gpu: Any = None,
+    registry_optimizer: bool = False,
+    keep_output: bool = True,
+    zeros: bool = False,
 ) -> StepTrace:
-    """Run the factory's workload for one warm-up optimizer step and one measured training step."""
+    """Run the factory's workload for one warm-up optimizer step and one measured training step.
+    registry_optimizer: step with the registry's `optimizer` even when the workload brings its own
+    (`memprof optimizers` puts every registry optimizer on the same workload)."""
     notes: list[str] = []
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     reads = _ScalarReads()
-    attention = _Attention(cuda=device == "cuda")
-    with _QuietLogs() as quiet, mode, _swappable(mode), attention, warnings.catch_warnings():
+    attention = _Attention(cuda=device == "cuda", gpu=gpu)
+    rules = shape_rules(notes, cuda=device == "cuda")
+    with _QuietLogs() as quiet, mode, _swappable(mode), attention, rules, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the user's and transformers' warnings are not memprof's output
         with _user_code(f"model {ref!r}: the factory"):
             built = call_factory(factory, ref, batch_size=batch_size, seq_len=seq_len)
@@ -481,8 +672,8 @@ def trace_step(
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise MemprofUserError(f"model {ref!r}: no parameter requires grad, so there is no training step to trace")
-        if workload.optimizer is not None:
-            with _user_code(f"model {ref!r}: the optimizer factory"):
+        if workload.optimizer is not None and not registry_optimizer:
+            with _user_code(f"model {ref!r}: the optimizer factory"), _allowing(reads):
                 opts = workload.optimizer(params)
             opts = list(opts) if isinstance(opts, (list, tuple)) else [opts]
             bad = [o for o in opts if not isinstance(o, torch.optim.Optimizer)]
@@ -495,25 +686,29 @@ def trace_step(
             optimizer_name = "custom"
             warm_steps = 1
         else:
-            opts = _registry_optimizers(optimizer, params, device, optimizer_impl)
+            with _allowing(reads):  # bitsandbytes reads values while it builds its quantization maps
+                opts = _registry_optimizers(optimizer, params, device, optimizer_impl)
             optimizer_name = optimizer
             warm_steps = REAL_OPTIMIZERS[optimizer].warm_steps
-        autocast = (
-            torch.autocast("cpu", dtype=_DTYPES[precision.compute_dtype])
-            if precision.autocast
-            else contextlib.nullcontext()
-        )
+        autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        cuda_kernels: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if precision.autocast:  # on cuda, CPU autocast follows CUDA autocast's op lists (tracer.cuda_autocast)
+            compute = _DTYPES[precision.compute_dtype]
+            autocast = CudaAutocast(compute, notes) if device == "cuda" else torch.autocast("cpu", dtype=compute)
+            if isinstance(autocast, CudaAutocast):  # kept through backward: checkpointing recomputes under autocast
+                cuda_kernels = autocast.kernels()
         loss_fn = workload.loss or functools.partial(_default_loss, ref=ref)
 
         # states, created by the optimizer's own code as a first step creates them
-        with _user_code(f"model {ref!r}: the optimizer's first step"), _allowing(reads):
+        host = _HostScalars(device == "cuda")
+        with _user_code(f"model {ref!r}: the optimizer's first step"), _allowing(reads), host:
             for _ in range(warm_steps):
                 for p in params:
                     p.grad = torch.zeros_like(p)
                 for o in opts:
                     o.step()
                 for o in opts:
-                    o.zero_grad(set_to_none=True)
+                    o.zero_grad(set_to_none=not zeros)
 
         def step() -> None:
             with autocast:
@@ -532,21 +727,59 @@ def trace_step(
                     f"model {ref!r}: the loss does not require grad (computed under no_grad, or from no trainable "
                     "parameter); there is no backward to trace"
                 )
+            if not keep_output:
+                del out  # the loop keeps no reference to the output through backward
             with _user_code(f"model {ref!r}: backward"):
                 loss.backward()
             with _user_code(f"model {ref!r}: the optimizer step"), _allowing(reads):
                 for o in opts:
                     o.step()
                 for o in opts:
-                    o.zero_grad(set_to_none=True)
+                    o.zero_grad(set_to_none=not zeros)
 
-        session = track(model, opts, device="cpu", events=True)
-        with session as run:
+        session = track(model, opts, device="cpu", events=True, capture=False)
+        with session as run, cuda_kernels:
             step()
+            on_host = host.of(opts, session.tracker)
         tracker = session.tracker
         assert tracker is not None
         record = run.to_dict()
 
+    return step_trace(
+        tracker,
+        record,
+        model,
+        params,
+        opts,
+        reads=reads,
+        attention=attention,
+        notes=notes + ([f"optimizer: {optimizer_name}"] if optimizer_name == "custom" else []),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        on_host=on_host,
+    )
+
+
+def step_trace(
+    tracker: Any,
+    record: dict[str, Any],
+    model: torch.nn.Module,
+    params: list,
+    opts: list,
+    *,
+    reads: _ScalarReads,
+    attention: _Attention,
+    notes: list[str],
+    batch_size: int | None,
+    seq_len: int | None,
+    on_host: HostStates | None = None,
+) -> StepTrace:
+    """The StepTrace of a traced step, from the tracker's book and the session's record; `on_host`:
+    optimizer states CUDA would keep in host memory, taken out of every device figure."""
+    if on_host is not None and on_host.bytes:
+        on_host.remove_from(tracker, record)
+    if any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+        notes.append(RNN_WORKSPACE)
     books = [b for b in tracker.books.values() if b.peak.total >= 1 << 20]
     book = max(books or tracker.books.values(), key=lambda b: b.peak.total)
     if len(books) > 1:  # fake storages are all on "meta"; a real tensor would have failed the trace
@@ -554,8 +787,8 @@ def trace_step(
     step_peak = book.phase_peaks.get("optimizer_step")
     if reads.reads and any(not type(o).__module__.startswith("torch.optim") for o in opts):
         notes.append(
-            f"the optimizer read {reads.reads} tensor values (.item()) in its steps; fake tensors have none, "
-            "so they read as 1 (its allocations depend on shapes, not on these values)"
+            f"the optimizer read {reads.reads} tensor values (.item()) while it built its state and stepped; fake "
+            "tensors have none, so they read as 1 (its allocations depend on shapes, not on these values)"
         )
     timeline = tracker.timeline_of(book.device) or []
     saved = next((p["by_category"]["activations"] for p in timeline if p["phase"] == "backward"), None)
@@ -583,6 +816,6 @@ def trace_step(
         attention=getattr(config, "_attn_implementation", None)
         if config is not None
         else ("sdpa" if attention.calls else None),
-        attention_kernel="flash" if attention.used else None,
-        notes=notes + ([f"optimizer: {optimizer_name}"] if optimizer_name == "custom" else []),
+        attention_kernel=attention.kernel,
+        notes=notes,
     )
