@@ -9,6 +9,7 @@ run; 2 for bad arguments.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -23,6 +24,27 @@ class _CasesFailed(click.ClickException):
 
     def show(self, file: object = None) -> None:
         click.echo(f"memprof: validate: {self.message}", err=True)
+
+
+def _subset(quick: bool, only: tuple[str, ...]) -> str:
+    """The record's subset label: "full", "quick (only llama, lora)"."""
+    return ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+
+
+def _progress(fmt: str, header: str, line: Callable[[dict], str]) -> Callable[[dict], None] | None:
+    """With the table format: print the header now and one line per finished case."""
+    if fmt != "table":
+        return None
+    click.echo(header)
+    return lambda r: click.echo(line(r))
+
+
+def _save(record: dict, out: str | None) -> None:
+    """Write the record where --out says (atomically: a failed save leaves no half-written file)."""
+    if out is not None:
+        from memprof.profiler.record import atomic_write
+
+        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _line(r: dict) -> str:
@@ -128,19 +150,13 @@ def validate(
     from memprof.validate import full_matrix, quick_matrix, run_matrix, select_cases
 
     cases = select_cases(quick_matrix() if quick else full_matrix(), only)
-    progress = None
-    if fmt == "table":
-        click.echo(f"memprof validate: {len(cases)} cases ({'quick' if quick else 'full'} matrix), CPU")
+    progress = _progress(
+        fmt, f"memprof validate: {len(cases)} cases ({'quick' if quick else 'full'} matrix), CPU", _line
+    )
 
-        def progress(r: dict) -> None:
-            click.echo(_line(r))
-
-    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    subset = _subset(quick, only)
     record = run_matrix(cases, subset, progress)
-    if out is not None:
-        from memprof.profiler.record import atomic_write as _atomic_write
-
-        _atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    _save(record, out)
     s = record["summary"]
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
@@ -178,19 +194,13 @@ def _validate_cuda(quick: bool, out: str | None, only: tuple[str, ...], fmt: str
     from memprof.validate_cuda import cuda_matrix, run_matrix, select_cases
 
     cases = select_cases(cuda_matrix(quick), only)
-    progress = None
-    if fmt == "table":
-        click.echo(f"memprof validate --device cuda: {len(cases)} cases ({'quick' if quick else 'full'} matrix)")
+    progress = _progress(
+        fmt, f"memprof validate --device cuda: {len(cases)} cases ({'quick' if quick else 'full'} matrix)", _cuda_line
+    )
 
-        def progress(r: dict) -> None:
-            click.echo(_cuda_line(r))
-
-    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    subset = _subset(quick, only)
     record = run_matrix(cases, subset, "cuda", progress)
-    if out is not None:
-        from memprof.profiler.record import atomic_write
-
-        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    _save(record, out)
     s = record["summary"]
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
@@ -213,10 +223,7 @@ def _validate_published(quick: bool, out: str | None, only: tuple[str, ...], fmt
     from memprof.published import score_published
 
     record = score_published(only=only[0] if only else None).to_dict()
-    if out is not None:
-        from memprof.profiler.record import atomic_write
-
-        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    _save(record, out)
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
         return
@@ -247,22 +254,16 @@ def _validate_trace(quick: bool, out: str | None, only: tuple[str, ...], fmt: st
     from memprof.validate_trace import full_matrix, quick_matrix, run_matrix, select_cases
 
     cases = select_cases(quick_matrix() if quick else full_matrix(), only)
-    progress = None
-    if fmt == "table":
-        click.echo(
-            f"memprof validate --trace: {len(cases)} cases ({'quick' if quick else 'full'} matrix), "
-            "analytic vs traced at full size"
-        )
+    progress = _progress(
+        fmt,
+        f"memprof validate --trace: {len(cases)} cases ({'quick' if quick else 'full'} matrix), "
+        "analytic vs traced at full size",
+        _trace_line,
+    )
 
-        def progress(r: dict) -> None:
-            click.echo(_trace_line(r))
-
-    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    subset = _subset(quick, only)
     record = run_matrix(cases, subset, progress)
-    if out is not None:
-        from memprof.profiler.record import atomic_write
-
-        atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    _save(record, out)
     s = record["summary"]
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
@@ -285,19 +286,13 @@ def _validate_workloads(quick: bool, out: str | None, only: tuple[str, ...], fmt
     from memprof import validate_workloads as vw
 
     cases = vw.select_cases(vw.quick_matrix() if quick else vw.full_matrix(), only)
-    progress = None
-    if fmt == "table":
-        click.echo(f"memprof validate --workloads: {len(cases)} cases, trained on the CPU and traced")
+    progress = _progress(
+        fmt, f"memprof validate --workloads: {len(cases)} cases, trained on the CPU and traced", vw.line
+    )
 
-        def progress(r: dict) -> None:
-            click.echo(vw.line(r))
-
-    subset = ("quick" if quick else "full") + (" (only " + ", ".join(only) + ")" if only else "")
+    subset = _subset(quick, only)
     record = vw.run_matrix(cases, subset, progress)
-    if out is not None:
-        from memprof.profiler.record import atomic_write as _atomic_write
-
-        _atomic_write(Path(out), (json.dumps(record, indent=1) + "\n").encode())
+    _save(record, out)
     s = record["summary"]
     if fmt == "json":
         click.echo(json.dumps(record, indent=1))
