@@ -69,6 +69,17 @@ def _beyond(cases: Iterable[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _adapter(c: dict[str, Any]) -> str:
+    """full training, LoRA (peft), QLoRA nf4 / fp4 (double quant) or int8 LoRA (bitsandbytes)."""
+    if not c.get("lora_rank"):
+        return "full training (no adapter)"
+    if not c.get("quantize"):
+        return "LoRA (peft)" + (", dropout" if c.get("lora_dropout") else "")
+    if c["quantize"] == "int8":
+        return "int8 base + LoRA (bitsandbytes, peft)"
+    return f"QLoRA {c['quantize']}" + (" + double quant" if c.get("double_quant") else "") + " (bitsandbytes, peft)"
+
+
 def render(record: dict[str, Any]) -> str:
     """The markdown between the markers, from a validation record."""
     env, s, tol = record["environment"], record["summary"], record["tolerance"]
@@ -96,6 +107,10 @@ def render(record: dict[str, Any]) -> str:
             lambda c: f"checkpointing {c['checkpointing']}",
             lambda c: f"grad accumulation {c.get('grad_accumulation', 1)}",
             lambda c: f"batch {c['batch_size']}" + (" (ViT)" if c["family"] == "vit" else f" x seq {c['seq_len']}"),
+            lambda c: "loop: output kept through backward" if c.get("keep_output", True) else "loop: --no-keep-output",
+            lambda c: f"loop: --zero-grad {c.get('zero_grad') or 'set-to-none'}",
+            lambda c: "head " + (c.get("head") or "(the model's own)"),
+            _adapter,
         ),
     ]
     beyond = _beyond(cases)
