@@ -356,7 +356,7 @@ def fit_table(record: dict[str, Any]) -> str:
         exact, multiple = record.get("max_seq_len_exact"), record.get("seq_multiple")
         if record.get("seq_len_limited_by") == "positions":
             lines.append(
-                f"  limited by the model's {record['max_seq_len']:,} positions (its position embeddings), "
+                f"  limited by the model's {record['max_seq_len']:,} positions (the context its config states), "
                 f"not by memory: {format_bytes(record['budget'] - best['device_total'])} of the budget is left"
             )
         elif exact is not None and multiple and exact != record["max_seq_len"]:
