@@ -660,22 +660,25 @@ def run_matrix(
     }
 
 
-def load_record(path: str | os.PathLike) -> dict[str, Any]:
-    """A recorded validation run; anything else raises MemprofUserError."""
-    import json
-
+def read_record(path: str | os.PathLike[str], schema: str, kind: str, cases_key: str = "cases") -> dict[str, Any]:
+    """A recorded validation run of `schema`, read as every memprof input is (estimators.files: a regular
+    file, size and JSON-depth limits); anything else raises MemprofUserError naming what it is.
+    Shared by the matrices' `load_record` (this one, trace, workloads, distributed)."""
     from memprof.estimators.errors import MemprofUserError
+    from memprof.estimators.files import loads_json, read_input
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = loads_json(read_input(path))
     except FileNotFoundError:
         raise MemprofUserError(f"validation record {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise MemprofUserError(f"{str(path)!r} is not a validation record (not readable JSON: {exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("cases"), list):
+    if not isinstance(data, dict) or data.get("schema") != schema or not isinstance(data.get(cases_key), list):
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise MemprofUserError(
-            f"{str(path)!r} is not a memprof validation record: schema is {found!r}, expected {SCHEMA!r}"
-        )
+        raise MemprofUserError(f"{str(path)!r} is not a {kind} record: schema is {found!r}, expected {schema!r}")
     return data
+
+
+def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recorded validation run; anything else raises MemprofUserError."""
+    return read_record(path, SCHEMA, "memprof validation")

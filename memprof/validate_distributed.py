@@ -525,11 +525,10 @@ def record_path(name: str = DEFAULT_FILE) -> str:
 
 
 def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a {SCHEMA} record")
-    return data
+    """A recorded distributed validation run; anything else raises MemprofUserError."""
+    from memprof.validate import read_record
+
+    return read_record(path, SCHEMA, "distributed validation", cases_key="results")
 
 
 def run_matrix(cases: list[DistCase], out: str | None, merge: bool = True) -> dict[str, Any]:

@@ -327,20 +327,6 @@ def line(r: dict[str, Any]) -> str:
 
 def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A recorded workload validation run; anything else raises MemprofUserError."""
-    import json
+    from memprof.validate import read_record
 
-    from memprof.estimators.errors import MemprofUserError
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise MemprofUserError(f"validation record {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemprofUserError(f"{str(path)!r} is not a validation record (not readable JSON: {exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("cases"), list):
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise MemprofUserError(
-            f"{str(path)!r} is not a workload validation record: schema {found!r}, expected {SCHEMA!r}"
-        )
-    return data
+    return read_record(path, SCHEMA, "workload validation")
